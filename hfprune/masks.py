@@ -1,0 +1,82 @@
+"""Attach, update and remove weight masks. No scoring logic lives here.
+
+Masks are `torch.nn.utils.parametrize` parametrizations: the module's ``weight`` is computed as
+``original * mask`` on every access, so the forward pass sees the pruned weight and the gradient reaching
+``original`` is zero wherever the mask is zero (kept weights train, removed ones stay frozen). Removing the
+parametrization with ``merge=True`` writes the zeros into a plain ``weight`` parameter, which leaves no
+``original``/``mask`` keys behind in a state dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+
+class WeightMask(nn.Module):
+    """Parametrization multiplying a weight by a fixed boolean mask (stored as a buffer so it is checkpointed)."""
+
+    def __init__(self, mask: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask.to(torch.bool))
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return weight * self.mask.to(weight.dtype)
+
+
+def find_mask(module: nn.Module, param_name: str = "weight") -> WeightMask | None:
+    """The `WeightMask` attached to ``module.<param_name>``, if any."""
+    if not parametrize.is_parametrized(module, param_name):
+        return None
+    for parametrization in module.parametrizations[param_name]:  # type: ignore[index,union-attr]
+        if isinstance(parametrization, WeightMask):
+            return parametrization
+    return None
+
+
+def set_mask_(module: nn.Module, mask: Tensor, param_name: str = "weight") -> None:
+    """Attach ``mask`` to ``module.<param_name>``, or replace the mask already attached (in place)."""
+    existing = find_mask(module, param_name)
+    if existing is not None:
+        existing.mask.copy_(mask.to(existing.mask.device))
+        return
+    weight = getattr(module, param_name)
+    parametrize.register_parametrization(module, param_name, WeightMask(mask.to(weight.device)), unsafe=True)
+
+
+def get_raw_weight(module: nn.Module, param_name: str = "weight") -> Tensor:
+    """The unmasked parameter (what the optimizer updates)."""
+    if parametrize.is_parametrized(module, param_name):
+        return module.parametrizations[param_name].original  # type: ignore[index,union-attr]
+    return getattr(module, param_name)
+
+
+def remove_mask_(module: nn.Module, param_name: str = "weight", merge: bool = True) -> None:
+    """Detach the mask. ``merge=True`` keeps the zeros (permanent pruning); ``False`` restores the dense weight."""
+    if parametrize.is_parametrized(module, param_name):
+        parametrize.remove_parametrizations(module, param_name, leave_parametrized=merge)
+
+
+def iter_masked_modules(model: nn.Module, param_name: str = "weight") -> Iterator[tuple[str, nn.Module, WeightMask]]:
+    """Every ``(name, module, mask)`` in ``model`` that carries a `WeightMask`."""
+    for name, module in model.named_modules():
+        mask = find_mask(module, param_name)
+        if mask is not None:
+            yield name, module, mask
+
+
+def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """``model.state_dict()`` with masks multiplied in and parametrization keys folded back to plain names.
+
+    Lets a model be saved mid-training without touching its parametrizations.
+    """
+    state = model.state_dict()
+    for name, module, _ in iter_masked_modules(model):
+        prefix = f"{name}." if name else ""
+        for key in [k for k in state if k.startswith(f"{prefix}parametrizations.weight.")]:
+            del state[key]
+        state[f"{prefix}weight"] = module.weight.detach().clone()
+    return state

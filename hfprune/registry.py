@@ -1,0 +1,112 @@
+"""A tiny name -> class registry used for every pluggable part (importance, structure, schedule, adapter).
+
+Registries are the only place where a string from a config file or the command line turns into a class.
+That makes them an allow-list: loading JSON never imports arbitrary code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import dataclasses
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
+
+from .errors import ConfigError, HfPruneWarning
+
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps names to classes for one kind of component.
+
+    Args:
+        kind (`str`): What is registered, used in error messages (e.g. ``"importance"``).
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, type[T]] = {}
+
+    def register(self, *names: str) -> Callable[[type[T]], type[T]]:
+        """Class decorator registering ``cls`` under each of ``names`` (the first one is canonical)."""
+
+        def decorator(cls: type[T]) -> type[T]:
+            for name in names:
+                if name in self._entries and self._entries[name] is not cls:
+                    raise ValueError(f"{self.kind} name {name!r} is already registered to {self._entries[name]}")
+                self._entries[name] = cls
+            if not hasattr(cls, "registered_name") or cls.__dict__.get("registered_name") is None:
+                cls.registered_name = names[0]  # type: ignore[attr-defined]
+            return cls
+
+        return decorator
+
+    def get(self, name: str) -> type[T]:
+        """Return the class registered as ``name``; unknown names raise a `ConfigError` with a suggestion."""
+        key = name.strip().lower()
+        if key in self._entries:
+            return self._entries[key]
+        message = f"Unknown {self.kind} {name!r}. Registered: {', '.join(self.names())}."
+        close = difflib.get_close_matches(key, list(self._entries), n=1)
+        if close:
+            message += f" Did you mean {close[0]!r}?"
+        raise ConfigError(message)
+
+    def resolve(self, spec: T | str | Mapping[str, Any]) -> T:
+        """Turn a name, a ``{"type": name, **fields}`` dict or an instance into an instance.
+
+        This is the boundary where strings from configs and the CLI become objects; unknown fields in a dict are
+        dropped with a warning so files written by newer versions still load.
+        """
+        if isinstance(spec, str):
+            return self.get(spec)()
+        if isinstance(spec, Mapping):
+            if "type" not in spec:
+                raise ConfigError(f"A serialized {self.kind} needs a 'type' key naming one of {self.names()}; got {dict(spec)}.")
+            fields = dict(spec)
+            cls = self.get(str(fields.pop("type")))
+            known = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set(fields)
+            unknown = sorted(set(fields) - known)
+            if unknown:
+                warnings.warn(
+                    f"Ignoring unknown {self.kind} fields {unknown} for {cls.__name__}.", HfPruneWarning, stacklevel=2
+                )
+            try:
+                return cls(**{k: v for k, v in fields.items() if k in known})
+            except TypeError as err:
+                raise ConfigError(f"Invalid fields for {self.kind} {cls.__name__}: {err}") from err
+        if any(isinstance(spec, cls) for cls in self._entries.values()):
+            return spec
+        raise ConfigError(
+            f"Expected a {self.kind} name, dict or object (one of {self.names()}); got {type(spec).__name__}: {spec!r}."
+        )
+
+    def names(self) -> list[str]:
+        """All registered names, sorted."""
+        return sorted(self._entries)
+
+    def classes(self) -> list[type[T]]:
+        """Each registered class once, in name order of their canonical names."""
+        unique = {cls.registered_name: cls for cls in self._entries.values()}  # type: ignore[attr-defined]
+        return [unique[name] for name in sorted(unique)]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.strip().lower() in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+class SerializableComponent:
+    """Mixin for frozen dataclass components: ``to_dict`` writes ``{"type": registered_name, **fields}``."""
+
+    registered_name: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"type": self.registered_name}
+        for field in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, field.name)
+            data[field.name] = list(value) if isinstance(value, tuple) else value
+        return data

@@ -1,0 +1,100 @@
+"""Structures: which weights are removed together.
+
+A structure turns elementwise importance scores into one score per *unit* (`reduce`) and a kept/removed
+decision per unit back into an elementwise mask (`expand`). Units are what sparsity counts: a block sparsity of
+0.5 removes half the blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .errors import ConfigError
+from .registry import Registry, SerializableComponent
+
+
+STRUCTURES: Registry[Structure] = Registry("structure")
+
+
+@dataclass(frozen=True)
+class Structure(SerializableComponent):
+    """Base class of per-tensor structures."""
+
+    def check(self, name: str, shape: torch.Size) -> None:
+        """Raise a `ConfigError` naming ``name`` if a tensor of ``shape`` cannot be split into units."""
+
+    def unit_size(self, shape: torch.Size) -> int:
+        """Number of weight elements per unit."""
+        return 1
+
+    def reduce(self, scores: Tensor) -> Tensor:
+        """Elementwise scores -> one score per unit (flat)."""
+        raise TypeError(f"{type(self).__name__} must implement reduce()")
+
+    def expand(self, keep: Tensor, shape: torch.Size) -> Tensor:
+        """Flat boolean keep-per-unit -> boolean mask of ``shape``."""
+        raise TypeError(f"{type(self).__name__} must implement expand()")
+
+
+@STRUCTURES.register("unstructured")
+@dataclass(frozen=True)
+class Unstructured(Structure):
+    """Every weight is its own unit."""
+
+    def reduce(self, scores: Tensor) -> Tensor:
+        return scores.reshape(-1)
+
+    def expand(self, keep: Tensor, shape: torch.Size) -> Tensor:
+        return keep.reshape(shape)
+
+
+@STRUCTURES.register("blocks")
+@dataclass(frozen=True)
+class Blocks(Structure):
+    """Rectangular blocks of ``rows x cols`` in the 2-D weight (conv kernels are flattened to ``[out, in*k*k]``).
+
+    Block scores are the sum of their elements' scores. Block sparsity is what movement pruning uses to obtain
+    sparsity patterns that kernels can exploit (Lagunas et al. 2021 use 32x32).
+
+    Args:
+        rows (`int`, defaults to 32): Block height (output dimension).
+        cols (`int`, defaults to 32): Block width (input dimension).
+    """
+
+    rows: int = 32
+    cols: int = 32
+
+    def __post_init__(self) -> None:
+        if self.rows < 1 or self.cols < 1:
+            raise ConfigError(f"Block sizes must be positive; got rows={self.rows}, cols={self.cols}.")
+
+    def _grid(self, shape: torch.Size) -> tuple[int, int]:
+        out_features = shape[0]
+        in_features = int(torch.Size(shape[1:]).numel()) if len(shape) > 1 else 1
+        return out_features, in_features
+
+    def check(self, name: str, shape: torch.Size) -> None:
+        out_features, in_features = self._grid(shape)
+        if out_features % self.rows or in_features % self.cols:
+            raise ConfigError(
+                f"Module {name!r} has a weight of shape {tuple(shape)} (as 2-D: {out_features}x{in_features}), which "
+                f"is not divisible into {self.rows}x{self.cols} blocks. Choose block sizes that divide it, or exclude "
+                "the module with exclude_modules."
+            )
+
+    def unit_size(self, shape: torch.Size) -> int:
+        return self.rows * self.cols
+
+    def reduce(self, scores: Tensor) -> Tensor:
+        out_features, in_features = self._grid(scores.shape)
+        blocks = scores.reshape(out_features // self.rows, self.rows, in_features // self.cols, self.cols)
+        return blocks.sum(dim=(1, 3)).reshape(-1)
+
+    def expand(self, keep: Tensor, shape: torch.Size) -> Tensor:
+        out_features, in_features = self._grid(shape)
+        grid = keep.reshape(out_features // self.rows, in_features // self.cols)
+        mask = grid.repeat_interleave(self.rows, dim=0).repeat_interleave(self.cols, dim=1)
+        return mask.reshape(shape)

@@ -1,0 +1,93 @@
+"""Which modules get pruned: `target_modules` / `exclude_modules` matching with PEFT's semantics.
+
+- a ``str`` is a regular expression that must match the whole module name (``re.fullmatch``);
+- a list of strings matches a module whose name equals an entry or ends with ``"." + entry``.
+
+Per-module sparsity overrides use the list semantics, plus ``"re:<regex>"`` keys for full-match regexes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+from torch import nn
+
+from .errors import ConfigError, NoPrunableModulesError
+
+
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+
+
+def _suffix_match(name: str, pattern: str) -> bool:
+    return name == pattern or name.endswith("." + pattern)
+
+
+def matches(name: str, spec: str | Sequence[str] | None) -> bool:
+    """Whether module ``name`` is selected by ``spec`` (regex string, or list of names/suffixes)."""
+    if spec is None:
+        return False
+    if isinstance(spec, str):
+        return re.fullmatch(spec, name) is not None
+    return any(_suffix_match(name, pattern) for pattern in spec)
+
+
+def override_matches(name: str, key: str) -> bool:
+    """Whether a `sparsity_overrides` key (``"re:<regex>"`` or a name/suffix) selects ``name``."""
+    if key.startswith("re:"):
+        return re.fullmatch(key[3:], name) is not None
+    return _suffix_match(name, key)
+
+
+def resolve_targets(
+    model: nn.Module,
+    target_modules: str | Sequence[str],
+    exclude_modules: str | Sequence[str] | None = None,
+) -> dict[str, nn.Module]:
+    """The prunable modules of ``model`` selected by ``target_modules`` and not by ``exclude_modules``.
+
+    Raises:
+        NoPrunableModulesError: nothing prunable matched; the message lists what the model contains.
+    """
+    selected: dict[str, nn.Module] = {}
+    matched_unsupported: list[str] = []
+    for name, module in model.named_modules():
+        if not name or not matches(name, target_modules) or matches(name, exclude_modules):
+            continue
+        if isinstance(module, PRUNABLE_TYPES):
+            selected[name] = module
+        elif getattr(module, "weight", None) is not None and not list(module.children()):
+            matched_unsupported.append(f"{name} ({type(module).__name__})")
+    if not selected:
+        candidates = [name for name, module in model.named_modules() if isinstance(module, PRUNABLE_TYPES)]
+        if not candidates:
+            raise NoPrunableModulesError(
+                f"{type(model).__name__} has no prunable layers (hfprune prunes "
+                f"{', '.join(t.__name__ for t in PRUNABLE_TYPES)} weights)."
+            )
+        hint = f" It matched only unsupported modules: {', '.join(matched_unsupported[:5])}." if matched_unsupported else ""
+        raise NoPrunableModulesError(
+            f"target_modules={target_modules!r} (exclude_modules={exclude_modules!r}) matched no prunable module of "
+            f"{type(model).__name__}.{hint} Prunable modules look like: {', '.join(candidates[:6])}"
+            f"{' ...' if len(candidates) > 6 else ''}. A string is a full-match regex; a list matches names or "
+            "dotted suffixes."
+        )
+    return selected
+
+
+def resolve_overrides(names: Iterable[str], overrides: Mapping[str, float]) -> dict[str, float]:
+    """Per-module sparsity from ``overrides`` (first matching key wins); keys that match nothing raise."""
+    result: dict[str, float] = {}
+    names = list(names)
+    for key in overrides:
+        if not any(override_matches(name, key) for name in names):
+            raise ConfigError(
+                f"sparsity_overrides key {key!r} matches none of the pruned modules (e.g. {', '.join(names[:4])}). "
+                "Use a module name, a dotted suffix, or 're:<regex>'."
+            )
+    for name in names:
+        for key, value in overrides.items():
+            if override_matches(name, key):
+                result[name] = value
+                break
+    return result
