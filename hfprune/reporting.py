@@ -160,6 +160,11 @@ def _input_shape(inputs: Any) -> list[int] | None:
     return list(first.shape) if isinstance(first, torch.Tensor) else None
 
 
+def device_description() -> str:
+    """Where latency was measured, e.g. ``cpu x2 threads (x86_64)``."""
+    return f"cpu x{torch.get_num_threads()} threads ({platform.machine()})"
+
+
 def count_flops(model: nn.Module, example_inputs: Any) -> int:
     """Forward FLOPs by `torch.utils.flop_counter`, with eager attention where the model can switch.
 
@@ -179,17 +184,24 @@ def count_flops(model: nn.Module, example_inputs: Any) -> int:
     return int(counter.get_total_flops())
 
 
-def measure_latency_ms(model: nn.Module, example_inputs: Any, runs: int = 10, warmup: int = 3) -> float:
-    """Median wall time of one forward pass in milliseconds, after ``warmup`` untimed passes."""
-    timings = []
+def paired_latency_ms(models: Sequence[nn.Module], example_inputs: Any, rounds: int = 10, warmup: int = 3) -> list[float]:
+    """Median forward latency of each model, measured in interleaved rounds so drift hits all models alike.
+
+    Every model is warmed up with the full-size input first: glibc's allocator page-faults on multi-MB activations
+    in a fresh process, which would otherwise penalize whichever model runs first.
+    """
+    timings: list[list[float]] = [[] for _ in models]
     with torch.inference_mode():
-        for _ in range(warmup):
-            _call(model, example_inputs)
-        for _ in range(runs):
-            start = time.perf_counter()
-            _call(model, example_inputs)
-            timings.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(timings)
+        for model in models:
+            model.eval()
+            for _ in range(warmup):
+                _call(model, example_inputs)
+        for _ in range(rounds):
+            for index, model in enumerate(models):
+                start = time.perf_counter()
+                _call(model, example_inputs)
+                timings[index].append((time.perf_counter() - start) * 1000.0)
+    return [statistics.median(t) for t in timings]
 
 
 def _prunable_modules(
@@ -257,9 +269,9 @@ def report(
             result.flops = count_flops(model, example_inputs)
             result.input_shape = _input_shape(example_inputs)
             if measure_latency:
-                result.latency_ms = measure_latency_ms(model, example_inputs, runs=latency_runs)
+                result.latency_ms = paired_latency_ms([model], example_inputs, rounds=latency_runs)[0]
                 result.latency_runs = latency_runs
-                result.device = f"cpu x{torch.get_num_threads()} threads ({platform.machine()})"
+                result.device = device_description()
         finally:
             model.train(was_training)
     return result

