@@ -176,7 +176,9 @@ def count_flops(model: nn.Module, example_inputs: Any) -> int:
     if switch:
         model.set_attn_implementation("eager")  # type: ignore[operator]
     try:
-        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        # Grad mode on: under no_grad, FlopCounterMode's module tracker fails on parametrized (masked) weights
+        # (torch.autograd.graph.register_multi_grad_hook needs a grad_fn). Only the forward is run and counted.
+        with torch.enable_grad(), FlopCounterMode(display=False) as counter:
             _call(model, example_inputs)
     finally:
         if switch:

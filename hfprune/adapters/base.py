@@ -57,8 +57,12 @@ def get_adapter(model: nn.Module, required: bool = True) -> ArchAdapter | None:
 
 
 def text_example_inputs(model: nn.Module, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
-    """Random token ids within the model's vocabulary and a full attention mask."""
+    """Random token ids within the model's vocabulary and a full attention mask.
+
+    ``seq_len`` is capped at the model's ``max_position_embeddings`` (small test models have short ones).
+    """
     config = model.config  # type: ignore[attr-defined]
+    seq_len = min(seq_len, getattr(config, "max_position_embeddings", seq_len))
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=generator)
     device = next(model.parameters()).device

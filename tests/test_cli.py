@@ -1,0 +1,53 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hfprune.cli import main
+
+
+def test_cli_prunes_real_minilm_end_to_end(tmp_path, capsys, minilm_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("pruning:\n  importance: magnitude\n  sparsity: 0.3\n  scope: local\n")
+    out = tmp_path / "minilm"
+    # --sparsity overrides the recipe's 0.3.
+    code = main(["prune", "--config", str(recipe), "--sparsity", "0.6", "--scope", "global", "--output", str(out),
+                 "--latency-runs", "2"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| sparsity of prunable weights | 0.00% | 60.00% |" in printed
+    data = json.loads((out / "report.json").read_text())
+    assert data["sparsity"] == pytest.approx(0.6, abs=1e-6)
+    assert data["prunable_params"] == 6 * (4 * 384 * 384 + 2 * 384 * 1536)
+    assert data["flops"] > 1e9 and data["latency_ms"] > 0
+    config = json.loads((out / "pruning_config.json").read_text())
+    assert config["scope"] == "global" and config["sparsity"] == 0.6
+    assert (out / "tokenizer.json").is_file() and (out / "README.md").is_file()
+
+    assert main(["report", "--model", str(out), "--no-latency", "--output", str(tmp_path / "r.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "| sparsity of prunable weights | 60.00% |" in printed
+    assert "encoder.layer.5.output.dense" in printed
+    assert json.loads((tmp_path / "r.json").read_text())["prunable_nonzeros"] == data["prunable_nonzeros"]
+
+
+def test_cli_bad_input_exits_with_clear_message(tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("pruning:\n  sparsity: 0.5\n  sparsty: 0.2\n")
+    assert main(["prune", "--config", str(recipe), "--output", str(tmp_path / "o")]) == 2
+    assert "unknown pruning keys ['sparsty']" in capsys.readouterr().err
+    assert main(["prune", "--sparsity", "1.5", "--output", str(tmp_path / "o")]) == 2
+    assert "sparsity must be in [0, 1)" in capsys.readouterr().err
+    assert main(["prune", "--method", "randon", "--output", str(tmp_path / "o")]) == 2
+    assert "Did you mean" in capsys.readouterr().err
+    assert main(["prune", "--method", "taylor", "--output", str(tmp_path / "o")]) == 2
+    assert "needs calibration data" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_console_script_help():
+    result = subprocess.run([sys.executable, "-m", "hfprune.cli", "prune", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for flag in ("--model", "--config", "--output", "--method", "--sparsity", "--scope"):
+        assert flag in result.stdout
