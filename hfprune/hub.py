@@ -114,12 +114,14 @@ def save_pruned(
     base_report: PruningReport | None = None,
     base_model: str | None = None,
     tokenizer: Any = None,
+    extra_configs: tuple[Any, ...] = (),
     overwrite: bool = False,
 ) -> Path:
     """Write a pruned model folder atomically.
 
     The folder holds ``config.json`` and ``model.safetensors`` (masks multiplied in, no parametrization keys),
-    ``pruning_config.json``, ``report.json`` and a ``README.md`` model card; plus the tokenizer if given.
+    ``pruning_config.json``, ``report.json`` and a ``README.md`` model card; plus the tokenizer and any
+    ``extra_configs`` (objects with ``save_pretrained``, e.g. a `DistillationConfig`).
     """
     if not hasattr(model, "save_pretrained"):
         raise ConfigError(f"{type(model).__name__} has no save_pretrained(); save_pruned needs a transformers model.")
@@ -129,6 +131,8 @@ def save_pruned(
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         pruning_config.save_pretrained(staging)
+        for extra in extra_configs:
+            extra.save_pretrained(staging)
         if report is not None:
             report.save(staging / "report.json")
         render_model_card(model, base_model, pruning_config, report, base_report).save(staging / "README.md")

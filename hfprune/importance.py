@@ -28,6 +28,8 @@ class Importance(SerializableComponent):
     """
 
     requires_grad: ClassVar[bool] = False
+    #: Scores are trainable parameters (movement pruning) rather than statistics.
+    learned: ClassVar[bool] = False
 
     def init_state(self, weight: Tensor, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Per-tensor state (accumulators, fixed random draws); empty for stateless criteria."""
@@ -110,3 +112,70 @@ class TaylorImportance(Importance):
                 "or pass a dataloader to prune_()."
             )
         return state["sum"] / state["count"].float()
+
+
+@IMPORTANCES.register("movement", "hard_movement")
+@dataclass(frozen=True)
+class MovementImportance(Importance):
+    """Hard movement pruning (Sanh, Wolf & Rush 2020): keep the top-k units by learned scores.
+
+    Each pruned unit (weight or block) gets a score, a parameter trained with its own learning rate; the
+    straight-through estimator gives it the gradient ``dL/dW' * W``, so weights that move away from zero during
+    fine-tuning are kept. The number kept follows the schedule (``PruningConfig.sparsity``); masks are
+    recomputed from the scores every ``update_every`` optimizer steps.
+
+    Args:
+        score_init (`float`, defaults to 0.0): Initial value of every score (the paper's constant init).
+        update_every (`int`, defaults to 1): Recompute masks every this many steps. A top-k over all
+            MiniLM encoder weights costs ~0.15 s on 2 CPU cores, so CPU runs use ~10.
+    """
+
+    learned: ClassVar[bool] = True
+    requires_grad: ClassVar[bool] = True
+
+    score_init: float = 0.0
+    update_every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.update_every < 1:
+            raise ConfigError(f"update_every must be >= 1; got {self.update_every}.")
+
+    def score(self, state: dict[str, Tensor], weight: Tensor) -> Tensor:
+        raise TypeError("Movement scores are learned parameters; the Pruner reads them from the mask.")
+
+
+@IMPORTANCES.register("soft_movement")
+@dataclass(frozen=True)
+class SoftMovementImportance(MovementImportance):
+    """Soft movement pruning: keep units whose ``sigmoid(score)`` exceeds a threshold, with an L1 penalty.
+
+    The threshold ramps from ``initial_threshold`` to ``final_threshold`` and the penalty
+    ``lambda * mean(sigmoid(scores))`` from 0 to ``final_lambda``, both on the config's schedule. Sparsity is not
+    set directly: it emerges per layer from ``final_lambda`` (larger = sparser), which is what lets soft movement
+    allocate sparsity unevenly across layers. ``PruningConfig.sparsity`` is not used for the masks.
+
+    Args:
+        initial_threshold (`float`, defaults to 0.0): Threshold at the start of the ramp.
+        final_threshold (`float`, defaults to 0.1): Threshold at the end of the ramp (paper's value).
+        final_lambda (`float`, defaults to 400.0): Weight of the L1 penalty at the end of the ramp.
+        score_init (`float`, defaults to 0.0): Initial score (sigmoid 0.5, above any threshold < 0.5).
+        update_every (`int`, defaults to 1): Recompute masks every this many steps (a comparison: cheap).
+        min_density (`float`, defaults to 0.005): Each module keeps at least this fraction of its units (its
+            highest scores), as in the paper's code, so the penalty cannot cut a layer off entirely.
+    """
+
+    initial_threshold: float = 0.0
+    final_threshold: float = 0.1
+    final_lambda: float = 400.0
+    min_density: float = 0.005
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("initial_threshold", "final_threshold"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"{name} is a sigmoid threshold in [0, 1); got {value!r}.")
+        if not 0.0 <= self.min_density <= 1.0:
+            raise ConfigError(f"min_density must be in [0, 1]; got {self.min_density!r}.")
+        if self.final_lambda < 0:
+            raise ConfigError(f"final_lambda must be >= 0; got {self.final_lambda!r}.")

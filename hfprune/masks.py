@@ -9,22 +9,52 @@ parametrization with ``merge=True`` writes the zeros into a plain ``weight`` par
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 
-class WeightMask(nn.Module):
-    """Parametrization multiplying a weight by a fixed boolean mask (stored as a buffer so it is checkpointed)."""
+class _StraightThroughScores(torch.autograd.Function):
+    """Forward: the binary mask. Backward: the mask's gradient, summed per unit, goes to the scores.
 
-    def __init__(self, mask: Tensor) -> None:
+    This is the straight-through estimator of movement pruning (Sanh et al. 2020): scores receive
+    ``dL/dW' * W`` (W' = W * M), so weights moving away from zero raise their score even while masked.
+    """
+
+    @staticmethod
+    def forward(ctx, mask: Tensor, scores: Tensor, reduce: Callable[[Tensor], Tensor]) -> Tensor:  # noqa: ANN001
+        ctx.reduce = reduce
+        ctx.scores_shape = scores.shape
+        return mask
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor, None]:  # noqa: ANN001
+        return None, ctx.reduce(grad).reshape(ctx.scores_shape), None
+
+
+class WeightMask(nn.Module):
+    """Parametrization multiplying a weight by a boolean mask (a buffer, so checkpoints carry it).
+
+    With ``scores`` (learned importance, one per unit), the mask is still the binary buffer in the forward pass,
+    but gradients flow to the scores through a straight-through estimator. ``reduce`` maps a weight-shaped tensor
+    to unit-shaped sums (the structure's `reduce`).
+    """
+
+    def __init__(
+        self, mask: Tensor, scores: Tensor | None = None, reduce: Callable[[Tensor], Tensor] | None = None
+    ) -> None:
         super().__init__()
         self.register_buffer("mask", mask.to(torch.bool))
+        self.scores = None if scores is None else nn.Parameter(scores)
+        self._reduce = reduce
 
     def forward(self, weight: Tensor) -> Tensor:
-        return weight * self.mask.to(weight.dtype)
+        mask = self.mask.to(weight.dtype)
+        if self.scores is not None and torch.is_grad_enabled():
+            mask = _StraightThroughScores.apply(mask, self.scores, self._reduce)
+        return weight * mask
 
 
 def find_mask(module: nn.Module, param_name: str = "weight") -> WeightMask | None:
@@ -37,14 +67,27 @@ def find_mask(module: nn.Module, param_name: str = "weight") -> WeightMask | Non
     return None
 
 
-def set_mask_(module: nn.Module, mask: Tensor, param_name: str = "weight") -> None:
-    """Attach ``mask`` to ``module.<param_name>``, or replace the mask already attached (in place)."""
+def set_mask_(
+    module: nn.Module,
+    mask: Tensor,
+    param_name: str = "weight",
+    scores: Tensor | None = None,
+    reduce: Callable[[Tensor], Tensor] | None = None,
+) -> None:
+    """Attach ``mask`` to ``module.<param_name>``, or replace the mask already attached (in place).
+
+    ``scores``/``reduce`` are only used when attaching: they make the scores a learned parameter (movement).
+    """
     existing = find_mask(module, param_name)
     if existing is not None:
-        existing.mask.copy_(mask.to(existing.mask.device))
+        with torch.no_grad():
+            existing.mask.copy_(mask.to(existing.mask.device))
         return
     weight = getattr(module, param_name)
-    parametrize.register_parametrization(module, param_name, WeightMask(mask.to(weight.device)), unsafe=True)
+    if scores is not None:
+        scores = scores.to(device=weight.device, dtype=torch.float32)
+    parametrization = WeightMask(mask.to(weight.device), scores, reduce)
+    parametrize.register_parametrization(module, param_name, parametrization, unsafe=True)
 
 
 def get_raw_weight(module: nn.Module, param_name: str = "weight") -> Tensor:
@@ -78,5 +121,6 @@ def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
         prefix = f"{name}." if name else ""
         for key in [k for k in state if k.startswith(f"{prefix}parametrizations.weight.")]:
             del state[key]
-        state[f"{prefix}weight"] = module.weight.detach().clone()
+        with torch.no_grad():
+            state[f"{prefix}weight"] = module.weight.detach().clone()
     return state

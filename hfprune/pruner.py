@@ -7,6 +7,7 @@ Everything that changes during a run is in `state_dict()`, the way `torch.optim`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 from .adapters import get_adapter
 from .config import PruningConfig
 from .errors import ConfigError, MissingDataError
+from .importance import SoftMovementImportance
 from .masks import find_mask, get_raw_weight, remove_mask_, set_mask_
 from .selection import select_global, select_local
 from .targets import resolve_overrides, resolve_targets
@@ -73,15 +75,90 @@ class Pruner:
     def step(self, step: int | None = None) -> bool:
         """Advance to ``step`` (or by one) and update the masks if the scheduled sparsity changed.
 
+        Learned-score criteria (movement) also re-rank every ``update_every`` steps, since their scores move.
+
         Returns:
             `bool`: whether the masks were recomputed.
         """
         self.global_step = self.global_step + 1 if step is None else int(step)
+        importance = self.config.importance
+        if importance.learned:  # type: ignore[union-attr]
+            self.attach_()
+            if isinstance(importance, SoftMovementImportance):
+                if self.applied_sparsity is not None and self.global_step % importance.update_every:
+                    return False
+                self.set_masks_(self._soft_masks(self.threshold()))
+                self.applied_sparsity = {name: 1.0 - float(mask.float().mean()) for name, mask in self.masks().items()}
+                return True
         target = self.target_sparsity(self.global_step)
-        if target == self.applied_sparsity:
+        rerank = importance.learned and self.global_step % importance.update_every == 0  # type: ignore[union-attr]
+        if target == self.applied_sparsity and not rerank:
             return False
         self.apply_sparsity_(target)
         return True
+
+    def attach_(self) -> None:
+        """Attach all-ones masks (and learned scores) to modules that have none yet.
+
+        A trainer calls this before building its optimizer, so score parameters exist and checkpoints always have
+        the same keys.
+        """
+        importance = self.config.importance
+        for name, module in self.modules.items():
+            if find_mask(module) is not None:
+                continue
+            weight = get_raw_weight(module)
+            scores = reduce = None
+            if importance.learned:  # type: ignore[union-attr]
+                num_units = self.config.structure.reduce(torch.ones_like(weight, dtype=torch.float32)).numel()  # type: ignore
+                scores = torch.full((num_units,), float(importance.score_init))  # type: ignore[union-attr]
+                reduce = self.config.structure.reduce  # type: ignore[union-attr]
+            set_mask_(module, torch.ones_like(weight, dtype=torch.bool), scores=scores, reduce=reduce)
+
+    def threshold(self) -> float | None:
+        """Soft movement's current sigmoid threshold (``None`` for other criteria)."""
+        importance = self.config.importance
+        if not isinstance(importance, SoftMovementImportance):
+            return None
+        progress = self.config.schedule.progress(self.global_step)  # type: ignore[union-attr]
+        return importance.initial_threshold + (importance.final_threshold - importance.initial_threshold) * progress
+
+    def regularization_lambda(self) -> float | None:
+        """Soft movement's current L1 weight (``None`` for other criteria)."""
+        importance = self.config.importance
+        if not isinstance(importance, SoftMovementImportance):
+            return None
+        return importance.final_lambda * self.config.schedule.progress(self.global_step)  # type: ignore[union-attr]
+
+    def regularization_loss(self) -> Tensor | None:
+        """Soft movement's ``lambda * mean over modules of mean(sigmoid(scores))``; add it to the training loss."""
+        lam = self.regularization_lambda()
+        if lam is None:
+            return None
+        terms = [torch.sigmoid(find_mask(module).scores).mean() for module in self.modules.values()]  # type: ignore
+        return lam * torch.stack(terms).mean()
+
+    def score_parameters(self) -> list[nn.Parameter]:
+        """Learned score parameters (empty unless the importance is learned); give them their own learning rate."""
+        params = []
+        for module in self.modules.values():
+            mask = find_mask(module)
+            if mask is not None and mask.scores is not None:
+                params.append(mask.scores)
+        return params
+
+    @torch.no_grad()
+    def _soft_masks(self, threshold: float | None) -> dict[str, Tensor]:
+        structure, importance = self.config.structure, self.config.importance
+        masks = {}
+        for name, module in self.modules.items():
+            scores = find_mask(module).scores.detach().reshape(-1)  # type: ignore[union-attr]
+            keep = torch.sigmoid(scores) > threshold
+            min_kept = math.ceil(importance.min_density * scores.numel())  # type: ignore[union-attr]
+            if int(keep.sum()) < min_kept:
+                keep = select_local(scores, 1.0 - min_kept / scores.numel())
+            masks[name] = structure.expand(keep, module.weight.shape)  # type: ignore[union-attr]
+        return masks
 
     # ----------------------------------------------------------------------------------------------- scoring
     @property
@@ -104,6 +181,8 @@ class Pruner:
     def scores(self) -> dict[str, Tensor]:
         """Unit scores per module (flat); already-removed units score as their masked weights do."""
         structure = self.config.structure
+        if self.config.importance.learned:  # type: ignore[union-attr]
+            return {name: find_mask(module).scores.detach().reshape(-1) for name, module in self.modules.items()}  # type: ignore
         return {
             name: structure.reduce(self.config.importance.score(self.importance_state[name], module.weight))  # type: ignore
             for name, module in self.modules.items()
@@ -112,6 +191,9 @@ class Pruner:
     @torch.no_grad()
     def compute_masks(self, sparsity: Mapping[str, float]) -> dict[str, Tensor]:
         """Boolean keep-masks (weight-shaped) at the given per-module sparsity."""
+        if all(value == 0.0 for value in sparsity.values()):
+            # Nothing to remove: no scores needed (gradient criteria may not have seen data yet).
+            return {name: torch.ones_like(get_raw_weight(m), dtype=torch.bool) for name, m in self.modules.items()}
         unit_scores = self.scores()
         keep: dict[str, Tensor] = {}
         if self.config.scope == "global":
@@ -168,6 +250,24 @@ class Pruner:
         """Measured fraction of zero weights per pruned module."""
         return {name: float((module.weight == 0).float().mean()) for name, module in self.modules.items()}
 
+    def mask_sparsity(self) -> float:
+        """Fraction of weights the attached masks remove, over all pruned modules (cheap: reads the masks)."""
+        masks = [find_mask(module) for module in self.modules.values()]
+        if any(mask is None for mask in masks):
+            return 0.0
+        removed = sum(int((~mask.mask).sum()) for mask in masks)  # type: ignore[union-attr]
+        return removed / sum(mask.mask.numel() for mask in masks)  # type: ignore[union-attr]
+
+    def metrics(self) -> dict[str, float]:
+        """What a trainer logs: mask sparsity, plus threshold and lambda for soft movement."""
+        result = {"sparsity": self.mask_sparsity()}
+        threshold, lam = self.threshold(), self.regularization_lambda()
+        if threshold is not None:
+            result["threshold"] = threshold
+        if lam is not None:
+            result["lambda"] = lam
+        return result
+
     @torch.no_grad()
     def overall_sparsity(self) -> float:
         """Measured fraction of zero weights over all pruned modules."""
@@ -182,6 +282,7 @@ class Pruner:
             "global_step": self.global_step,
             "applied_sparsity": None if self.applied_sparsity is None else dict(self.applied_sparsity),
             "masks": self.masks(),
+            "scores": {name: param.detach().clone() for name, param in zip(self.modules, self.score_parameters())},
             "importance_state": {name: dict(state) for name, state in self.importance_state.items()},
             "config": self.config.to_dict(),
         }
@@ -203,6 +304,12 @@ class Pruner:
         for name, state in state_dict["importance_state"].items():
             device = get_raw_weight(self.modules[name]).device
             self.importance_state[name] = {key: value.to(device) for key, value in state.items()}
+        if self.config.importance.learned:  # type: ignore[union-attr]
+            self.attach_()
+            with torch.no_grad():
+                for name, param in zip(self.modules, self.score_parameters()):
+                    if name in state_dict.get("scores", {}):
+                        param.copy_(state_dict["scores"][name])
         self.set_masks_(state_dict["masks"])
 
 
@@ -254,6 +361,11 @@ def prune_(
         ```
     """
     pruner = Pruner(model, config)
+    if config.importance.learned:  # type: ignore[union-attr]
+        raise ConfigError(
+            f"Importance {config.importance.registered_name!r} learns its scores during training, so it cannot "  # type: ignore
+            "prune in one shot. Use PruningTrainer (or Pruner in your training loop), or 'taylor' for one-shot pruning."
+        )
     if pruner.requires_grad:
         if dataloader is None:
             raise MissingDataError(

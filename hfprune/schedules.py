@@ -33,6 +33,10 @@ class Schedule(SerializableComponent):
         """First step at which the schedule has reached its final value."""
         return 0
 
+    def progress(self, step: int) -> float:
+        """Fraction of the ramp done at ``step``, in [0, 1] (1 for constant); drives thresholds and lambdas."""
+        return 1.0
+
 
 @SCHEDULES.register("constant")
 @dataclass(frozen=True)
@@ -74,6 +78,9 @@ class _RampSchedule(Schedule):
 
     def _ramp(self, progress: float) -> float:  # pragma: no cover - abstract
         raise TypeError
+
+    def progress(self, step: int) -> float:
+        return 1.0 - self._ramp(self._progress(step))
 
     def __call__(self, step: int, final: float) -> float:
         # A per-module override can ask for less than the global initial sparsity; never overshoot it.

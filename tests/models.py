@@ -6,7 +6,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 
 def tiny_bert(num_labels: int = 2, **overrides) -> BertForSequenceClassification:
-    config = BertConfig(
+    settings = dict(
         vocab_size=100,
         hidden_size=32,
         num_hidden_layers=2,
@@ -14,8 +14,8 @@ def tiny_bert(num_labels: int = 2, **overrides) -> BertForSequenceClassification
         intermediate_size=37,
         max_position_embeddings=64,
         num_labels=num_labels,
-        **overrides,
     )
+    config = BertConfig(**{**settings, **overrides})
     return BertForSequenceClassification(config).eval()
 
 

@@ -1,0 +1,117 @@
+"""Knowledge distillation losses: pure torch, nothing from `transformers.Trainer`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .config import ConfigMixin
+from .errors import ConfigError
+
+
+@dataclass
+class DistillationConfig(ConfigMixin):
+    """How a teacher's outputs are distilled into the student.
+
+    ``loss = (1 - alpha) * task_loss + alpha * kd_loss + hidden_weight * hidden_loss``.
+
+    Args:
+        temperature (`float`, defaults to 2.0): Softmax temperature of the logit KD term (Hinton et al. 2015); the
+            term is scaled by ``T^2`` so its gradients keep their size as T changes. Movement pruning uses 2.
+        alpha (`float`, defaults to 0.9): Weight of the KD term; the task loss gets ``1 - alpha``. 0.9 is the
+            movement-pruning paper's ``alpha_distil``.
+        hidden_weight (`float`, defaults to 0.0): Weight of the mean-squared error between hidden states.
+        hidden_layers (`list[int]`, *optional*): Indices into ``hidden_states`` (0 = embeddings) matched between
+            student and teacher; ``None`` with ``hidden_weight > 0`` matches every layer. Student and teacher must
+            have the same hidden size on those layers.
+    """
+
+    config_name = "distillation_config.json"
+
+    temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of the KD term."})
+    alpha: float = field(default=0.9, metadata={"help": "Weight of the KD term (task loss gets 1 - alpha)."})
+    hidden_weight: float = field(default=0.0, metadata={"help": "Weight of the hidden-state MSE term."})
+    hidden_layers: list[int] | None = field(default=None, metadata={"help": "hidden_states indices to match."})
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0; got {self.temperature!r}.")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"alpha (weight of the KD term) must be in [0, 1]; got {self.alpha!r}.")
+        if self.hidden_weight < 0:
+            raise ConfigError(f"hidden_weight must be >= 0; got {self.hidden_weight!r}.")
+        if self.hidden_layers is not None:
+            self.hidden_layers = [int(i) for i in self.hidden_layers]
+
+    @property
+    def needs_hidden_states(self) -> bool:
+        return self.hidden_weight > 0
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 2.0) -> Tensor:
+    """Distillation loss between logits.
+
+    Classification (more than one logit): ``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, averaged
+    over the batch. Regression (one logit, e.g. STS-B): mean squared error, as there is no distribution to match.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ConfigError(
+            f"Student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ: "
+            "teacher and student must predict the same labels."
+        )
+    if student_logits.shape[-1] == 1:
+        return F.mse_loss(student_logits.float(), teacher_logits.float())
+    student_log_probs = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    teacher_log_probs = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    kl = F.kl_div(student_log_probs.reshape(-1, student_logits.shape[-1]),
+                  teacher_log_probs.reshape(-1, student_logits.shape[-1]), reduction="batchmean", log_target=True)  # fmt: skip
+    return kl * temperature**2
+
+
+def hidden_state_loss(
+    student_hidden: tuple[Tensor, ...], teacher_hidden: tuple[Tensor, ...], layers: list[int] | None = None
+) -> Tensor:
+    """Mean over the chosen layers of the MSE between student and teacher hidden states."""
+    if layers is None:
+        if len(student_hidden) != len(teacher_hidden):
+            raise ConfigError(
+                f"Student has {len(student_hidden)} hidden states and teacher {len(teacher_hidden)}; pass "
+                "hidden_layers to choose which ones to match."
+            )
+        layers = list(range(len(student_hidden)))
+    for index in layers:
+        if not (-len(student_hidden) <= index < len(student_hidden) and -len(teacher_hidden) <= index < len(teacher_hidden)):
+            raise ConfigError(f"hidden_layers index {index} is out of range for {len(student_hidden)} hidden states.")
+        if student_hidden[index].shape != teacher_hidden[index].shape:
+            raise ConfigError(
+                f"Hidden state {index}: student {tuple(student_hidden[index].shape)} vs teacher "
+                f"{tuple(teacher_hidden[index].shape)}; the hidden-state loss needs equal widths."
+            )
+    return torch.stack([F.mse_loss(student_hidden[i].float(), teacher_hidden[i].float()) for i in layers]).mean()
+
+
+def distillation_loss(
+    task_loss: Tensor | None,
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    config: DistillationConfig,
+    student_hidden: tuple[Tensor, ...] | None = None,
+    teacher_hidden: tuple[Tensor, ...] | None = None,
+) -> dict[str, Tensor]:
+    """All loss terms and their weighted sum (key ``"loss"``)."""
+    terms: dict[str, Tensor] = {"kd_loss": kd_loss(student_logits, teacher_logits, config.temperature)}
+    if task_loss is not None:
+        terms["task_loss"] = task_loss
+        total = (1.0 - config.alpha) * task_loss + config.alpha * terms["kd_loss"]
+    else:
+        total = terms["kd_loss"]
+    if config.needs_hidden_states:
+        if student_hidden is None or teacher_hidden is None:
+            raise ConfigError("hidden_weight > 0 needs output_hidden_states from student and teacher.")
+        terms["hidden_loss"] = hidden_state_loss(student_hidden, teacher_hidden, config.hidden_layers)
+        total = total + config.hidden_weight * terms["hidden_loss"]
+    terms["loss"] = total
+    return terms

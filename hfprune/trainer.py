@@ -1,0 +1,256 @@
+"""`PruningTrainer`: a `transformers.Trainer` that prunes on a schedule and distils from a teacher.
+
+The callback decides *when* (score accumulation after gradient clipping, schedule steps, saving pruner state with
+each checkpoint); the subclass decides *what* (the loss: task + distillation + sparsity regularizer). Everything
+is a constructor argument.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from .config import PruningConfig
+from .distillation import DistillationConfig, distillation_loss
+from .errors import ConfigError, HfPruneError
+from .pruner import Pruner
+
+
+PRUNER_STATE_NAME = "hfprune_pruner.pt"
+
+
+class PruningCallback(TrainerCallback):
+    """Drives a `Pruner` from the Trainer's events.
+
+    - ``on_pre_optimizer_step`` (after gradient clipping): fold gradients into importance statistics;
+    - ``on_step_end``: advance the schedule and update masks;
+    - ``on_save``: write the pruner state next to the checkpoint.
+    """
+
+    def __init__(self, pruner: Pruner) -> None:
+        self.pruner = pruner
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+        self.pruner.accumulate()
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+        self.pruner.step(state.global_step)
+
+    def on_save(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+        if state.is_world_process_zero:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            checkpoint.mkdir(parents=True, exist_ok=True)
+            # Write then rename, so an interrupt never leaves a truncated pruner state in a checkpoint.
+            partial = checkpoint / f"{PRUNER_STATE_NAME}.partial"
+            torch.save(self.pruner.state_dict(), partial)
+            os.replace(partial, checkpoint / PRUNER_STATE_NAME)
+
+
+def check_teacher_compatible(student: nn.Module, teacher: nn.Module) -> None:
+    """Raise a `ConfigError` if teacher and student predict different labels or read different vocabularies."""
+    student_config, teacher_config = getattr(student, "config", None), getattr(teacher, "config", None)
+    if student_config is None or teacher_config is None:
+        return
+    for attribute in ("num_labels", "vocab_size"):
+        mine, theirs = getattr(student_config, attribute, None), getattr(teacher_config, attribute, None)
+        if mine is not None and theirs is not None and mine != theirs:
+            raise ConfigError(
+                f"Teacher and student differ in {attribute}: student {mine}, teacher {theirs}. Distillation needs "
+                "a teacher fine-tuned on the same task with the same tokenizer."
+            )
+    student_labels = getattr(student_config, "label2id", None) or {}
+    teacher_labels = getattr(teacher_config, "label2id", None) or {}
+    generic = all(str(label).startswith("LABEL_") for label in {**student_labels, **teacher_labels})
+    if not generic and student_labels and teacher_labels and student_labels != teacher_labels:
+        raise ConfigError(
+            f"Teacher and student label sets differ: student {student_labels}, teacher {teacher_labels}."
+        )
+
+
+class PruningTrainer(Trainer):
+    """`transformers.Trainer` with pruning and knowledge distillation.
+
+    Args:
+        model (`PreTrainedModel`): The student, pruned in place.
+        args (`TrainingArguments`): Usual training arguments.
+        pruning_config (`PruningConfig`, *optional*): What to prune and on which schedule. ``None`` trains dense
+            (useful for the teacher, or plain distillation).
+        teacher_model (`nn.Module`, *optional*): A dense teacher; frozen and put in eval mode.
+        distillation_config (`DistillationConfig`, *optional*): KD settings; defaults to `DistillationConfig()` when
+            a teacher is given.
+        score_learning_rate (`float`, defaults to 1e-2): Learning rate of learned pruning scores (movement), in
+            their own optimizer group without weight decay (the movement-pruning paper's value).
+        **kwargs: Everything else `Trainer` takes (``train_dataset``, ``eval_dataset``, ``processing_class``,
+            ``data_collator``, ``compute_metrics``, ``callbacks``, ...).
+
+    Example:
+        ```python
+        trainer = PruningTrainer(
+            model=student, args=args, train_dataset=train, eval_dataset=dev,
+            pruning_config=PruningConfig(importance="movement", sparsity=0.9,
+                                         schedule=CubicSchedule(start_step=500, end_step=5000, every=10)),
+            teacher_model=teacher, distillation_config=DistillationConfig(temperature=2.0, alpha=0.9),
+        )
+        trainer.train()
+        trainer.save_pruned_model("out")   # zeros made permanent, scores dropped, report + configs written
+        ```
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: Any = None,
+        *,
+        pruning_config: PruningConfig | None = None,
+        teacher_model: nn.Module | None = None,
+        distillation_config: DistillationConfig | None = None,
+        score_learning_rate: float = 1e-2,
+        **kwargs: Any,
+    ) -> None:
+        if model is None:
+            raise ConfigError("PruningTrainer needs a model instance (model_init is not supported).")
+        self.pruning_config = pruning_config
+        self.pruner: Pruner | None = None
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        if pruning_config is not None:
+            self.pruner = Pruner(model, pruning_config)
+            # Masks and scores exist before the optimizer and before any checkpoint is loaded.
+            self.pruner.attach_()
+            self.pruner.step(0)
+            callbacks.append(PruningCallback(self.pruner))
+        if teacher_model is not None:
+            check_teacher_compatible(model, teacher_model)
+        elif distillation_config is not None:
+            raise ConfigError("distillation_config was given without a teacher_model.")
+        self.distillation_config = distillation_config or (DistillationConfig() if teacher_model is not None else None)
+        self.score_learning_rate = float(score_learning_rate)
+        super().__init__(model=model, args=args, callbacks=callbacks, **kwargs)
+        self.teacher_model = teacher_model
+        if teacher_model is not None:
+            teacher_model.to(self.args.device).eval().requires_grad_(False)
+        self._loss_sums: dict[str, float] = defaultdict(float)
+        self._loss_count = 0
+
+    # --------------------------------------------------------------------------------------------- optimizer
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        scores = self.pruner.score_parameters() if self.pruner is not None else []
+        if self.optimizer is None and scores:
+            opt_model = self.model if model is None else model
+            score_ids = {id(param) for param in scores}
+            decay = set(self.get_decay_parameter_names(opt_model))
+            named = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad and id(p) not in score_ids]
+            groups = [
+                {"params": [p for n, p in named if n in decay], "weight_decay": self.args.weight_decay},
+                {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
+                {"params": scores, "weight_decay": 0.0, "lr": self.score_learning_rate},
+            ]
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return super().create_optimizer(model)
+
+    # --------------------------------------------------------------------------------------------- loss
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Tensor | int | None = None,
+    ):  # noqa: ANN201 - same return as Trainer.compute_loss
+        distil = self.teacher_model is not None and model.training
+        config = self.distillation_config
+        if distil and config is not None and config.needs_hidden_states:
+            inputs = {**inputs, "output_hidden_states": True}
+        task_loss, outputs = super().compute_loss(
+            model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+        )
+        loss = task_loss
+        terms: dict[str, Tensor] = {}
+        if distil:
+            teacher_inputs = {key: value for key, value in inputs.items() if key != "labels"}
+            with torch.no_grad():
+                teacher_outputs = self.teacher_model(**teacher_inputs)
+            terms = distillation_loss(
+                task_loss,
+                outputs["logits"],
+                teacher_outputs["logits"],
+                config,  # type: ignore[arg-type]
+                student_hidden=outputs.get("hidden_states"),
+                teacher_hidden=teacher_outputs.get("hidden_states"),
+            )
+            loss = terms.pop("loss")
+        if self.pruner is not None and model.training:
+            regularization = self.pruner.regularization_loss()
+            if regularization is not None:
+                terms["regularization_loss"] = regularization
+                loss = loss + regularization
+        if model.training and terms:
+            for name, value in terms.items():
+                self._loss_sums[name] += float(value.detach())
+            self._loss_count += 1
+        return (loss, outputs) if return_outputs else loss
+
+    # --------------------------------------------------------------------------------------------- logging
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add loss terms (averaged since the last log) and pruning state (sparsity, threshold, lambda)."""
+        if "loss" in logs:
+            if self._loss_count:
+                for name, total in self._loss_sums.items():
+                    logs[name] = round(total / self._loss_count, 6)
+                self._loss_sums.clear()
+                self._loss_count = 0
+            if self.pruner is not None:
+                for name, value in self.pruner.metrics().items():
+                    logs[f"pruning/{name}"] = round(value, 6) if math.isfinite(value) else value
+        super().log(logs, start_time)
+
+    # --------------------------------------------------------------------------------------------- resume
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):  # noqa: ANN201
+        """`Trainer.train`, restoring the pruner's masks, scores, statistics and schedule step when resuming."""
+        if self.pruner is not None and resume_from_checkpoint not in (None, False):
+            checkpoint = resume_from_checkpoint
+            if checkpoint is True:
+                checkpoint = get_last_checkpoint(self.args.output_dir)
+                if checkpoint is None:
+                    raise HfPruneError(f"No checkpoint found in {self.args.output_dir} to resume from.")
+            state_path = Path(checkpoint) / PRUNER_STATE_NAME
+            if not state_path.is_file():
+                raise HfPruneError(
+                    f"Checkpoint {checkpoint} has no {PRUNER_STATE_NAME}: it was not written by a PruningTrainer with "
+                    "a pruning_config, so masks and schedule cannot be restored."
+                )
+            self.pruner.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    # --------------------------------------------------------------------------------------------- export
+    def save_pruned_model(self, output_dir: str | os.PathLike, example_inputs: Any = None, overwrite: bool = True):  # noqa: ANN201
+        """Make the masks permanent, drop learned scores, and write the model with its configs and report.
+
+        The folder is an ordinary checkpoint of the architecture (zeros in the weights), written atomically, plus
+        ``pruning_config.json``, ``distillation_config.json``, ``report.json`` and a model card. Every process
+        makes the masks permanent; only the main process writes.
+        """
+        from .hub import save_pruned
+        from .reporting import report
+
+        model = self.accelerator.unwrap_model(self.model)
+        if self.pruner is not None:
+            self.pruner.make_permanent_()
+        if not self.is_world_process_zero():
+            return None
+        pruning_config = self.pruning_config or PruningConfig(sparsity=0.0)
+        result = report(model, example_inputs, measure_latency=False,
+                        target_modules=pruning_config.target_modules, exclude_modules=pruning_config.exclude_modules)  # fmt: skip
+        path = save_pruned(
+            model, output_dir, pruning_config=pruning_config, report=result,
+            tokenizer=self.processing_class, overwrite=overwrite,
+            extra_configs=(self.distillation_config,) if self.distillation_config is not None else (),
+        )  # fmt: skip
+        return path
