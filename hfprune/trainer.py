@@ -68,8 +68,12 @@ def check_teacher_compatible(student: nn.Module, teacher: nn.Module) -> None:
             )
     student_labels = getattr(student_config, "label2id", None) or {}
     teacher_labels = getattr(teacher_config, "label2id", None) or {}
-    generic = all(str(label).startswith("LABEL_") for label in {**student_labels, **teacher_labels})
-    if not generic and student_labels and teacher_labels and student_labels != teacher_labels:
+    # Default names (LABEL_0, ...) carry no meaning, so only two sets of real names can disagree.
+    named = all(
+        labels and not all(str(label).startswith("LABEL_") for label in labels)
+        for labels in (student_labels, teacher_labels)
+    )
+    if named and student_labels != teacher_labels:
         raise ConfigError(
             f"Teacher and student label sets differ: student {student_labels}, teacher {teacher_labels}."
         )

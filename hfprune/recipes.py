@@ -1,0 +1,233 @@
+"""YAML recipes for whole runs (model, data, TrainingArguments, pruning, distillation) and the GLUE workflow.
+
+`scripts/run_glue.py` and the CLI only parse arguments and call `train_glue`; the workflow lives here once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import PruningConfig
+from .distillation import DistillationConfig
+from .errors import ConfigError
+
+
+def _did_you_mean(key: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(key, options, n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def _check_keys(where: str, given: dict[str, Any], allowed: list[str]) -> None:
+    for key in given:
+        if key not in allowed:
+            raise ConfigError(
+                f"Unknown key {key!r} in {where}.{_did_you_mean(key, allowed)} Allowed: {', '.join(sorted(allowed))}."
+            )
+
+
+def set_dotted(data: dict[str, Any], assignment: str) -> None:
+    """Apply ``"a.b=value"`` (value parsed as YAML) to a nested dict, creating sections as needed."""
+    if "=" not in assignment:
+        raise ConfigError(f"Override {assignment!r} must look like section.key=value (e.g. training.max_steps=100).")
+    path, raw = assignment.split("=", 1)
+    keys = path.strip().split(".")
+    node = data
+    for key in keys[:-1]:
+        if node.get(key) is None:
+            node[key] = {}
+        node = node[key]
+        if not isinstance(node, dict):
+            raise ConfigError(f"Override {assignment!r}: {key!r} is not a section.")
+    node[keys[-1]] = yaml.safe_load(raw)
+
+
+@dataclass
+class GlueRecipe:
+    """A GLUE fine-tuning / fine-pruning run.
+
+    Args:
+        model (`str`): Student model folder or hub id.
+        task (`str`): GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte).
+        data_dir (`str`, *optional*): Folder of original GLUE TSVs; ``None`` loads ``nyu-mll/glue`` from the Hub.
+        teacher (`str`, *optional*): Fine-tuned teacher for distillation (same task and tokenizer).
+        max_seq_length (`int`, defaults to 128): Truncation length; batches are padded dynamically.
+        max_train_samples / max_eval_samples (`int`, *optional*): Use only the first N rows of each split.
+        output_dir (`str`, *optional*): Where the final pruned model goes (default ``<training.output_dir>/final``).
+        score_learning_rate (`float`, defaults to 1e-2): Learning rate of movement scores.
+        training (`dict`): `transformers.TrainingArguments` keywords.
+        pruning (`dict`, *optional*): `PruningConfig` fields; ``None`` trains dense.
+        distillation (`dict`, *optional*): `DistillationConfig` fields; used only with a teacher.
+    """
+
+    model: str
+    task: str
+    data_dir: str | None = None
+    teacher: str | None = None
+    max_seq_length: int = 128
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    output_dir: str | None = None
+    score_learning_rate: float = 1e-2
+    training: dict[str, Any] = field(default_factory=dict)
+    pruning: dict[str, Any] | None = None
+    distillation: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        from transformers import TrainingArguments
+
+        from .glue import get_task
+
+        get_task(self.task)
+        allowed = [f.name for f in dataclasses.fields(TrainingArguments) if f.init]
+        _check_keys("the training section (TrainingArguments)", self.training, allowed)
+        if "output_dir" not in self.training:
+            raise ConfigError("The training section needs output_dir (where checkpoints go).")
+        if self.pruning is not None:
+            _check_keys("the pruning section", self.pruning, [f.name for f in dataclasses.fields(PruningConfig)])
+        if self.distillation is not None:
+            _check_keys("the distillation section", self.distillation,
+                        [f.name for f in dataclasses.fields(DistillationConfig)])  # fmt: skip
+            if self.teacher is None:
+                raise ConfigError("The recipe has a distillation section but no teacher.")
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, overrides: list[str] | None = None) -> GlueRecipe:
+        """Read a recipe; ``overrides`` are ``section.key=value`` strings applied on top."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"Recipe {path} does not exist.")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"Recipe {path} must be a YAML mapping.")
+        for assignment in overrides or []:
+            set_dotted(data, assignment)
+        _check_keys(f"recipe {path}", data, [f.name for f in dataclasses.fields(cls)])
+        for required in ("model", "task"):
+            if required not in data:
+                raise ConfigError(f"Recipe {path} needs a {required!r} key.")
+        return cls(**data)
+
+    def pruning_config(self) -> PruningConfig | None:
+        return None if self.pruning is None else PruningConfig.from_dict(self.pruning)
+
+    def distillation_config(self) -> DistillationConfig | None:
+        if self.teacher is None:
+            return None
+        return DistillationConfig.from_dict(self.distillation or {})
+
+
+def mask_digest(masks: dict[str, Any]) -> str:
+    """SHA-256 over mask names and bits: equal digests mean equal masks (used to check ranks agree)."""
+    digest = hashlib.sha256()
+    for name in sorted(masks):
+        digest.update(name.encode())
+        digest.update(masks[name].cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def train_glue(recipe: GlueRecipe) -> dict[str, Any]:
+    """Fine-tune or fine-prune on a GLUE task, evaluate, and save the (pruned) model.
+
+    Works under ``python`` and ``accelerate launch`` (the Trainer picks up the distributed setup). Data is
+    tokenized on the main process first; printing and saving happen on the main process only. Before saving,
+    every rank's masks are compared and a mismatch is an error.
+
+    Returns:
+        `dict`: evaluation metrics per eval split, the final sparsity, the mask digest and where the model went.
+    """
+    import numpy as np
+    from accelerate.utils import gather_object
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        TrainingArguments,
+        set_seed,
+    )
+
+    from .glue import compute_glue_metrics, get_task, load_glue
+    from .trainer import PruningTrainer
+
+    task = get_task(recipe.task)
+    args = TrainingArguments(**recipe.training)
+    set_seed(args.seed)
+    pruning_config = recipe.pruning_config()
+    distillation_config = recipe.distillation_config()
+
+    with args.main_process_first(desc="loading and tokenizing GLUE"):
+        raw = load_glue(task, recipe.data_dir, max_samples=None)
+        tokenizer = AutoTokenizer.from_pretrained(recipe.model)
+
+        def tokenize(batch: dict[str, list]) -> dict[str, list]:
+            texts = [batch[key] for key in task.text_keys]
+            return tokenizer(*texts, truncation=True, max_length=recipe.max_seq_length)
+
+        limits = {"train": recipe.max_train_samples}
+        encoded = {}
+        for split, dataset in raw.items():
+            limit = limits.get(split, recipe.max_eval_samples)
+            if limit is not None:
+                dataset = dataset.select(range(min(limit, len(dataset))))
+            encoded[split] = dataset.map(tokenize, batched=True, remove_columns=[*task.text_keys, "idx"])
+
+    label_kwargs: dict[str, Any] = {"num_labels": task.num_labels}
+    if not task.is_regression:
+        label_kwargs["id2label"] = dict(enumerate(task.label_names))
+        label_kwargs["label2id"] = {name: i for i, name in enumerate(task.label_names)}
+    model = AutoModelForSequenceClassification.from_pretrained(recipe.model, **label_kwargs)
+    teacher = None
+    if recipe.teacher is not None:
+        teacher = AutoModelForSequenceClassification.from_pretrained(recipe.teacher)
+
+    def compute_metrics(prediction: Any) -> dict[str, float]:
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        predicted = logits.reshape(-1) if task.is_regression else np.argmax(logits, axis=-1)
+        return compute_glue_metrics(task, predicted, prediction.label_ids)
+
+    eval_splits = list(task.eval_splits)
+    trainer = PruningTrainer(
+        model=model,
+        args=args,
+        train_dataset=encoded["train"],
+        eval_dataset={split: encoded[split] for split in eval_splits},
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=compute_metrics,
+        pruning_config=pruning_config,
+        teacher_model=teacher,
+        distillation_config=distillation_config,
+        score_learning_rate=recipe.score_learning_rate,
+    )
+    train_output = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    metrics = {split: trainer.evaluate(encoded[split], metric_key_prefix=f"eval_{split}") for split in eval_splits}
+
+    digest = mask_digest(trainer.pruner.masks()) if trainer.pruner is not None else None
+    digests = gather_object([digest])
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"Pruning masks differ across processes ({digests}); the run is not consistent.")
+    sparsity = trainer.pruner.mask_sparsity() if trainer.pruner is not None else 0.0
+    output_dir = recipe.output_dir or str(Path(args.output_dir) / "final")
+    trainer.save_pruned_model(output_dir)
+    result = {
+        "task": task.name,
+        "metrics": metrics,
+        "sparsity": sparsity,
+        "mask_digest": digest,
+        "num_processes": trainer.accelerator.num_processes,
+        "train_runtime_s": train_output.metrics.get("train_runtime"),
+        "train_steps": train_output.global_step,
+        "output_dir": output_dir,
+    }
+    if trainer.is_world_process_zero():
+        Path(output_dir, "eval_results.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        print("hfprune eval results: " + json.dumps(result, sort_keys=True), flush=True)
+    return result

@@ -1,0 +1,121 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hfprune import ConfigError, MissingDataError
+from hfprune.recipes import GlueRecipe, train_glue
+
+from .conftest import SHARED_DATA
+
+
+REPO = Path(__file__).resolve().parents[1]
+GLUE_DIR = SHARED_DATA / "glue"
+needs_glue = pytest.mark.skipif(not (GLUE_DIR / "SST-2" / "dev.tsv").is_file(), reason=f"needs GLUE TSVs in {GLUE_DIR}")
+
+
+@pytest.fixture(scope="session")
+def tiny_glue_model(tmp_path_factory, minilm_path):
+    """A 2-layer BERT with the real MiniLM tokenizer, saved to a folder like a hub checkpoint."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny-glue-model")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128)  # fmt: skip
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _recipe(tmp_path, model, **overrides) -> dict:
+    recipe = {
+        "model": str(model),
+        "task": "sst2",
+        "data_dir": str(GLUE_DIR),
+        "teacher": str(model),
+        "max_train_samples": 96,
+        "max_eval_samples": 48,
+        "max_seq_length": 64,
+        "training": {"output_dir": str(tmp_path / "run"), "per_device_train_batch_size": 8, "max_steps": 8,
+                     "logging_steps": 4, "use_cpu": True, "report_to": [], "disable_tqdm": True,
+                     "save_strategy": "no", "seed": 0},  # fmt: skip
+        "pruning": {"importance": "movement", "sparsity": 0.5, "schedule": {"type": "cubic", "end_step": 6}},
+        "distillation": {"alpha": 0.5, "temperature": 2.0},
+    }
+    recipe.update(overrides)
+    return recipe
+
+
+def _write(tmp_path, recipe) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@needs_glue
+def test_train_glue_fine_prunes_and_saves(tmp_path, tiny_glue_model):
+    recipe = GlueRecipe.from_yaml(_write(tmp_path, _recipe(tmp_path, tiny_glue_model)))
+    result = train_glue(recipe)
+    assert result["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert 0.0 <= result["metrics"]["validation"]["eval_validation_accuracy"] <= 1.0
+    final = Path(result["output_dir"])
+    saved = json.loads((final / "eval_results.json").read_text())
+    assert saved["mask_digest"] == result["mask_digest"]
+    assert json.loads((final / "report.json").read_text())["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(final)
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+
+
+@needs_glue
+def test_accelerate_two_processes_agree_and_report_once(tmp_path, tiny_glue_model):
+    path = _write(tmp_path, _recipe(tmp_path, tiny_glue_model))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    # accelerate's --cpu flag uses its single-process launcher unless MPI is installed; --multi_gpu launches
+    # torchrun, which on a machine without GPUs runs the ranks on the CPU with the gloo backend.
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(REPO / "scripts" / "run_glue.py"), str(path)]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("hfprune eval results: ")]
+    assert len(lines) == 1, completed.stdout[-2000:]
+    result = json.loads(lines[0].removeprefix("hfprune eval results: "))
+    # train_glue gathers every rank's mask digest and fails if they differ; 2 ranks really ran.
+    assert result["num_processes"] == 2
+    assert result["sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_unknown_task_and_keys_fail_before_training(tmp_path):
+    with pytest.raises(ConfigError, match="Did you mean 'sst2'"):
+        GlueRecipe.from_yaml(_write(tmp_path, _recipe(tmp_path, "m", task="sst3")))
+    with pytest.raises(ConfigError, match=r"Unknown key 'max_stepz'.*Did you mean 'max_steps'"):
+        GlueRecipe.from_yaml(_write(tmp_path, _recipe(tmp_path, "m")), overrides=["training.max_stepz=3"])
+    with pytest.raises(ConfigError, match=r"Unknown key 'sparsty' in the pruning section"):
+        GlueRecipe.from_yaml(_write(tmp_path, _recipe(tmp_path, "m")), overrides=["pruning.sparsty=0.3"])
+    with pytest.raises(ConfigError, match="Unknown key 'modle'"):
+        GlueRecipe.from_yaml(_write(tmp_path, {**_recipe(tmp_path, "m"), "modle": "x"}))
+    with pytest.raises(ConfigError, match="distillation section but no teacher"):
+        GlueRecipe.from_yaml(_write(tmp_path, _recipe(tmp_path, "m", teacher=None)))
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path, tiny_glue_model):
+    recipe = GlueRecipe.from_yaml(_write(tmp_path, _recipe(tmp_path, tiny_glue_model, data_dir=str(tmp_path / "none"))))
+    with pytest.raises(MissingDataError):
+        train_glue(recipe)
+
+
+def test_every_committed_recipe_validates():
+    recipes = sorted((REPO / "configs" / "glue").glob("*.yaml"))
+    assert recipes
+    for path in recipes:
+        recipe = GlueRecipe.from_yaml(path)
+        assert recipe.pruning_config() is None or recipe.pruning_config().sparsity > 0
+        if recipe.teacher is not None:
+            assert recipe.distillation_config() is not None
