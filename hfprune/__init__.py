@@ -11,11 +11,20 @@ from .errors import (
     NoPrunableModulesError,
     UnsupportedArchitectureError,
 )
-from .importance import L2MagnitudeImportance, MagnitudeImportance, RandomImportance, TaylorImportance
+from .distillation import DistillationConfig, kd_loss
+from .importance import (
+    L2MagnitudeImportance,
+    MagnitudeImportance,
+    MovementImportance,
+    RandomImportance,
+    SoftMovementImportance,
+    TaylorImportance,
+)
 from .pruner import Pruner, prune_
 from .reporting import PruningReport, compare_reports, report
 from .schedules import ConstantSchedule, CubicSchedule, LinearSchedule
 from .structures import Blocks, Unstructured
+from .trainer import PruningCallback, PruningTrainer
 
 
 __all__ = [
@@ -23,22 +32,28 @@ __all__ = [
     "ConfigError",
     "ConstantSchedule",
     "CubicSchedule",
+    "DistillationConfig",
     "HfPruneError",
     "HfPruneWarning",
     "L2MagnitudeImportance",
     "LinearSchedule",
     "MagnitudeImportance",
     "MissingDataError",
+    "MovementImportance",
     "NoPrunableModulesError",
     "Pruner",
+    "PruningCallback",
+    "PruningTrainer",
     "PruningConfig",
     "PruningReport",
     "RandomImportance",
+    "SoftMovementImportance",
     "TaylorImportance",
     "UnsupportedArchitectureError",
     "Unstructured",
     "__version__",
     "compare_reports",
+    "kd_loss",
     "prune_",
     "report",
 ]
