@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from .compaction import PlanMismatchError, PruningPlan, compact_, load_pruned
 from .config import PruningConfig
 from .errors import (
     ConfigError,
@@ -13,6 +14,7 @@ from .errors import (
 )
 from .distillation import DistillationConfig, kd_loss
 from .importance import (
+    FisherImportance,
     L2MagnitudeImportance,
     MagnitudeImportance,
     MovementImportance,
@@ -23,13 +25,20 @@ from .importance import (
 from .pruner import Pruner, prune_
 from .reporting import PruningReport, compare_reports, report
 from .schedules import ConstantSchedule, CubicSchedule, LinearSchedule
-from .structures import Blocks, Unstructured
+from .structured import plan_structured
+from .structures import Blocks, Heads, HeadsAndNeurons, Neurons, Unstructured
 from .trainer import PruningCallback, PruningTrainer
 
 
 __all__ = [
     "Blocks",
     "ConfigError",
+    "FisherImportance",
+    "Heads",
+    "HeadsAndNeurons",
+    "Neurons",
+    "PlanMismatchError",
+    "PruningPlan",
     "ConstantSchedule",
     "CubicSchedule",
     "DistillationConfig",
@@ -52,7 +61,10 @@ __all__ = [
     "UnsupportedArchitectureError",
     "Unstructured",
     "__version__",
+    "compact_",
     "compare_reports",
+    "load_pruned",
+    "plan_structured",
     "kd_loss",
     "prune_",
     "report",

@@ -135,6 +135,11 @@ class PruningConfig(ConfigMixin):
         sparsity_overrides (`dict[str, float]`): Per-module final sparsity; keys are names, dotted suffixes or
             ``"re:<regex>"``; the first matching key wins. Overridden modules are ranked on their own.
         seed (`int`, defaults to 0): Seeds `RandomImportance`.
+        target_flops (`float`, *optional*): For structured kinds, the fraction of encoder FLOPs to keep, in
+            ``(0, 1]``; it replaces ``sparsity``. Heads and neurons compete for the budget when the importance is
+            comparable across them (``fisher``); otherwise both keep the same fraction.
+        flops_seq_len (`int`, defaults to 128): Sequence length used to count encoder FLOPs (attention's cost
+            grows with it).
 
     Example:
         ```python
@@ -171,6 +176,11 @@ class PruningConfig(ConfigMixin):
         default_factory=dict, metadata={"help": "Per-module final sparsity: {name|suffix|'re:regex': sparsity}."}
     )
     seed: int = field(default=0, metadata={"help": "Seed for random importance."})
+    target_flops: float | None = field(
+        default=None,
+        metadata={"help": "Structured pruning: fraction of the encoder's FLOPs to keep, in (0, 1]; overrides sparsity."},
+    )
+    flops_seq_len: int = field(default=128, metadata={"help": "Sequence length at which encoder FLOPs are counted."})
     config_version: int = field(default=CONFIG_VERSION, metadata={"help": "Format version of this config."})
     hfprune_version: str | None = field(default=None, metadata={"help": "hfprune version that wrote the config."})
 
@@ -188,6 +198,22 @@ class PruningConfig(ConfigMixin):
         self.sparsity_overrides = {
             str(k): self._check_sparsity(f"sparsity_overrides[{k!r}]", v) for k, v in self.sparsity_overrides.items()
         }
+        if self.target_flops is not None:
+            if isinstance(self.target_flops, bool) or not isinstance(self.target_flops, (int, float)):
+                raise ConfigError(f"target_flops must be a number in (0, 1]; got {self.target_flops!r}.")
+            if not 0.0 < float(self.target_flops) <= 1.0:
+                raise ConfigError(
+                    f"target_flops is the fraction of encoder FLOPs to keep and must be in (0, 1]; got "
+                    f"{self.target_flops!r}. For half the FLOPs use 0.5."
+                )
+            self.target_flops = float(self.target_flops)
+            if not getattr(self.structure, "kinds", None):
+                raise ConfigError(
+                    "target_flops needs a structured kind (structure='heads', 'neurons' or 'heads_and_neurons'): "
+                    "unstructured zeros do not reduce FLOPs."
+                )
+        if self.flops_seq_len < 1:
+            raise ConfigError(f"flops_seq_len must be >= 1; got {self.flops_seq_len}.")
         initial = getattr(self.schedule, "initial", 0.0)
         if initial > self.sparsity:
             raise ConfigError(f"The schedule's initial sparsity {initial} exceeds the final sparsity {self.sparsity}.")

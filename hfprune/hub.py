@@ -115,13 +115,15 @@ def save_pruned(
     base_model: str | None = None,
     tokenizer: Any = None,
     extra_configs: tuple[Any, ...] = (),
+    plan: Any = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a pruned model folder atomically.
 
     The folder holds ``config.json`` and ``model.safetensors`` (masks multiplied in, no parametrization keys),
     ``pruning_config.json``, ``report.json`` and a ``README.md`` model card; plus the tokenizer and any
-    ``extra_configs`` (objects with ``save_pretrained``, e.g. a `DistillationConfig`).
+    ``extra_configs`` (objects with ``save_pretrained``, e.g. a `DistillationConfig`). With a ``plan`` (a
+    compacted model) ``pruning_plan.json`` is written too; load such a folder with `hfprune.load_pruned`.
     """
     if not hasattr(model, "save_pretrained"):
         raise ConfigError(f"{type(model).__name__} has no save_pretrained(); save_pruned needs a transformers model.")
@@ -131,6 +133,8 @@ def save_pruned(
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         pruning_config.save_pretrained(staging)
+        if plan is not None:
+            plan.save_pretrained(staging)
         for extra in extra_configs:
             extra.save_pretrained(staging)
         if report is not None:

@@ -179,3 +179,24 @@ class SoftMovementImportance(MovementImportance):
             raise ConfigError(f"min_density must be in [0, 1]; got {self.min_density!r}.")
         if self.final_lambda < 0:
             raise ConfigError(f"final_lambda must be >= 0; got {self.final_lambda!r}.")
+
+
+@IMPORTANCES.register("fisher")
+@dataclass(frozen=True)
+class FisherImportance(Importance):
+    """Diagonal Fisher information of head and neuron masks (Michel et al. 2019; Kwon et al. 2022).
+
+    For a mask ``m`` multiplying a head's (or neuron's) output, ``I = sum over examples of (dL_i/dm)^2`` estimates
+    how much the loss grows when the unit is removed. hfprune computes it with hooks on the inputs of the attention
+    output and FFN output projections (``dL/dm`` per example is ``sum over tokens of activation * gradient``), so it
+    works with eager and sdpa attention alike. Only for the structured kinds (``heads``, ``neurons``,
+    ``heads_and_neurons``); it needs labelled calibration data.
+    """
+
+    requires_grad: ClassVar[bool] = True
+
+    def score(self, state: dict[str, Tensor], weight: Tensor) -> Tensor:
+        raise ConfigError(
+            "Fisher importance scores heads and neurons, not single weights: use structure='heads', 'neurons' or "
+            "'heads_and_neurons'."
+        )

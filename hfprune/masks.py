@@ -124,3 +124,10 @@ def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
         with torch.no_grad():
             state[f"{prefix}weight"] = module.weight.detach().clone()
     return state
+
+
+def merge_masks_(model: nn.Module) -> None:
+    """Make every mask in ``model`` permanent (zeros written into plain parameters)."""
+    for module in list(model.modules()):
+        for param_name in ("weight", "bias"):
+            remove_mask_(module, param_name, merge=True)

@@ -18,8 +18,9 @@ from .adapters import get_adapter
 from .config import PruningConfig
 from .errors import ConfigError, MissingDataError
 from .importance import SoftMovementImportance
-from .masks import find_mask, get_raw_weight, remove_mask_, set_mask_
+from .masks import find_mask, get_raw_weight, merge_masks_, remove_mask_, set_mask_
 from .selection import select_global, select_local
+from .structures import EncoderUnits
 from .targets import resolve_overrides, resolve_targets
 
 
@@ -50,6 +51,11 @@ class Pruner:
         target_modules = config.target_modules
         if target_modules is None:
             target_modules = get_adapter(model).default_target_modules  # type: ignore[union-attr]
+        if isinstance(config.structure, EncoderUnits):
+            raise ConfigError(
+                f"Structure {config.structure.registered_name!r} prunes heads/neurons in one shot: use prune_(model, "
+                "config, dataloader) or hfprune.structured.plan_structured, then hfprune.compact_(model)."
+            )
         self.modules: dict[str, nn.Module] = resolve_targets(model, target_modules, config.exclude_modules)
         for name, module in self.modules.items():
             config.structure.check(name, module.weight.shape)  # type: ignore[union-attr]
@@ -354,12 +360,24 @@ def prune_(
     Returns:
         `nn.Module`: the same ``model``, for chaining.
 
+    With a structured kind (``heads``, ``neurons``, ``heads_and_neurons``) the removed units are zeroed, so the
+    model keeps its shapes and still loads with ``from_pretrained``; ``hfprune.compact_(model)`` then removes
+    them physically and returns the `PruningPlan` to save with it.
+
     Example:
         ```python
         import hfprune
         hfprune.prune_(model, hfprune.PruningConfig(sparsity=0.5, scope="global"))
         ```
     """
+    if isinstance(config.structure, EncoderUnits):
+        # Heads/neurons: plan, zero the removed units; `compact_(model)` then removes them physically.
+        from .structured import apply_plan_masks_, plan_structured
+
+        plan = plan_structured(model, config, dataloader, num_batches=num_batches, loss_fn=loss_fn)
+        apply_plan_masks_(model, plan)
+        merge_masks_(model)
+        return model
     pruner = Pruner(model, config)
     if config.importance.learned:  # type: ignore[union-attr]
         raise ConfigError(

@@ -8,6 +8,7 @@ decision per unit back into an elementwise mask (`expand`). Units are what spars
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -98,3 +99,54 @@ class Blocks(Structure):
         grid = keep.reshape(out_features // self.rows, in_features // self.cols)
         mask = grid.repeat_interleave(self.rows, dim=0).repeat_interleave(self.cols, dim=1)
         return mask.reshape(shape)
+
+
+@dataclass(frozen=True)
+class EncoderUnits(Structure):
+    """Base of structured transformer pruning: whole attention heads and/or FFN neurons are removed.
+
+    A head is its rows of query/key/value (weights and biases) and its columns of the attention output projection;
+    a neuron is its row of the FFN input layer and column of the FFN output layer. The groups come from the
+    architecture adapter; removed units are physically dropped by `hfprune.compaction.compact_`.
+
+    Args:
+        round_to (`int`, defaults to 1): Round the number of kept neurons per layer to a multiple of this (e.g. 8)
+            so kept widths suit the hardware; heads are already multiples of the head size.
+    """
+
+    kinds: ClassVar[tuple[str, ...]] = ()
+    round_to: int = 1
+
+    def __post_init__(self) -> None:
+        if self.round_to < 1:
+            raise ConfigError(f"round_to must be >= 1; got {self.round_to}.")
+
+    def reduce(self, scores: Tensor) -> Tensor:
+        raise TypeError(f"{type(self).__name__} is scored per head/neuron group, not per tensor.")
+
+    def expand(self, keep: Tensor, shape: torch.Size) -> Tensor:
+        raise TypeError(f"{type(self).__name__} is applied through a PruningPlan, not per tensor.")
+
+
+@STRUCTURES.register("heads")
+@dataclass(frozen=True)
+class Heads(EncoderUnits):
+    """Prune whole attention heads (per layer, unevenly across layers)."""
+
+    kinds: ClassVar[tuple[str, ...]] = ("heads",)
+
+
+@STRUCTURES.register("neurons")
+@dataclass(frozen=True)
+class Neurons(EncoderUnits):
+    """Prune FFN neurons (intermediate units)."""
+
+    kinds: ClassVar[tuple[str, ...]] = ("neurons",)
+
+
+@STRUCTURES.register("heads_and_neurons")
+@dataclass(frozen=True)
+class HeadsAndNeurons(EncoderUnits):
+    """Prune attention heads and FFN neurons together (the retraining-free pruning setting of Kwon et al. 2022)."""
+
+    kinds: ClassVar[tuple[str, ...]] = ("heads", "neurons")

@@ -1,0 +1,348 @@
+"""Structured pruning of transformer encoders: score heads and FFN neurons, choose which to keep, build a plan.
+
+`plan_structured` is pure (it reads the model and data, and returns a `PruningPlan`); `compaction.compact_` then
+removes the units, and `apply_plan_masks_` zeroes them instead (same outputs, dense shapes) when a run needs masks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .compaction import PruningPlan, _encoder, _get
+from .config import PruningConfig
+from .errors import ConfigError, MissingDataError
+from .importance import FisherImportance, MagnitudeImportance, RandomImportance, TaylorImportance
+from .masks import set_mask_
+from .structures import EncoderUnits
+
+
+KINDS = ("heads", "neurons")
+
+
+@dataclass(frozen=True)
+class EncoderDims:
+    """Sizes that set the cost of a head and of a neuron."""
+
+    num_layers: int
+    num_heads: int
+    head_size: int
+    hidden_size: int
+    intermediate_size: int
+
+    def head_flops(self, seq_len: int) -> int:
+        """Forward FLOPs of one head: q/k/v and output projections plus the two attention matmuls."""
+        return 2 * seq_len * self.hidden_size * self.head_size * 4 + 2 * 2 * seq_len * seq_len * self.head_size
+
+    def neuron_flops(self, seq_len: int) -> int:
+        """Forward FLOPs of one FFN neuron: its row of the input layer and column of the output layer."""
+        return 2 * 2 * seq_len * self.hidden_size
+
+    def total_flops(self, seq_len: int) -> int:
+        per_layer = self.num_heads * self.head_flops(seq_len) + self.intermediate_size * self.neuron_flops(seq_len)
+        return self.num_layers * per_layer
+
+
+def encoder_dims(model: nn.Module) -> EncoderDims:
+    _, layout, layers = _encoder(model)
+    attention = _get(layers[0], layout.self_attention)
+    ffn_in = _get(layers[0], layout.ffn_in)
+    return EncoderDims(
+        num_layers=len(layers),
+        num_heads=getattr(attention, layout.num_heads_attribute),
+        head_size=attention.attention_head_size,
+        hidden_size=ffn_in.in_features,
+        intermediate_size=ffn_in.out_features,
+    )
+
+
+def plan_flops(plan: PruningPlan, dims: EncoderDims, seq_len: int) -> int:
+    """Encoder FLOPs of the heads and neurons ``plan`` keeps."""
+    kept_heads = sum(map(len, plan.heads))
+    kept_neurons = sum(map(len, plan.neurons))
+    return kept_heads * dims.head_flops(seq_len) + kept_neurons * dims.neuron_flops(seq_len)
+
+
+# ------------------------------------------------------------------------------------------------------ scoring
+def _weight(module: nn.Module) -> Tensor:
+    return module.weight.detach().float()
+
+
+def _magnitude_scores(model: nn.Module, p: int) -> dict[str, Tensor]:
+    _, layout, layers = _encoder(model)
+    dims = encoder_dims(model)
+    heads, neurons = [], []
+    for layer in layers:
+        rows = sum(_weight(_get(layer, name)).abs().pow(p).sum(1) for name in (layout.query, layout.key, layout.value))
+        cols = _weight(_get(layer, layout.attention_output)).abs().pow(p).sum(0)
+        heads.append((rows + cols).reshape(dims.num_heads, dims.head_size).sum(1))
+        neurons.append(
+            _weight(_get(layer, layout.ffn_in)).abs().pow(p).sum(1) + _weight(_get(layer, layout.ffn_out)).abs().pow(p).sum(0)
+        )
+    return {"heads": torch.stack(heads), "neurons": torch.stack(neurons)}
+
+
+def _calibration_loss(model: nn.Module, batch: Any, loss_fn: Callable[..., Tensor] | None) -> Tensor:
+    from .pruner import _calibration_loss as loss
+
+    return loss(model, batch, loss_fn)
+
+
+def _gradient_scores(
+    model: nn.Module,
+    fisher: bool,
+    dataloader: Iterable[Any],
+    num_batches: int | None,
+    loss_fn: Callable[..., Tensor] | None,
+) -> dict[str, Tensor]:
+    """Fisher (squared per-example mask gradients) or Taylor (|sum of mask gradients|) scores, via hooks.
+
+    The gradient of the loss with respect to a mask on a unit's output equals the sum over tokens of the
+    activation entering the consumer projection times its gradient, so hooks on the consumer inputs give it
+    without changing the model.
+    """
+    _, layout, layers = _encoder(model)
+    dims = encoder_dims(model)
+    totals = {
+        "heads": torch.zeros(dims.num_layers, dims.num_heads, dtype=torch.float64),
+        "neurons": torch.zeros(dims.num_layers, dims.intermediate_size, dtype=torch.float64),
+    }
+    handles = []
+
+    def make_hook(kind: str, index: int) -> Callable:
+        def forward_hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            activation = inputs[0]
+            if not activation.requires_grad:
+                return
+
+            def backward_hook(grad: Tensor) -> None:
+                per_token = (activation.detach() * grad).float()  # [batch, seq, width]
+                per_example = per_token.sum(1)
+                if kind == "heads":
+                    per_example = per_example.reshape(per_example.shape[0], dims.num_heads, dims.head_size).sum(-1)
+                if fisher:
+                    totals[kind][index] += per_example.pow(2).sum(0).double().cpu()
+                else:
+                    totals[kind][index] += per_example.sum(0).double().cpu()
+
+            activation.register_hook(backward_hook)
+
+        return forward_hook
+
+    for index, layer in enumerate(layers):
+        handles.append(_get(layer, layout.attention_output).register_forward_hook(make_hook("heads", index)))
+        handles.append(_get(layer, layout.ffn_out).register_forward_hook(make_hook("neurons", index)))
+    was_training = model.training
+    model.eval()
+    seen = 0
+    try:
+        for batch in dataloader:
+            if num_batches is not None and seen >= num_batches:
+                break
+            model.zero_grad(set_to_none=True)
+            _calibration_loss(model, batch, loss_fn).backward()
+            seen += 1
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    if seen == 0:
+        raise MissingDataError("The calibration dataloader yielded no batches.")
+    if not fisher:
+        # Taylor: first-order loss change of removing the unit, accumulated over the data.
+        totals = {kind: value.abs() for kind, value in totals.items()}
+    return {kind: value.float() for kind, value in totals.items()}
+
+
+def score_units(
+    model: nn.Module,
+    config: PruningConfig,
+    dataloader: Iterable[Any] | None = None,
+    *,
+    num_batches: int | None = None,
+    loss_fn: Callable[..., Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """Importance of every head (``[layers, heads]``) and FFN neuron (``[layers, neurons]``); higher = keep."""
+    importance = config.importance
+    if importance.requires_grad and dataloader is None:  # type: ignore[union-attr]
+        raise MissingDataError(
+            f"Importance {importance.registered_name!r} needs gradients: pass a dataloader of labelled "  # type: ignore
+            "calibration batches (a few hundred to two thousand examples)."
+        )
+    if isinstance(importance, MagnitudeImportance):
+        return _magnitude_scores(model, importance.p)
+    if isinstance(importance, RandomImportance):
+        dims = encoder_dims(model)
+        generator = torch.Generator().manual_seed(config.seed)
+        return {
+            "heads": torch.rand(dims.num_layers, dims.num_heads, generator=generator),
+            "neurons": torch.rand(dims.num_layers, dims.intermediate_size, generator=generator),
+        }
+    if isinstance(importance, (FisherImportance, TaylorImportance)):
+        return _gradient_scores(model, isinstance(importance, FisherImportance), dataloader, num_batches, loss_fn)  # type: ignore
+    raise ConfigError(
+        f"Importance {importance.registered_name!r} cannot score heads and neurons in one shot; use magnitude, l2, "  # type: ignore
+        "random, taylor or fisher."
+    )
+
+
+# ------------------------------------------------------------------------------------------------------ selection
+def _round_count(count: int, total: int, multiple: int) -> int:
+    if multiple <= 1 or count == 0:
+        return count
+    return min(total, max(multiple, int(round(count / multiple)) * multiple))
+
+
+def _top(scores: Tensor, count: int) -> list[int]:
+    if count <= 0:
+        return []
+    order = torch.sort(scores.reshape(-1).float(), descending=True, stable=True).indices
+    return sorted(order[:count].tolist())
+
+
+def _global_keep(scores: Tensor, count: int) -> list[list[int]]:
+    """Keep the ``count`` best units across all layers; per-layer index lists."""
+    num_layers, width = scores.shape
+    kept = [[] for _ in range(num_layers)]  # type: list[list[int]]
+    for flat in _top(scores, count):
+        kept[flat // width].append(flat % width)
+    return [sorted(layer) for layer in kept]
+
+
+def _fisher_search(scores: dict[str, Tensor], dims: EncoderDims, budget: float, seq_len: int, kinds: tuple) -> tuple[int, int]:
+    """Kwon et al. 2022's mask search: choose how many heads and neurons (best first, globally) maximise the kept
+    importance within the FLOPs budget."""
+    head_cost, neuron_cost = dims.head_flops(seq_len), dims.neuron_flops(seq_len)
+    heads_sorted = torch.sort(scores["heads"].reshape(-1).double(), descending=True).values
+    neurons_sorted = torch.sort(scores["neurons"].reshape(-1).double(), descending=True).values
+    head_cum = torch.cat([torch.zeros(1, dtype=torch.float64), heads_sorted.cumsum(0)])
+    neuron_cum = torch.cat([torch.zeros(1, dtype=torch.float64), neurons_sorted.cumsum(0)])
+    total_heads, total_neurons = heads_sorted.numel(), neurons_sorted.numel()
+    head_options = range(total_heads + 1) if "heads" in kinds else [total_heads]
+    best: tuple[float, int, int] | None = None
+    for num_heads in head_options:
+        remaining = budget - num_heads * head_cost
+        if remaining < 0:
+            break
+        num_neurons = min(total_neurons, int(remaining // neuron_cost)) if "neurons" in kinds else total_neurons
+        if "neurons" not in kinds and remaining < total_neurons * neuron_cost:
+            continue
+        value = float(head_cum[num_heads] + neuron_cum[num_neurons])
+        if best is None or value > best[0]:
+            best = (value, num_heads, num_neurons)
+    if best is None:
+        raise ConfigError(
+            f"No choice of {' and '.join(kinds)} fits a budget of {budget / dims.total_flops(seq_len):.3f} of the "
+            "encoder FLOPs: the units that are not pruned already cost more. Raise target_flops or prune more kinds."
+        )
+    return best[1], best[2]
+
+
+def select_units(scores: dict[str, Tensor], config: PruningConfig, dims: EncoderDims, model_type: str) -> PruningPlan:
+    """Decide which heads and neurons to keep, per layer (local) or across layers (global / FLOPs target)."""
+    structure = config.structure
+    if not isinstance(structure, EncoderUnits):
+        raise ConfigError(f"select_units needs a structured kind; got {structure.registered_name!r}.")  # type: ignore
+    kinds = structure.kinds
+    widths = {"heads": dims.num_heads, "neurons": dims.intermediate_size}
+    kept: dict[str, list[list[int]]] = {
+        kind: [list(range(widths[kind])) for _ in range(dims.num_layers)] for kind in KINDS
+    }
+    if config.target_flops is not None:
+        seq_len = config.flops_seq_len
+        budget = config.target_flops * dims.total_flops(seq_len)
+        if isinstance(config.importance, FisherImportance):
+            counts = dict(zip(KINDS, _fisher_search(scores, dims, budget, seq_len, kinds), strict=True))
+        else:
+            # Scores of heads and neurons are not on one scale: give every pruned kind the same kept fraction.
+            fixed = sum(widths[k] * dims.num_layers * (dims.head_flops(seq_len) if k == "heads" else
+                        dims.neuron_flops(seq_len)) for k in KINDS if k not in kinds)  # fmt: skip
+            variable = dims.total_flops(seq_len) - fixed
+            fraction = (budget - fixed) / variable if variable else 0.0
+            if fraction < 0:
+                raise ConfigError(
+                    f"target_flops={config.target_flops} cannot be met by pruning only {kinds}: the other units "
+                    f"already use {fixed / dims.total_flops(seq_len):.3f} of the encoder FLOPs."
+                )
+            counts = {k: int(math.floor(fraction * widths[k] * dims.num_layers)) for k in kinds}
+        for kind in kinds:
+            kept[kind] = _global_keep(scores[kind], counts[kind])
+    else:
+        for kind in kinds:
+            if config.scope == "global":
+                count = widths[kind] * dims.num_layers - int(round(config.sparsity * widths[kind] * dims.num_layers))
+                kept[kind] = _global_keep(scores[kind], count)
+            else:
+                count = widths[kind] - int(round(config.sparsity * widths[kind]))
+                kept[kind] = [_top(scores[kind][layer], count) for layer in range(dims.num_layers)]
+    if structure.round_to > 1 and "neurons" in kinds:
+        kept["neurons"] = [
+            _top(scores["neurons"][layer], _round_count(len(layer_kept), widths["neurons"], structure.round_to))
+            for layer, layer_kept in enumerate(kept["neurons"])
+        ]
+    if "heads" in kinds and not any(kept["heads"]):
+        raise ConfigError(
+            "This pruning would remove every attention head of every layer, leaving no attention at all. Lower the "
+            "sparsity or raise target_flops."
+        )
+    return PruningPlan(
+        model_type=model_type,
+        num_heads=dims.num_heads,
+        intermediate_size=dims.intermediate_size,
+        heads=kept["heads"],
+        neurons=kept["neurons"],
+    )
+
+
+def plan_structured(
+    model: nn.Module,
+    config: PruningConfig,
+    dataloader: Iterable[Any] | None = None,
+    *,
+    num_batches: int | None = None,
+    loss_fn: Callable[..., Tensor] | None = None,
+) -> PruningPlan:
+    """Score heads/neurons of ``model`` and return the `PruningPlan` that ``config`` asks for (model unchanged).
+
+    Example:
+        ```python
+        config = PruningConfig(importance="fisher", structure="heads_and_neurons", target_flops=0.5)
+        plan = plan_structured(model, config, calibration_loader)
+        compact_(model, plan)
+        ```
+    """
+    scores = score_units(model, config, dataloader, num_batches=num_batches, loss_fn=loss_fn)
+    plan = select_units(scores, config, encoder_dims(model), model.config.model_type)  # type: ignore[attr-defined]
+    plan.extra["flops_seq_len"] = config.flops_seq_len
+    plan.extra["encoder_flops_fraction"] = plan_flops(plan, encoder_dims(model), config.flops_seq_len) / (
+        encoder_dims(model).total_flops(config.flops_seq_len)
+    )
+    return plan
+
+
+@torch.no_grad()
+def apply_plan_masks_(model: nn.Module, plan: PruningPlan) -> None:
+    """Zero the removed heads and neurons with masks instead of removing them (dense shapes, same outputs)."""
+    _, layout, layers = _encoder(model)
+    dims = encoder_dims(model)
+    for index, layer in enumerate(layers):
+        heads = torch.zeros(dims.num_heads, dtype=torch.bool)
+        heads[plan.heads[index]] = True
+        head_rows = heads.repeat_interleave(dims.head_size)
+        neurons = torch.zeros(dims.intermediate_size, dtype=torch.bool)
+        neurons[plan.neurons[index]] = True
+        for name, rows in ((layout.query, head_rows), (layout.key, head_rows), (layout.value, head_rows),
+                           (layout.ffn_in, neurons)):  # fmt: skip
+            linear = _get(layer, name)
+            set_mask_(linear, rows[:, None].expand_as(linear.weight))
+            if linear.bias is not None:
+                set_mask_(linear, rows, param_name="bias")
+        for name, cols in ((layout.attention_output, head_rows), (layout.ffn_out, neurons)):
+            linear = _get(layer, name)
+            set_mask_(linear, cols[None, :].expand_as(linear.weight))

@@ -1,0 +1,172 @@
+import copy
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from hfprune import (
+    ConfigError,
+    PlanMismatchError,
+    PruningConfig,
+    PruningPlan,
+    UnsupportedArchitectureError,
+    compact_,
+    load_pruned,
+    plan_structured,
+    prune_,
+)
+from hfprune.hub import save_pruned
+from hfprune.structured import apply_plan_masks_, encoder_dims, plan_flops
+from hfprune.structures import HeadsAndNeurons, Neurons
+
+from .models import MLP, bert_batch, tiny_bert
+
+
+def _inputs():
+    return bert_batch(labels=False)
+
+
+def _uneven_plan(model) -> PruningPlan:
+    plan = PruningPlan.dense(model)
+    plan.heads = [[], [1, 3]]  # layer 0 loses every head: its attention is skipped
+    plan.neurons = [[0, 4, 7, 30], []]  # layer 1 loses every neuron
+    return PruningPlan.from_dict(plan.to_dict())
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_compacted_equals_masked_even_with_empty_sublayers(attn):
+    model = tiny_bert()
+    model.set_attn_implementation(attn)
+    plan = _uneven_plan(model)
+    masked = copy.deepcopy(model)
+    apply_plan_masks_(masked, plan)
+    compact_(model, plan)
+    torch.testing.assert_close(model(**_inputs()).logits, masked(**_inputs()).logits)
+    layer0, layer1 = model.bert.encoder.layer
+    assert layer0.attention.output.dense.in_features == 0
+    assert layer1.attention.self.num_attention_heads == 2 and layer1.attention.self.all_head_size == 16
+    assert layer1.attention.self.query.out_features == 16 and layer1.intermediate.dense.out_features == 0
+    assert layer0.intermediate.dense.out_features == 4 and layer0.output.dense.in_features == 4
+
+
+@pytest.mark.parametrize("importance", ["magnitude", "l2", "random", "taylor", "fisher"])
+def test_local_head_and_neuron_sparsity_per_layer(importance):
+    model = tiny_bert()
+    config = PruningConfig(importance=importance, structure="heads_and_neurons", sparsity=0.5)
+    plan = plan_structured(model, config, [bert_batch(), bert_batch(seq_len=7)])
+    assert [len(h) for h in plan.heads] == [2, 2]
+    assert [len(n) for n in plan.neurons] == [19, 19]  # 37 - round(18.5), and Python rounds half to even: 18
+    reference = copy.deepcopy(model)
+    apply_plan_masks_(reference, plan)
+    compact_(model, plan)
+    torch.testing.assert_close(model(**_inputs()).logits, reference(**_inputs()).logits)
+
+
+def test_magnitude_keeps_the_largest_heads():
+    model = tiny_bert()
+    with torch.no_grad():
+        model.bert.encoder.layer[0].attention.output.dense.weight[:, 8:16].mul_(20)  # head 1
+    plan = plan_structured(model, PruningConfig(structure="heads", sparsity=0.75))
+    assert plan.heads[0] == [1]
+    assert plan.neurons == PruningPlan.dense(model).neurons
+
+
+def test_global_scope_makes_layers_uneven():
+    model = tiny_bert()
+    with torch.no_grad():
+        model.bert.encoder.layer[1].intermediate.dense.weight.mul_(10)
+    plan = plan_structured(model, PruningConfig(structure="neurons", sparsity=0.5, scope="global"))
+    assert len(plan.neurons[1]) > len(plan.neurons[0])
+    assert sum(map(len, plan.neurons)) == 74 - 37
+
+
+def test_round_to_multiple():
+    model = tiny_bert(intermediate_size=64)
+    plan = plan_structured(model, PruningConfig(structure=Neurons(round_to=8), sparsity=0.4, scope="global"))
+    assert all(len(layer) % 8 == 0 for layer in plan.neurons)
+
+
+def test_prune_zeroes_units_and_compact_reads_them_back():
+    model = tiny_bert()
+    config = PruningConfig(structure="heads_and_neurons", sparsity=0.5)
+    expected = plan_structured(model, config)
+    prune_(model, config)
+    assert not any("parametrizations" in key for key in model.state_dict())
+    before = model(**_inputs()).logits
+    plan = compact_(model)
+    assert plan.heads == expected.heads and plan.neurons == expected.neurons
+    torch.testing.assert_close(model(**_inputs()).logits, before)
+
+
+def test_fisher_flops_target_on_real_minilm(minilm_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=2).eval()
+    model.set_attn_implementation("eager")  # the FLOP counter does not see the CPU sdpa kernel
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    sentences = ["a gripping, funny film", "dull and far too long", "the cast is wonderful", "i wanted to leave"] * 4
+    batch = dict(tokenizer(sentences, padding="max_length", max_length=32, return_tensors="pt"))
+    batches = [{**batch, "labels": torch.tensor([1, 0, 1, 0] * 4)}]
+    config = PruningConfig(importance="fisher", structure=HeadsAndNeurons(), target_flops=0.5, flops_seq_len=32)
+    plan = plan_structured(model, config, batches)
+    dims = encoder_dims(model)
+    assert plan_flops(plan, dims, 32) <= 0.5 * dims.total_flops(32)
+    assert plan_flops(plan, dims, 32) >= 0.5 * dims.total_flops(32) - dims.head_flops(32)
+    # Heads and neurons compete for the budget, so layers end up uneven.
+    assert len({len(h) for h in plan.heads} | {-len(n) for n in plan.neurons}) > 2
+
+    inputs = {k: v for k, v in batch.items()}
+    dense = copy.deepcopy(model)
+    compact_(model, plan)
+
+    def flops(m):
+        with FlopCounterMode(display=False) as counter:
+            m(**inputs)
+        return counter.get_total_flops()
+
+    # Measured FLOPs of the whole model follow the encoder fraction (embeddings and head are tiny).
+    assert flops(model) / flops(dense) == pytest.approx(0.5, abs=0.02)
+
+
+def test_save_and_load_pruned_model(tmp_path):
+    model = tiny_bert()
+    plan = _uneven_plan(model)
+    compact_(model, plan)
+    out = save_pruned(model, tmp_path / "out", pruning_config=PruningConfig(structure="heads"), plan=plan)
+    assert (out / "pruning_plan.json").is_file()
+    reloaded = load_pruned(out)
+    torch.testing.assert_close(reloaded(**_inputs()).logits, model(**_inputs()).logits)
+    # transformers alone cannot rebuild the shrunk layers.
+    from transformers import BertForSequenceClassification
+
+    with pytest.raises(Exception):  # noqa: B017 - transformers raises a size-mismatch RuntimeError/ValueError
+        BertForSequenceClassification.from_pretrained(out)
+
+
+def test_plan_that_does_not_fit_is_rejected():
+    model = tiny_bert()
+    plan = _uneven_plan(model)
+    with pytest.raises(PlanMismatchError, match="3 layers"):
+        compact_(tiny_bert(num_hidden_layers=3), plan)
+    compact_(model, plan)
+    with pytest.raises(PlanMismatchError, match="only to the unpruned base model"):
+        compact_(model, plan)
+    data = PruningPlan.dense(tiny_bert()).to_dict()
+    data["heads"][0] = [0, 9]
+    with pytest.raises(PlanMismatchError, match=r"in \[0, 4\)"):
+        PruningPlan.from_dict(data)
+
+
+def test_bad_structured_input():
+    with pytest.raises(ConfigError, match="every attention head of every layer"):
+        plan_structured(tiny_bert(), PruningConfig(structure="heads", sparsity=0.9))
+    for value in (0, 1.5):
+        with pytest.raises(ConfigError, match=r"target_flops .* must be in \(0, 1\]"):
+            PruningConfig(structure="heads", target_flops=value)
+    with pytest.raises(ConfigError, match="needs a structured kind"):
+        PruningConfig(target_flops=0.5)
+    with pytest.raises(UnsupportedArchitectureError):
+        plan_structured(MLP(), PruningConfig(structure="heads"))
+    with pytest.raises(ConfigError, match="not single weights"):
+        prune_(tiny_bert(), PruningConfig(importance="fisher"), [bert_batch()])
