@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,15 @@ import yaml
 
 from .config import PruningConfig
 from .errors import ConfigError, HfPruneError
+from .compaction import compact_, load_pruned
 from .hub import load_model, load_pruning_config, save_pruned
-from .importance import IMPORTANCES
+from .importance import IMPORTANCES, FisherImportance
 from .pruner import prune_
 from .reporting import compare_reports, device_description, paired_latency_ms, report
+from .retraining_free import reconstruct_
+from .structured import plan_structured
 from .schedules import SCHEDULES
-from .structures import STRUCTURES
+from .structures import STRUCTURES, EncoderUnits
 
 
 RECIPE_KEYS = {"model", "pruning"}
@@ -75,6 +79,7 @@ def build_config(args: argparse.Namespace, recipe: dict[str, Any]) -> PruningCon
         "structure": args.structure,
         "target_modules": args.target_modules,
         "exclude_modules": args.exclude_modules,
+        "target_flops": args.target_flops,
     }
     values.update({key: value for key, value in overrides.items() if value is not None})
     return PruningConfig(**values)
@@ -94,22 +99,44 @@ def cmd_prune(args: argparse.Namespace) -> int:
     config = build_config(args, recipe)
     model_path = args.model or recipe.get("model") or default_model_path()
     base_model = DEFAULT_MODEL_ID if not (args.model or recipe.get("model")) else str(model_path)
-    if config.importance.requires_grad:  # type: ignore[union-attr]
+    structured = isinstance(config.structure, EncoderUnits)
+    needs_data = config.importance.requires_grad  # type: ignore[union-attr]
+    if needs_data and args.task is None:
         raise ConfigError(
-            f"--method {config.importance.registered_name} needs calibration data, which `hfprune prune` does not "  # type: ignore
-            "load yet. Use a data-free method (magnitude, l2, random) here, or hfprune.prune_(model, config, "
-            "dataloader) from Python."
+            f"--method {config.importance.registered_name} needs labelled calibration data: pass --task (a GLUE "  # type: ignore
+            "task) and --data-dir (original GLUE TSVs; omit it to load nyu-mll/glue from the Hub), or use a "
+            "data-free method (magnitude, l2, random)."
         )
+    if config.importance.learned:  # type: ignore[union-attr]
+        raise ConfigError(f"--method {config.importance.registered_name} learns scores during training: use `hfprune "  # type: ignore
+                          "train` / scripts/run_glue.py, not one-shot pruning.")  # fmt: skip
     print(f"Loading {model_path}", file=sys.stderr)
     model = load_model(model_path)
     model.eval()
+    tokenizer = _tokenizer_or_none(model_path)
+    batches = None
+    if needs_data:
+        from .recipes import glue_calibration_batches
+
+        if tokenizer is None:
+            raise ConfigError(f"{model_path} has no tokenizer; calibration data cannot be tokenized.")
+        batches = glue_calibration_batches(args.task, args.data_dir, tokenizer, args.num_calibration,
+                                           max_seq_length=args.seq_len)  # fmt: skip
     dense = copy.deepcopy(model)
-    prune_(model, config)
-    shape_kwargs = {"batch_size": args.batch_size, "seq_len": args.seq_len}
+    start = time.perf_counter()
+    plan = None
+    if structured:
+        plan = plan_structured(model, config, batches)
+        compact_(model, plan)
+        if isinstance(config.importance, FisherImportance) and not args.no_reconstruct:
+            reconstruct_(model, dense, batches)  # type: ignore[arg-type]
+    else:
+        prune_(model, config, batches)
+    pruning_seconds = time.perf_counter() - start
     from .adapters import get_adapter
 
     adapter = get_adapter(model, required=False)
-    example = adapter.example_inputs(model, **shape_kwargs) if adapter is not None else None
+    example = adapter.example_inputs(model, args.batch_size, args.seq_len) if adapter is not None else None
     targets = {"target_modules": config.target_modules, "exclude_modules": config.exclude_modules}
     before = report(dense, example, measure_latency=False, **targets)
     after = report(model, example, measure_latency=False, **targets)
@@ -126,16 +153,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
         report=after,
         base_report=before,
         base_model=base_model,
-        tokenizer=_tokenizer_or_none(model_path),
+        tokenizer=tokenizer,
+        plan=plan,
         overwrite=args.overwrite,
     )
     print(compare_reports(before, after))
-    print(f"Saved pruned model to {output}")
+    print(f"Pruned in {pruning_seconds:.1f} s. Saved to {output}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    model = load_model(args.model)
+    model = load_pruned(args.model) if Path(args.model).is_dir() else load_model(args.model)
     model.eval()
     config = load_pruning_config(args.model) if Path(args.model).is_dir() else None
     targets = {}
@@ -183,6 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--structure", help=f"One of {STRUCTURES.names()} (default unstructured).")
     prune.add_argument("--target-modules", help="Full-match regex of modules to prune (default: per architecture).")
     prune.add_argument("--exclude-modules", help="Full-match regex of modules to leave dense.")
+    prune.add_argument("--target-flops", type=float,
+                       help="Structured kinds: fraction of encoder FLOPs to keep, in (0, 1] (replaces --sparsity).")
+    prune.add_argument("--task", help="GLUE task for calibration data (needed by taylor and fisher).")
+    prune.add_argument("--data-dir", help="Folder of original GLUE TSVs (default: nyu-mll/glue from the Hub).")
+    prune.add_argument("--num-calibration", type=int, default=512,
+                       help="Calibration examples (first rows of the train split; default 512).")
+    prune.add_argument("--no-reconstruct", action="store_true",
+                       help="fisher: skip the layer-wise least-squares reconstruction of kept units.")
     prune.add_argument("--overwrite", action="store_true", help="Replace --output if it already exists.")
     _add_shape_args(prune)
     prune.set_defaults(func=cmd_prune)

@@ -231,3 +231,31 @@ def train_glue(recipe: GlueRecipe) -> dict[str, Any]:
         Path(output_dir, "eval_results.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
         print("hfprune eval results: " + json.dumps(result, sort_keys=True), flush=True)
     return result
+
+
+def glue_calibration_batches(
+    task: str,
+    data_dir: str | os.PathLike | None,
+    tokenizer: Any,
+    num_examples: int = 512,
+    batch_size: int = 32,
+    max_seq_length: int = 128,
+) -> list[dict[str, Any]]:
+    """The first ``num_examples`` training rows of a GLUE task as padded, labelled batches (for Fisher/Taylor)."""
+    from transformers import DataCollatorWithPadding
+
+    from .glue import get_task, load_glue
+
+    glue_task = get_task(task)
+    rows = load_glue(glue_task, data_dir, splits="train", max_samples=num_examples)["train"]
+    texts = [list(rows[key]) for key in glue_task.text_keys]
+    encoded = tokenizer(*texts, truncation=True, max_length=max_seq_length)
+    collator = DataCollatorWithPadding(tokenizer)
+    batches = []
+    for start in range(0, len(rows), batch_size):
+        features = [
+            {**{key: encoded[key][i] for key in encoded}, "labels": rows[i]["label"]}
+            for i in range(start, min(start + batch_size, len(rows)))
+        ]
+        batches.append(dict(collator(features)))
+    return batches

@@ -3,8 +3,29 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from hfprune.cli import main
+
+from .conftest import SHARED_DATA
+
+
+GLUE_DIR = SHARED_DATA / "glue"
+
+
+@pytest.fixture(scope="session")
+def tiny_sst2_classifier(tmp_path_factory, minilm_path):
+    """A 2-layer BERT classifier with the real MiniLM tokenizer (untrained: enough to exercise the pipeline)."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-sst2")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=128, max_position_embeddings=128, num_labels=2)  # fmt: skip
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 def test_cli_prunes_real_minilm_end_to_end(tmp_path, capsys, minilm_path):
@@ -42,7 +63,7 @@ def test_cli_bad_input_exits_with_clear_message(tmp_path, capsys):
     assert main(["prune", "--method", "randon", "--output", str(tmp_path / "o")]) == 2
     assert "Did you mean" in capsys.readouterr().err
     assert main(["prune", "--method", "taylor", "--output", str(tmp_path / "o")]) == 2
-    assert "needs calibration data" in capsys.readouterr().err
+    assert "needs labelled calibration data: pass --task" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
@@ -51,3 +72,28 @@ def test_console_script_help():
     assert result.returncode == 0
     for flag in ("--model", "--config", "--output", "--method", "--sparsity", "--scope"):
         assert flag in result.stdout
+
+
+def test_cli_retraining_free_structured_prune_and_reload(tmp_path, capsys, tiny_sst2_classifier):
+    out = tmp_path / "pruned"
+    code = main(["prune", "--model", str(tiny_sst2_classifier), "--method", "fisher", "--structure",
+                 "heads_and_neurons", "--target-flops", "0.5", "--task", "sst2", "--data-dir", str(GLUE_DIR),
+                 "--num-calibration", "64", "--seq-len", "32", "--output", str(out), "--latency-runs", "2"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| GFLOPs (dense) |" in printed
+    data = json.loads((out / "report.json").read_text())
+    plan = json.loads((out / "pruning_plan.json").read_text())
+    assert plan["extra"]["encoder_flops_fraction"] <= 0.5
+    # Fewer parameters and FLOPs than the dense model: the layers really shrank.
+    from hfprune import report
+    from hfprune.hub import load_model
+
+    dense = report(load_model(tiny_sst2_classifier), None, measure_latency=False)
+    assert data["total_params"] < dense.total_params
+    assert data["flops"] < 0.65 * dense.flops  # encoder at <= 50%; embeddings cost no FLOPs here
+    from hfprune import load_pruned
+
+    model = load_pruned(out)
+    assert sum(p.numel() for p in model.parameters()) == data["total_params"]
+    assert main(["report", "--model", str(out), "--no-latency", "--summary"]) == 0
