@@ -1,0 +1,102 @@
+"""Export a compacted model so that it loads with plain transformers, no hfprune needed.
+
+- `export_remote_code`: writes ``modeling_hfprune.py`` beside the weights and an ``auto_map`` in ``config.json``;
+  ``AutoModelFor...from_pretrained(folder, trust_remote_code=True)`` rebuilds the shrunk layers.
+- `export_plain`: when every layer kept all heads and the same number of FFN neurons, the architecture's own
+  config can express the model (``intermediate_size``), so the folder needs no custom code at all. BERT-family
+  configs derive the head size from ``hidden_size / num_attention_heads``, so fewer heads of the same size cannot
+  be expressed without custom code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .compaction import PruningPlan, _encoder
+from .errors import ConfigError
+from .hub import atomic_directory
+from .masks import merged_state_dict
+
+
+TEMPLATE = Path(__file__).parent / "templates" / "modeling_hfprune.py.tmpl"
+
+# transformers' auto classes by the suffix of the architecture name.
+_AUTO_CLASSES = {
+    "ForSequenceClassification": "AutoModelForSequenceClassification",
+    "ForTokenClassification": "AutoModelForTokenClassification",
+    "ForQuestionAnswering": "AutoModelForQuestionAnswering",
+    "ForMaskedLM": "AutoModelForMaskedLM",
+    "ForMultipleChoice": "AutoModelForMultipleChoice",
+    "Model": "AutoModel",
+}
+
+
+def _auto_class(architecture: str) -> str:
+    for suffix, auto in _AUTO_CLASSES.items():
+        if architecture.endswith(suffix):
+            return auto
+    raise ConfigError(f"No transformers auto class is known for {architecture!r}.")
+
+
+def export_remote_code(
+    model: nn.Module, plan: PruningPlan, directory: str | os.PathLike, tokenizer: Any = None, overwrite: bool = False
+) -> Path:
+    """Write ``model`` (compacted with ``plan``) as a folder that loads with ``trust_remote_code=True``."""
+    adapter, layout, _ = _encoder(model)
+    base_class = type(model).__name__
+    class_name = f"Hfpruned{base_class}"
+    code = TEMPLATE.read_text()
+    code = code.replace("{layout}", repr(dataclasses.asdict(layout)))
+    code = code.replace("{base_class}", base_class).replace("{class_name}", class_name)
+    config = model.config  # type: ignore[attr-defined]
+    with atomic_directory(directory, overwrite=overwrite) as staging:
+        (staging / "modeling_hfprune.py").write_text(code)
+        config.hfprune_plan = {
+            "num_heads": plan.num_heads,
+            "intermediate_size": plan.intermediate_size,
+            "heads": plan.heads,
+            "neurons": plan.neurons,
+        }
+        config.auto_map = {_auto_class(base_class): f"modeling_hfprune.{class_name}"}
+        try:
+            model.save_pretrained(staging, state_dict=merged_state_dict(model))  # type: ignore[operator]
+        finally:
+            del config.hfprune_plan
+            del config.auto_map
+        plan.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+    return Path(directory)
+
+
+def export_plain(
+    model: nn.Module, plan: PruningPlan, directory: str | os.PathLike, tokenizer: Any = None, overwrite: bool = False
+) -> Path:
+    """Write ``model`` as an ordinary checkpoint of its architecture (uniform FFN width, all heads kept).
+
+    Raises:
+        ConfigError: the plan prunes heads or keeps different widths per layer; use `export_remote_code`.
+    """
+    widths = {len(kept) for kept in plan.neurons}
+    if any(len(kept) != plan.num_heads for kept in plan.heads) or len(widths) != 1 or 0 in widths:
+        raise ConfigError(
+            "A plain-transformers export needs every layer to keep all its heads and the same (non-zero) number of "
+            f"FFN neurons; this plan keeps heads {[len(h) for h in plan.heads]} and neurons "
+            f"{[len(n) for n in plan.neurons]}. Use export_remote_code, which works for any plan."
+        )
+    config = model.config  # type: ignore[attr-defined]
+    original = config.intermediate_size
+    with atomic_directory(directory, overwrite=overwrite) as staging:
+        config.intermediate_size = widths.pop()
+        try:
+            model.save_pretrained(staging, state_dict=merged_state_dict(model))  # type: ignore[operator]
+        finally:
+            config.intermediate_size = original
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+    return Path(directory)
