@@ -72,6 +72,7 @@ def render_model_card(
     report: PruningReport | None,
     base_report: PruningReport | None = None,
     repo_or_path: str = "path/to/this/folder",
+    structured: bool = False,
 ) -> ModelCard:
     """A `huggingface_hub.ModelCard` describing how the model was pruned and what it costs."""
     from . import __version__
@@ -102,6 +103,7 @@ def render_model_card(
         layer_table=layer_table,
         pruning_config=pruning_config.to_json_string().strip(),
         repo_or_path=repo_or_path,
+        structured=structured,
     )
 
 
@@ -139,7 +141,8 @@ def save_pruned(
             extra.save_pretrained(staging)
         if report is not None:
             report.save(staging / "report.json")
-        render_model_card(model, base_model, pruning_config, report, base_report).save(staging / "README.md")
+        card = render_model_card(model, base_model, pruning_config, report, base_report, structured=plan is not None)
+        card.save(staging / "README.md")
     return Path(save_directory)
 
 
