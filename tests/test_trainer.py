@@ -168,3 +168,20 @@ def test_teacher_with_other_labels_or_vocab_is_rejected(tmp_path):
         PruningTrainer(model=_student(), args=_args(tmp_path), teacher_model=tiny_bert(vocab_size=120))
     with pytest.raises(ConfigError, match="without a teacher_model"):
         PruningTrainer(model=_student(), args=_args(tmp_path), distillation_config=DistillationConfig())
+
+
+def test_block_movement_prunes_whole_blocks(tmp_path):
+    from hfprune import Blocks
+
+    config = PruningConfig(importance="movement", structure=Blocks(rows=8, cols=8), sparsity=0.5,
+                           target_modules=["query", "key", "value"], schedule=CubicSchedule(end_step=6))  # fmt: skip
+    trainer = PruningTrainer(model=_student(), args=_args(tmp_path, max_steps=8), train_dataset=_dataset(),
+                             pruning_config=config)  # fmt: skip
+    # One score per 8x8 block of each 32x32 weight.
+    assert all(p.numel() == 16 for p in trainer.pruner.score_parameters())
+    trainer.train()
+    trainer.pruner.make_permanent_()
+    weight = trainer.model.bert.encoder.layer[0].attention.self.key.weight.detach()
+    blocks = (weight == 0).reshape(4, 8, 4, 8)
+    assert (blocks.all(dim=(1, 3)) | (~blocks).all(dim=(1, 3))).all()
+    assert float((weight == 0).float().mean()) == pytest.approx(0.5)
