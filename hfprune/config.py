@@ -207,10 +207,10 @@ class PruningConfig(ConfigMixin):
                     f"{self.target_flops!r}. For half the FLOPs use 0.5."
                 )
             self.target_flops = float(self.target_flops)
-            if not getattr(self.structure, "kinds", None):
+            if not self.structure.structured:  # type: ignore[union-attr]
                 raise ConfigError(
-                    "target_flops needs a structured kind (structure='heads', 'neurons' or 'heads_and_neurons'): "
-                    "unstructured zeros do not reduce FLOPs."
+                    "target_flops needs a structured kind (structure='heads', 'neurons', 'heads_and_neurons' or "
+                    "'channels'): unstructured zeros do not reduce FLOPs."
                 )
         if self.flops_seq_len < 1:
             raise ConfigError(f"flops_seq_len must be >= 1; got {self.flops_seq_len}.")

@@ -200,3 +200,27 @@ class FisherImportance(Importance):
             "Fisher importance scores heads and neurons, not single weights: use structure='heads', 'neurons' or "
             "'heads_and_neurons'."
         )
+
+
+@IMPORTANCES.register("bn_scale")
+@dataclass(frozen=True)
+class BNScaleImportance(Importance):
+    """|gamma| of the BatchNorm after a convolution (network slimming, Liu et al. 2017); CNN channels only.
+
+    Train with an L1 penalty on BN scales (``PruningTrainer(bn_l1=...)``) to push unimportant channels to zero.
+    """
+
+    def score(self, state: dict[str, Tensor], weight: Tensor) -> Tensor:
+        raise ConfigError("bn_scale scores CNN channels: use structure='channels'.")
+
+
+@IMPORTANCES.register("apoz")
+@dataclass(frozen=True)
+class APoZImportance(Importance):
+    """Average percentage of zeros of a channel's activation after ReLU (Hu et al. 2016), measured on data.
+
+    A channel that is almost always zero contributes little; scores are ``1 - APoZ``. CNN channels only.
+    """
+
+    def score(self, state: dict[str, Tensor], weight: Tensor) -> Tensor:
+        raise ConfigError("apoz scores CNN channels: use structure='channels'.")

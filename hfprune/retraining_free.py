@@ -43,6 +43,29 @@ def _capture(model: nn.Module, module: nn.Module, batch: dict[str, Tensor]) -> t
     return captured["input"], captured["output"]
 
 
+@torch.no_grad()
+def _dense_outputs(
+    dense: nn.Module, layers: nn.ModuleList, names: list[str], batches: list[dict[str, Tensor]]
+) -> dict[tuple[int, str], list[Tensor]]:
+    """Output of every named sublayer of every layer, per batch, from one forward pass per batch."""
+    outputs: dict[tuple[int, str], list[Tensor]] = {(i, n): [] for i in range(len(layers)) for n in names}
+    handles = []
+    for index, layer in enumerate(layers):
+        for name in names:
+
+            def hook(_: nn.Module, __: Any, output: Tensor, key: tuple[int, str] = (index, name)) -> None:
+                outputs[key].append(output.detach())
+
+            handles.append(_get(layer, name).register_forward_hook(hook))
+    try:
+        for batch in batches:
+            dense(**{k: v for k, v in batch.items() if k != "labels"})
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs
+
+
 def _contributions(kind: str, activation: Tensor, weight: Tensor, head_size: int) -> Tensor:
     """Per-unit contributions to the sublayer output: ``[units, tokens, hidden]``."""
     if kind == "neurons":
@@ -88,52 +111,53 @@ def reconstruct_(
     heads_now, neurons_now = current_plan_shape(pruned)
     pruned.eval()
     dense.eval()
+    sublayers = [(index, kind, name) for index in range(len(layers))
+                 for kind, name in (("heads", layout.attention_output), ("neurons", layout.ffn_out))]  # fmt: skip
+    # The dense targets do not change: capture every sublayer's output in one full pass per batch.
+    dense_targets = _dense_outputs(dense, dense_layers, [name for _, _, name in sublayers[:2]], batches)
     errors: dict[str, list[float]] = {"before": [], "after": []}
-    for index, (layer, dense_layer) in enumerate(zip(layers, dense_layers, strict=True)):
-        head_size = _get(dense_layer, dense_layout.self_attention).attention_head_size
-        for kind, name, width in (("heads", layout.attention_output, heads_now[index]),
-                                  ("neurons", layout.ffn_out, neurons_now[index])):  # fmt: skip
-            consumer = _get(layer, name)
-            if width == 0:
-                continue
-            weight = consumer.weight.float()
-            bias = consumer.bias.float() if consumer.bias is not None else 0.0
-            units = width
-            gram = torch.zeros(units, units, dtype=torch.float64)
-            target_dot = torch.zeros(units, dtype=torch.float64)
-            target_norm = 0.0
-            for batch in batches:
-                keep = batch["attention_mask"].reshape(-1).bool() if "attention_mask" in batch else None
-                activation, _ = _capture(pruned, consumer, batch)
-                _, dense_output = _capture(dense, _get(dense_layer, name), batch)
-                activation = activation.reshape(-1, activation.shape[-1]).float()
-                target = dense_output.reshape(-1, dense_output.shape[-1]).float() - bias
-                if keep is not None:
-                    activation, target = activation[keep], target[keep]
-                if kind == "neurons":
-                    projected = target @ weight  # [tokens, units]: <W[:, u], T_token>
-                    gram += ((activation.t() @ activation) * (weight.t() @ weight)).double()
-                    target_dot += (activation * projected).sum(0).double()
-                else:
-                    contributions = _contributions(kind, activation, weight, head_size)
-                    flat = contributions.reshape(contributions.shape[0], -1).double()
-                    gram += flat @ flat.t()
-                    target_dot += flat @ target.reshape(-1).double()
-                target_norm += float(target.double().pow(2).sum())
-            ones = torch.ones(units, dtype=torch.float64)
-            regularized = gram + damping * gram.diagonal().mean() * torch.eye(units, dtype=torch.float64)
-            scales = torch.linalg.solve(regularized, target_dot)
-
-            def error(m: Tensor) -> float:
-                # ||A m - T||^2 = m'Gm - 2 m'c + ||T||^2, relative to ||T||^2.
-                return float((m @ gram @ m - 2 * m @ target_dot + target_norm) / max(target_norm, 1e-12))
-
-            before, after = error(ones), error(scales)
-            errors["before"].append(before)
-            if after < before:
-                columns = scales.float() if kind == "neurons" else scales.float().repeat_interleave(head_size)
-                consumer.weight.mul_(columns.to(consumer.weight.dtype)[None, :])
-                errors["after"].append(after)
+    for index, kind, name in sublayers:
+        width = heads_now[index] if kind == "heads" else neurons_now[index]
+        if width == 0:
+            continue
+        head_size = _get(dense_layers[index], dense_layout.self_attention).attention_head_size
+        consumer = _get(layers[index], name)
+        weight = consumer.weight.float()
+        bias = consumer.bias.float() if consumer.bias is not None else 0.0
+        gram = torch.zeros(width, width, dtype=torch.float64)
+        target_dot = torch.zeros(width, dtype=torch.float64)
+        target_norm = 0.0
+        for batch_index, batch in enumerate(batches):
+            # The pruned model's input to this sublayer already includes the corrections of earlier layers.
+            activation, _ = _capture(pruned, consumer, batch)
+            dense_output = dense_targets[(index, name)][batch_index]
+            activation = activation.reshape(-1, activation.shape[-1]).float()
+            target = dense_output.reshape(-1, dense_output.shape[-1]).float() - bias
+            if "attention_mask" in batch:  # padding tokens are not part of the objective
+                keep = batch["attention_mask"].reshape(-1).bool()
+                activation, target = activation[keep], target[keep]
+            if kind == "neurons":
+                projected = target @ weight  # [tokens, units]: <W[:, u], T_token>
+                gram += ((activation.t() @ activation) * (weight.t() @ weight)).double()
+                target_dot += (activation * projected).sum(0).double()
             else:
-                errors["after"].append(before)
+                contributions = _contributions(kind, activation, weight, head_size)
+                flat = contributions.reshape(contributions.shape[0], -1).double()
+                gram += flat @ flat.t()
+                target_dot += flat @ target.reshape(-1).double()
+            target_norm += float(target.double().pow(2).sum())
+        ones = torch.ones(width, dtype=torch.float64)
+        regularized = gram + damping * gram.diagonal().mean() * torch.eye(width, dtype=torch.float64)
+        scales = torch.linalg.solve(regularized, target_dot)
+
+        def error(m: Tensor) -> float:
+            # ||A m - T||^2 = m'Gm - 2 m'c + ||T||^2, relative to ||T||^2.
+            return float((m @ gram @ m - 2 * m @ target_dot + target_norm) / max(target_norm, 1e-12))
+
+        before, after = error(ones), error(scales)
+        errors["before"].append(before)
+        if after < before:
+            columns = scales.float() if kind == "neurons" else scales.float().repeat_interleave(head_size)
+            consumer.weight.mul_(columns.to(consumer.weight.dtype)[None, :])
+        errors["after"].append(min(before, after))
     return errors

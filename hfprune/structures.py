@@ -24,6 +24,9 @@ STRUCTURES: Registry[Structure] = Registry("structure")
 class Structure(SerializableComponent):
     """Base class of per-tensor structures."""
 
+    #: Removes whole heads/neurons/channels (can reduce FLOPs) rather than single weights or blocks.
+    structured: ClassVar[bool] = False
+
     def check(self, name: str, shape: torch.Size) -> None:
         """Raise a `ConfigError` naming ``name`` if a tensor of ``shape`` cannot be split into units."""
 
@@ -115,6 +118,7 @@ class EncoderUnits(Structure):
     """
 
     kinds: ClassVar[tuple[str, ...]] = ()
+    structured: ClassVar[bool] = True
     round_to: int = 1
 
     def __post_init__(self) -> None:
@@ -150,3 +154,32 @@ class HeadsAndNeurons(EncoderUnits):
     """Prune attention heads and FFN neurons together (the retraining-free pruning setting of Kwon et al. 2022)."""
 
     kinds: ClassVar[tuple[str, ...]] = ("heads", "neurons")
+
+
+@STRUCTURES.register("channels")
+@dataclass(frozen=True)
+class Channels(Structure):
+    """Prune CNN output channels (filters) together with everything coupled to them.
+
+    Coupled layers (batch norms, the next convolution's input channels, depthwise convolutions, concatenations,
+    the classifier's input) are found by Torch-Pruning's dependency graph. With ``keep_residual_width`` (default),
+    channels tied to a residual addition are left alone: pruning block-internal widths is what CPUs reward.
+
+    Args:
+        round_to (`int`, defaults to 1): Round kept channels per layer to a multiple of this.
+        keep_residual_width (`bool`, defaults to `True`): Skip channel groups that span a residual addition.
+    """
+
+    structured: ClassVar[bool] = True
+    round_to: int = 1
+    keep_residual_width: bool = True
+
+    def __post_init__(self) -> None:
+        if self.round_to < 1:
+            raise ConfigError(f"round_to must be >= 1; got {self.round_to}.")
+
+    def reduce(self, scores: Tensor) -> Tensor:
+        raise TypeError("Channels are scored per dependency group, not per tensor.")
+
+    def expand(self, keep: Tensor, shape: torch.Size) -> Tensor:
+        raise TypeError("Channels are applied through a ChannelPlan, not per tensor.")

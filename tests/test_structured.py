@@ -170,3 +170,30 @@ def test_bad_structured_input():
         plan_structured(MLP(), PruningConfig(structure="heads"))
     with pytest.raises(ConfigError, match="not single weights"):
         prune_(tiny_bert(), PruningConfig(importance="fisher"), [bert_batch()])
+
+
+def test_least_squares_reconstruction_moves_outputs_toward_dense():
+    from hfprune.retraining_free import reconstruct_
+
+    torch.manual_seed(0)
+    model = tiny_bert()
+    dense = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(3)
+    batches = [{"input_ids": torch.randint(0, 100, (16, 20), generator=generator),
+                "attention_mask": torch.ones(16, 20, dtype=torch.long),
+                "labels": torch.randint(0, 2, (16,), generator=generator)} for _ in range(3)]  # fmt: skip
+    plan = plan_structured(model, PruningConfig(structure="heads_and_neurons", sparsity=0.5), batches)
+    compact_(model, plan)
+
+    def hidden_error():
+        with torch.no_grad():
+            return sum(float((model.bert(**{k: v for k, v in b.items() if k != "labels"}).last_hidden_state
+                              - dense.bert(**{k: v for k, v in b.items() if k != "labels"}).last_hidden_state)
+                             .pow(2).mean()) for b in batches)  # fmt: skip
+
+    before = hidden_error()
+    errors = reconstruct_(model, dense, batches)
+    assert len(errors["before"]) == 4
+    assert all(a <= b + 1e-9 for a, b in zip(errors["after"], errors["before"], strict=True))
+    assert sum(errors["after"]) < sum(errors["before"])
+    assert hidden_error() < before

@@ -1,0 +1,498 @@
+"""Channel (filter) pruning of CNNs: find coupled channel groups, score them, choose widths, compact, save/load.
+
+Coupling (batch norms, next convolutions, depthwise convolutions, concatenations, residual additions, the
+classifier's input) comes from Torch-Pruning's `DependencyGraph`: it traces the model once and already handles
+the layer types of timm and torchvision CNNs, so hfprune does not re-derive it. hfprune owns the rest: criteria,
+FLOPs targets, EagleEye candidate search, a JSON `ChannelPlan`, and plan-based reloading without pickles.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .compaction import PLAN_NAME, PlanMismatchError
+from .config import PruningConfig
+from .errors import ConfigError, HfPruneError, MissingDataError, UnsupportedArchitectureError
+from .importance import APoZImportance, BNScaleImportance, MagnitudeImportance, RandomImportance, TaylorImportance
+from .structures import Channels
+
+
+CHANNEL_PLAN_VERSION = 1
+
+
+@dataclass
+class ChannelPlan:
+    """Kept output channels of each prunable group, keyed by the group's root convolution.
+
+    Args:
+        num_channels (`dict[str, int]`): Original output channels of each root convolution.
+        kept (`dict[str, list[int]]`): Kept channel indices (into the original model) of each root.
+    """
+
+    num_channels: dict[str, int]
+    kept: dict[str, list[int]]
+    plan_version: int = CHANNEL_PLAN_VERSION
+    kind: str = "channels"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, kept in self.kept.items():
+            if name not in self.num_channels:
+                raise PlanMismatchError(f"Plan keeps channels of {name!r} but does not say how many it had.")
+            kept = sorted(int(i) for i in kept)
+            if not kept or len(set(kept)) != len(kept) or not all(0 <= i < self.num_channels[name] for i in kept):
+                raise PlanMismatchError(
+                    f"{name}: kept channels must be distinct, non-empty and in [0, {self.num_channels[name]}); got "
+                    f"{kept[:8]}."
+                )
+            self.kept[name] = kept
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ChannelPlan:
+        if data.get("kind") != "channels":
+            raise PlanMismatchError(f"Not a channel plan (kind={data.get('kind')!r}).")
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        path = Path(directory) / PLAN_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> ChannelPlan:
+        path = Path(directory) / PLAN_NAME
+        if not path.is_file():
+            raise PlanMismatchError(f"No {PLAN_NAME} in {directory}.")
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+def default_ignored_layers(model: nn.Module) -> list[str]:
+    """Stem and classifier, from timm's ``pretrained_cfg`` when present, else the first conv and the last linear."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    names = []
+    for key in ("first_conv", "classifier"):
+        value = cfg.get(key)
+        names += [value] if isinstance(value, str) else list(value or [])
+    names = [name for name in names if _has_module(model, name)]
+    if not names:
+        convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        names = convs[:1] + linears[-1:]
+    return names
+
+
+def _has_module(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
+
+
+def _is_conv_out(dep: Any) -> bool:
+    # Output channels of a conv/linear: two of them in one group means a residual addition couples them.
+    module = dep.target.module
+    return isinstance(module, (nn.Conv2d, nn.Linear)) and getattr(dep.handler, "__name__", "") == "prune_out_channels"
+
+
+def channel_groups(
+    model: nn.Module, example_inputs: Tensor, structure: Channels, ignored_layers: list[str] | None = None
+) -> tuple[tp.DependencyGraph, dict[str, Any]]:
+    """The dependency graph and the prunable channel groups of ``model``, keyed by root convolution name."""
+    names = {module: name for name, module in model.named_modules()}
+    ignored_names = default_ignored_layers(model) if ignored_layers is None else ignored_layers
+    for name in ignored_names:
+        if not _has_module(model, name):
+            raise ConfigError(f"Ignored layer {name!r} is not a module of {type(model).__name__}.")
+    ignored = [model.get_submodule(name) for name in ignored_names]
+    try:
+        with torch.enable_grad():
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    except Exception as err:  # torch_pruning raises plain exceptions on ops it cannot trace
+        raise UnsupportedArchitectureError(
+            f"Could not trace {type(model).__name__} to find coupled channels ({type(err).__name__}: {err}). "
+            "Exclude the module named in the error with ignored_layers, or prune with an unstructured config."
+        ) from err
+    groups: dict[str, Any] = {}
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d]):
+        root = group[0].dep.target.module
+        if structure.keep_residual_width and sum(_is_conv_out(dep) for dep, _ in group) > 1:
+            continue  # the group spans a residual addition
+        groups[names[root]] = group
+    if not groups:
+        raise ConfigError(
+            f"{type(model).__name__} has no prunable channel group (ignored: {ignored_names}). With "
+            "keep_residual_width=True only channels inside residual blocks are pruned; set it to False to prune "
+            "residual widths too."
+        )
+    return graph, groups
+
+
+def _loss(model: nn.Module, batch: Any, loss_fn: Callable[..., Tensor] | None) -> Tensor:
+    from .pruner import _calibration_loss
+
+    return _calibration_loss(model, batch, loss_fn)
+
+
+def _batches(dataloader: Iterable[Any], num_batches: int | None) -> list[Any]:
+    batches = []
+    for index, batch in enumerate(dataloader):
+        if num_batches is not None and index >= num_batches:
+            break
+        batches.append(batch)
+    if not batches:
+        raise MissingDataError("The calibration dataloader yielded no batches.")
+    return batches
+
+
+def _inputs_of(batch: Any) -> Tensor:
+    if isinstance(batch, (tuple, list)):
+        return batch[0]
+    if isinstance(batch, dict):
+        return batch["pixel_values"]
+    return batch
+
+
+@torch.no_grad()
+def _apoz_scores(model: nn.Module, groups: dict[str, Any], batches: list[Any]) -> dict[str, Tensor]:
+    """1 - fraction of non-positive values after the group's batch norm (= zeros after the following ReLU)."""
+    counts: dict[str, Tensor] = {}
+    totals: dict[str, int] = {}
+    handles = []
+    for name, group in groups.items():
+        root = model.get_submodule(name)
+        norm = next((dep.target.module for dep, _ in group if isinstance(dep.target.module, nn.BatchNorm2d)
+                     and dep.target.module.num_features == root.out_channels), root)  # fmt: skip
+
+        def hook(_: nn.Module, __: Any, output: Tensor, name: str = name) -> None:
+            zeros = (output <= 0).float().sum(dim=(0, 2, 3))
+            counts[name] = counts.get(name, 0) + zeros
+            totals[name] = totals.get(name, 0) + output.numel() // output.shape[1]
+
+        handles.append(norm.register_forward_hook(hook))
+    model.eval()
+    try:
+        for batch in batches:
+            model(_inputs_of(batch))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: 1.0 - counts[name] / totals[name] for name in groups}
+
+
+def score_channels(
+    model: nn.Module,
+    groups: dict[str, Any],
+    config: PruningConfig,
+    dataloader: Iterable[Any] | None = None,
+    *,
+    num_batches: int | None = None,
+    loss_fn: Callable[..., Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """One score per output channel of each group (higher = keep)."""
+    importance = config.importance
+    needs_data = isinstance(importance, (TaylorImportance, APoZImportance))
+    if needs_data and dataloader is None:
+        raise MissingDataError(
+            f"Importance {importance.registered_name!r} is measured on data: pass a dataloader of (images, labels) "  # type: ignore
+            "batches."
+        )
+    if isinstance(importance, MagnitudeImportance):
+        criterion = tp.importance.GroupMagnitudeImportance(p=importance.p, normalizer=None)
+        return {name: criterion(group).detach().float() for name, group in groups.items()}
+    if isinstance(importance, BNScaleImportance):
+        criterion = tp.importance.BNScaleImportance(normalizer=None)
+        scores = {name: criterion(group) for name, group in groups.items()}
+        missing = [name for name, value in scores.items() if value is None]
+        if missing:
+            raise ConfigError(f"bn_scale needs a BatchNorm after each pruned conv; none follows {missing[:3]}.")
+        return {name: value.detach().float() for name, value in scores.items()}
+    if isinstance(importance, RandomImportance):
+        generator = torch.Generator().manual_seed(config.seed)
+        return {name: torch.rand(model.get_submodule(name).out_channels, generator=generator) for name in groups}
+    if isinstance(importance, APoZImportance):
+        return _apoz_scores(model, groups, _batches(dataloader, num_batches))  # type: ignore[arg-type]
+    if isinstance(importance, TaylorImportance):
+        was_training = model.training
+        model.eval()
+        model.zero_grad(set_to_none=True)
+        for batch in _batches(dataloader, num_batches):  # type: ignore[arg-type]
+            _loss(model, batch, loss_fn).backward()  # gradients accumulate over the batches
+        criterion = tp.importance.GroupTaylorImportance(normalizer=None)
+        scores = {name: criterion(group).detach().float().abs() for name, group in groups.items()}
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+        return scores
+    raise ConfigError(
+        f"Importance {importance.registered_name!r} cannot score CNN channels; use magnitude, l2, bn_scale, apoz, "  # type: ignore
+        "taylor or random."
+    )
+
+
+def _kept_count(num: int, ratio: float, round_to: int) -> int:
+    keep = max(1, num - int(round(ratio * num)))
+    if round_to > 1:
+        keep = min(num, max(round_to, int(round(keep / round_to)) * round_to))
+    return keep
+
+
+def plan_from_ratios(scores: dict[str, Tensor], ratios: dict[str, float], round_to: int = 1) -> ChannelPlan:
+    """Keep the best ``1 - ratio`` channels of each group."""
+    kept = {}
+    for name, score in scores.items():
+        count = _kept_count(score.numel(), ratios.get(name, 0.0), round_to)
+        kept[name] = sorted(torch.sort(score, descending=True, stable=True).indices[:count].tolist())
+    return ChannelPlan(num_channels={name: s.numel() for name, s in scores.items()}, kept=kept)
+
+
+def count_flops(model: nn.Module, example_inputs: Tensor) -> int:
+    """Forward FLOPs for ``example_inputs`` (torch.utils.flop_counter)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(example_inputs)
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def apply_channel_plan_(model: nn.Module, plan: ChannelPlan, example_inputs: Tensor) -> nn.Module:
+    """Physically remove the channels ``plan`` drops (and everything coupled to them), in place."""
+    # Tracing needs autograd on; the pruning itself only rewrites parameters.
+    with torch.enable_grad():
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+    for name, kept in plan.kept.items():
+        if not _has_module(model, name):
+            raise PlanMismatchError(f"The plan prunes {name!r}, which this {type(model).__name__} does not have.")
+        module = model.get_submodule(name)
+        if getattr(module, "out_channels", None) != plan.num_channels[name]:
+            raise PlanMismatchError(
+                f"{name} has {getattr(module, 'out_channels', None)} output channels; the plan was made for "
+                f"{plan.num_channels[name]}. Apply a plan only to the unpruned base model."
+            )
+        removed = sorted(set(range(plan.num_channels[name])) - set(kept))
+        if removed:
+            graph.get_pruning_group(module, tp.prune_conv_out_channels, idxs=removed).prune()
+    return model
+
+
+def _pruned_flops(model: nn.Module, plan: ChannelPlan, example_inputs: Tensor) -> int:
+    return count_flops(apply_channel_plan_(copy.deepcopy(model), plan, example_inputs), example_inputs)
+
+
+def _linear_flops_model(
+    model: nn.Module, scores: dict[str, Tensor], example_inputs: Tensor
+) -> tuple[int, dict[str, float]]:
+    """Dense FLOPs and the FLOPs saved per removed channel of each group (measured by halving each group)."""
+    dense = count_flops(model, example_inputs)
+    per_channel = {}
+    for name, score in scores.items():
+        plan = plan_from_ratios({name: score}, {name: 0.5})
+        removed = score.numel() - len(plan.kept[name])
+        per_channel[name] = (dense - _pruned_flops(model, plan, example_inputs)) / max(removed, 1)
+    return dense, per_channel
+
+
+def _scale_to_budget(
+    relative: dict[str, float], scores: dict[str, Tensor], dense: int, per_channel: dict[str, float],
+    target: float, max_ratio: float,
+) -> dict[str, float]:  # fmt: skip
+    """Multiply relative per-group ratios by the factor that meets the FLOPs target under the linear model."""
+
+    def saved(factor: float) -> float:
+        return sum(per_channel[n] * min(max_ratio, factor * r) * scores[n].numel() for n, r in relative.items())
+
+    need = (1.0 - target) * dense
+    if saved(1e6) < need:
+        raise ConfigError(
+            f"A FLOPs target of {target} cannot be met: pruning every prunable group to {max_ratio:.0%} saves only "
+            f"{saved(1e6) / dense:.1%} of the FLOPs. Raise target_flops, or set keep_residual_width=False / fewer "
+            "ignored layers to make more channels prunable."
+        )
+    low, high = 0.0, 1e6
+    for _ in range(100):
+        mid = (low + high) / 2
+        low, high = (mid, high) if saved(mid) < need else (low, mid)
+    return {name: min(max_ratio, high * ratio) for name, ratio in relative.items()}
+
+
+def plan_channels(
+    model: nn.Module,
+    config: PruningConfig,
+    example_inputs: Tensor,
+    dataloader: Iterable[Any] | None = None,
+    *,
+    ignored_layers: list[str] | None = None,
+    num_batches: int | None = None,
+    loss_fn: Callable[..., Tensor] | None = None,
+    max_ratio: float = 0.9,
+) -> ChannelPlan:
+    """Score channels and return the plan for ``config`` (uniform ``sparsity`` per group, or ``target_flops``).
+
+    With ``target_flops`` every group is pruned at the same ratio, chosen so the measured FLOPs meet the target.
+    The model is not modified.
+    """
+    structure = config.structure
+    if not isinstance(structure, Channels):
+        raise ConfigError("plan_channels needs structure='channels'.")
+    _, groups = channel_groups(model, example_inputs, structure, ignored_layers)
+    scores = score_channels(model, groups, config, dataloader, num_batches=num_batches, loss_fn=loss_fn)
+    if config.target_flops is None:
+        return plan_from_ratios(scores, {name: config.sparsity for name in scores}, structure.round_to)
+    dense, per_channel = _linear_flops_model(model, scores, example_inputs)
+    ratios = _scale_to_budget({n: 1.0 for n in scores}, scores, dense, per_channel, config.target_flops, max_ratio)
+    plan = plan_from_ratios(scores, ratios, structure.round_to)
+    plan.extra["flops_fraction"] = _pruned_flops(model, plan, example_inputs) / dense
+    return plan
+
+
+@torch.no_grad()
+def adaptive_bn_(model: nn.Module, batches: Iterable[Any]) -> nn.Module:
+    """Re-estimate BatchNorm statistics on ``batches`` (EagleEye's adaptive BN): reset, then cumulative average."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m, m.momentum) for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    model.train()
+    try:
+        for batch in batches:
+            model(_inputs_of(batch))
+    finally:
+        for norm, momentum in saved:
+            norm.momentum = momentum
+        model.eval()
+    return model
+
+
+@torch.no_grad()
+def top1(model: nn.Module, batches: Iterable[Any]) -> float:
+    """Top-1 accuracy over ``(images, labels)`` batches."""
+    model.eval()
+    correct = total = 0
+    for batch in batches:
+        images, labels = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch["pixel_values"],
+                                                                                         batch["labels"])  # fmt: skip
+        logits = model(images)
+        correct += int((getattr(logits, "logits", logits).argmax(-1) == labels).sum())
+        total += int(labels.numel())
+    return correct / max(total, 1)
+
+
+def eagleeye_search(
+    model: nn.Module,
+    config: PruningConfig,
+    example_inputs: Tensor,
+    bn_batches: list[Any],
+    eval_batches: list[Any],
+    *,
+    num_candidates: int = 20,
+    max_ratio: float = 0.8,
+    ignored_layers: list[str] | None = None,
+    seed: int = 0,
+) -> tuple[ChannelPlan, list[dict[str, Any]]]:
+    """EagleEye (Li et al. 2020): random per-layer ratios meeting the FLOPs target, each scored after adaptive BN.
+
+    Every candidate draws a random relative ratio per group, scaled so the (linear) FLOPs model meets
+    ``config.target_flops``; the pruned copy's BN statistics are re-estimated on ``bn_batches`` and its top-1 is
+    measured on ``eval_batches``. The best candidate's plan is returned with all candidates' results.
+    """
+    if config.target_flops is None:
+        raise ConfigError("EagleEye searches under a FLOPs constraint: set target_flops.")
+    structure = config.structure
+    if not isinstance(structure, Channels):
+        raise ConfigError("eagleeye_search needs structure='channels'.")
+    _, groups = channel_groups(model, example_inputs, structure, ignored_layers)
+    scores = score_channels(model, groups, config)
+    dense, per_channel = _linear_flops_model(model, scores, example_inputs)
+    rng = random.Random(seed)
+    results = []
+    best: tuple[float, ChannelPlan] | None = None
+    for index in range(num_candidates):
+        relative = {name: rng.uniform(0.05, 1.0) for name in scores}
+        ratios = _scale_to_budget(relative, scores, dense, per_channel, config.target_flops, max_ratio)
+        plan = plan_from_ratios(scores, ratios, structure.round_to)
+        candidate = apply_channel_plan_(copy.deepcopy(model), plan, example_inputs)
+        flops = count_flops(candidate, example_inputs) / dense
+        adaptive_bn_(candidate, bn_batches)
+        accuracy = top1(candidate, eval_batches)
+        results.append({"candidate": index, "top1": accuracy, "flops_fraction": flops})
+        if best is None or accuracy > best[0]:
+            plan.extra.update({"flops_fraction": flops, "adaptive_bn_top1": accuracy, "candidate": index})
+            best = (accuracy, plan)
+    return best[1], results  # type: ignore[index]
+
+
+# ------------------------------------------------------------------------------------------------- persistence
+def save_channel_pruned(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    plan: ChannelPlan,
+    *,
+    architecture: str,
+    num_classes: int,
+    pruning_config: PruningConfig | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``config.json`` (timm style), ``model.safetensors`` and ``pruning_plan.json`` atomically."""
+    from safetensors.torch import save_file
+
+    from .hub import atomic_directory
+
+    pretrained_cfg = {k: v for k, v in (getattr(model, "pretrained_cfg", None) or {}).items()
+                      if isinstance(v, (str, int, float, list, tuple, type(None)))}  # fmt: skip
+    with atomic_directory(directory, overwrite=overwrite) as staging:
+        config = {"architecture": architecture, "num_classes": num_classes, "pretrained_cfg": pretrained_cfg}
+        (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(staging / "model.safetensors"))
+        plan.save_pretrained(staging)
+        if pruning_config is not None:
+            pruning_config.save_pretrained(staging)
+    return Path(directory)
+
+
+def create_base_model(architecture: str, num_classes: int) -> nn.Module:
+    """``timm.create_model(architecture)`` or, for ``torchvision:<name>``, ``torchvision.models.get_model``."""
+    if architecture.startswith("torchvision:"):
+        import torchvision
+
+        return torchvision.models.get_model(architecture.split(":", 1)[1], weights=None, num_classes=num_classes)
+    import timm
+
+    from . import models  # noqa: F401 - registers the CIFAR ResNets with timm
+
+    try:
+        return timm.create_model(architecture, pretrained=False, num_classes=num_classes)
+    except RuntimeError as err:
+        raise UnsupportedArchitectureError(f"Unknown model architecture {architecture!r}: {err}") from err
+
+
+def load_channel_pruned(directory: str | os.PathLike) -> nn.Module:
+    """Rebuild a channel-pruned CNN: base architecture -> plan -> weights. No pickles."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise HfPruneError(f"{config_path} is missing.")
+    config = json.loads(config_path.read_text())
+    model = create_base_model(config["architecture"], config["num_classes"])
+    size = (config.get("pretrained_cfg") or {}).get("input_size") or [3, 224, 224]
+    apply_channel_plan_(model, ChannelPlan.from_pretrained(directory), torch.zeros(1, *size))
+    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    return model.eval()
