@@ -1,0 +1,162 @@
+import copy
+
+import pytest
+import timm
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import Subset
+
+import hfprune.models  # noqa: F401 - registers the CIFAR ResNets with timm
+from hfprune import ConfigError, PruningConfig
+from hfprune.channels import (
+    ChannelPlan,
+    apply_channel_plan_,
+    count_flops,
+    create_base_model,
+    eagleeye_search,
+    load_channel_pruned,
+    plan_channels,
+    save_channel_pruned,
+)
+from hfprune.compaction import PlanMismatchError
+from hfprune.structures import Channels
+from hfprune.vision import ImageDataError, LabelledImages, eval_transform, evaluate_images
+
+from .conftest import SHARED_DATA
+
+
+CIFAR_ZIP = SHARED_DATA / "cifar10" / "cifar10_test_jpg_yoongikim.zip"
+CIFAR_CSV = SHARED_DATA / "cifar10" / "cifar10_test_jpg_yoongikim_labels.csv"
+RESNET20 = SHARED_DATA / "weights" / "resnet20-12fca82f.th"
+X32 = torch.zeros(1, 3, 32, 32)
+
+
+def _resnet20():
+    torch.manual_seed(0)
+    model = timm.create_model("cifar_resnet20").eval()
+    # Non-trivial BN statistics so masking and compaction are compared on realistic activations.
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    return model
+
+
+@pytest.mark.skipif(not (CIFAR_ZIP.is_file() and RESNET20.is_file()), reason="needs ../shared/data CIFAR-10 + weights")
+def test_cifar_resnet20_with_real_weights_matches_documented_accuracy():
+    model = timm.create_model("cifar_resnet20", checkpoint_path=str(RESNET20))
+    data = LabelledImages(CIFAR_ZIP, CIFAR_CSV, transform=eval_transform(model), num_classes=10)
+    assert len(data) == 10_000
+    result = evaluate_images(model, Subset(data, range(0, 10_000, 10)))  # 100 images per class
+    # SOURCES.md: 81.03% on all 10,000 JPEG test images; a 1,000-image slice has a standard error of ~1.2 points.
+    assert result["top1"] == pytest.approx(0.8103, abs=0.035)
+    assert result["top5"] > 0.97
+
+
+@pytest.mark.parametrize("importance", ["magnitude", "l2", "bn_scale", "random", "apoz", "taylor"])
+def test_every_criterion_prunes_resnet20(importance):
+    model = _resnet20()
+    batches = [(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))]
+    plan = plan_channels(model, PruningConfig(importance=importance, structure="channels", sparsity=0.5), X32, batches)
+    assert len(plan.kept) == 9  # block-internal widths only: the residual width is kept
+    assert all(len(kept) == plan.num_channels[name] // 2 for name, kept in plan.kept.items())
+    pruned = apply_channel_plan_(copy.deepcopy(model), plan, X32)
+    assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert pruned.layer1[0].conv1.out_channels == 8 and pruned.layer1[0].conv2.in_channels == 8
+
+
+def test_magnitude_keeps_the_largest_filters():
+    model = _resnet20()
+    with torch.no_grad():
+        model.layer2[1].conv1.weight[[3, 7]] *= 100
+    plan = plan_channels(model, PruningConfig(structure="channels", sparsity=0.9), X32)
+    assert plan.kept["layer2.1.conv1"] == [3, 7] or set(plan.kept["layer2.1.conv1"]) >= {3, 7}
+
+
+def test_compacted_equals_masked():
+    model = _resnet20()
+    plan = plan_channels(model, PruningConfig(importance="random", structure="channels", sparsity=0.6), X32)
+    masked = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, kept in plan.kept.items():
+            drop = sorted(set(range(plan.num_channels[name])) - set(kept))
+            block = masked.get_submodule(name.rsplit(".", 1)[0])
+            block.conv1.weight[drop] = 0
+            block.bn1.weight[drop] = 0
+            block.bn1.bias[drop] = 0
+    compact = apply_channel_plan_(copy.deepcopy(model), plan, X32)
+    images = torch.randn(4, 3, 32, 32)
+    torch.testing.assert_close(compact(images), masked(images), atol=1e-5, rtol=1e-5)
+
+
+def test_flops_target_is_met_and_save_load_round_trips(tmp_path):
+    model = _resnet20()
+    plan = plan_channels(model, PruningConfig(structure="channels", target_flops=0.5), X32)
+    pruned = apply_channel_plan_(copy.deepcopy(model), plan, X32)
+    assert count_flops(pruned, X32) / count_flops(model, X32) == pytest.approx(0.5, abs=0.02)
+    save_channel_pruned(pruned, tmp_path / "out", plan, architecture="cifar_resnet20", num_classes=10)
+    assert not any(p.suffix in (".bin", ".pt", ".pth") for p in (tmp_path / "out").iterdir())
+    reloaded = load_channel_pruned(tmp_path / "out")
+    images = torch.randn(3, 3, 32, 32)
+    torch.testing.assert_close(reloaded(images), pruned(images))
+
+
+@pytest.mark.parametrize("architecture", ["test_efficientnet", "mobilenetv2_050", "torchvision:resnet18"])
+def test_other_cnns_prune_and_run(architecture):
+    model = create_base_model(architecture, num_classes=10).eval()
+    x = torch.zeros(1, 3, 64, 64)
+    plan = plan_channels(model, PruningConfig(structure=Channels(round_to=4), sparsity=0.5), x)
+    assert plan.kept
+    assert all(len(kept) % 4 == 0 or len(kept) == plan.num_channels[n] for n, kept in plan.kept.items())
+    pruned = apply_channel_plan_(copy.deepcopy(model), plan, x)
+    assert count_flops(pruned, x) < 0.9 * count_flops(model, x)
+    assert pruned(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+
+
+def test_eagleeye_picks_the_best_candidate_within_budget():
+    model = _resnet20()
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(16, 3, 32, 32, generator=generator), torch.randint(0, 10, (16,), generator=generator))]
+    config = PruningConfig(structure="channels", target_flops=0.6)
+    plan, candidates = eagleeye_search(model, config, X32, batches, batches, num_candidates=3, seed=1)
+    assert len(candidates) == 3
+    assert plan.extra["adaptive_bn_top1"] == max(c["top1"] for c in candidates)
+    assert all(c["flops_fraction"] == pytest.approx(0.6, abs=0.03) for c in candidates)
+    assert len({tuple(len(k) for k in plan.kept.values())}) == 1
+
+
+def test_bad_cnn_input(tmp_path):
+    model = _resnet20()
+    with pytest.raises(ConfigError, match="cannot be met"):
+        plan_channels(model, PruningConfig(structure="channels", target_flops=0.05), X32)
+    with pytest.raises(ConfigError, match="Ignored layer 'stem'"):
+        plan_channels(model, PruningConfig(structure="channels"), X32, ignored_layers=["stem"])
+    plan = plan_channels(model, PruningConfig(structure="channels", sparsity=0.5), X32)
+    with pytest.raises(PlanMismatchError, match="only to the unpruned base model"):
+        apply_channel_plan_(apply_channel_plan_(copy.deepcopy(model), plan, X32), plan, X32)
+    with pytest.raises(PlanMismatchError):
+        ChannelPlan(num_channels={"a": 4}, kept={"a": [0, 9]})
+
+
+def test_image_folder_errors(tmp_path):
+    for name in ("cat", "dog"):
+        (tmp_path / "ok" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "ok" / name / "0.png")
+    data = LabelledImages(tmp_path / "ok", class_names=["cat", "dog", "emu"])
+    assert [label for _, label in data.samples] == [0, 1]
+    with pytest.raises(ImageDataError, match=r"Class folders \['dog'\].*not among"):
+        LabelledImages(tmp_path / "ok", class_names=["cat", "emu"])
+    (tmp_path / "ok" / "cat" / "broken.jpg").write_bytes(b"not an image")
+    broken = LabelledImages(tmp_path / "ok")
+    with pytest.raises(ImageDataError, match="Cannot read image .*broken.jpg"):
+        [broken[i] for i in range(len(broken))]
+    csv = tmp_path / "labels.csv"
+    csv.write_text("file,label\ncat/0.png,0\ncat/missing.png,1\n")
+    with pytest.raises(Exception, match="1 images listed .* are not in"):
+        LabelledImages(tmp_path / "ok", csv)
+    csv.write_text("cat/0.png,12\n")
+    with pytest.raises(ImageDataError, match=r"outside \[0, 10\)"):
+        LabelledImages(tmp_path / "ok", csv, num_classes=10)
