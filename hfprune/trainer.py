@@ -92,6 +92,8 @@ class PruningTrainer(Trainer):
             a teacher is given.
         score_learning_rate (`float`, defaults to 1e-2): Learning rate of learned pruning scores (movement), in
             their own optimizer group without weight decay (the movement-pruning paper's value).
+        bn_l1 (`float`, defaults to 0.0): Weight of an L1 penalty on BatchNorm scales (network slimming), so that
+            ``bn_scale`` channel pruning afterwards finds channels the network learned to switch off.
         **kwargs: Everything else `Trainer` takes (``train_dataset``, ``eval_dataset``, ``processing_class``,
             ``data_collator``, ``compute_metrics``, ``callbacks``, ...).
 
@@ -117,6 +119,7 @@ class PruningTrainer(Trainer):
         teacher_model: nn.Module | None = None,
         distillation_config: DistillationConfig | None = None,
         score_learning_rate: float = 1e-2,
+        bn_l1: float = 0.0,
         **kwargs: Any,
     ) -> None:
         if model is None:
@@ -136,6 +139,12 @@ class PruningTrainer(Trainer):
             raise ConfigError("distillation_config was given without a teacher_model.")
         self.distillation_config = distillation_config or (DistillationConfig() if teacher_model is not None else None)
         self.score_learning_rate = float(score_learning_rate)
+        if bn_l1 < 0:
+            raise ConfigError(f"bn_l1 must be >= 0; got {bn_l1}.")
+        self.bn_l1 = float(bn_l1)
+        self._batch_norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if self.bn_l1 and not self._batch_norms:
+            raise ConfigError("bn_l1 > 0 penalizes BatchNorm scales, but the model has no BatchNorm layer.")
         super().__init__(model=model, args=args, callbacks=callbacks, **kwargs)
         self.teacher_model = teacher_model
         if teacher_model is not None:
@@ -195,6 +204,10 @@ class PruningTrainer(Trainer):
             if regularization is not None:
                 terms["regularization_loss"] = regularization
                 loss = loss + regularization
+        if self.bn_l1 and model.training:
+            # Network slimming (Liu et al. 2017): sparsify BN scales so bn_scale pruning finds unneeded channels.
+            terms["bn_l1_loss"] = self.bn_l1 * sum(norm.weight.abs().sum() for norm in self._batch_norms)
+            loss = loss + terms["bn_l1_loss"]
         if model.training and terms:
             for name, value in terms.items():
                 self._loss_sums[name] += float(value.detach())

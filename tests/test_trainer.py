@@ -185,3 +185,26 @@ def test_block_movement_prunes_whole_blocks(tmp_path):
     blocks = (weight == 0).reshape(4, 8, 4, 8)
     assert (blocks.all(dim=(1, 3)) | (~blocks).all(dim=(1, 3))).all()
     assert float((weight == 0).float().mean()) == pytest.approx(0.5)
+
+
+def test_image_classifier_trains_with_distillation_and_bn_l1(tmp_path):
+    import timm
+
+    import hfprune.models  # noqa: F401
+    from hfprune.vision import ImageClassifier
+
+    torch.manual_seed(0)
+    student = ImageClassifier(timm.create_model("cifar_resnet20"))
+    teacher = ImageClassifier(timm.create_model("cifar_resnet20"))
+    images = Dataset.from_dict({"pixel_values": torch.randn(32, 3, 32, 32).tolist(),
+                                "labels": torch.randint(0, 10, (32,)).tolist()}).with_format("torch")  # fmt: skip
+    config = PruningConfig(sparsity=0.5, target_modules=r"model\.layer\d\.\d\.conv\d", schedule=CubicSchedule(end_step=3))
+    gammas_before = sum(float(m.weight.abs().sum()) for m in student.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    trainer = PruningTrainer(model=student, args=_args(tmp_path, max_steps=4, logging_steps=2, learning_rate=1e-2),
+                             train_dataset=images, pruning_config=config, teacher_model=teacher, bn_l1=1e-2)  # fmt: skip
+    trainer.train()
+    last = [entry for entry in trainer.state.log_history if "loss" in entry][-1]
+    assert {"kd_loss", "task_loss", "bn_l1_loss"} <= set(last)
+    assert trainer.pruner.mask_sparsity() == pytest.approx(0.5, abs=1e-3)
+    gammas_after = sum(float(m.weight.abs().sum()) for m in student.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert gammas_after < gammas_before
