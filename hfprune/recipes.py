@@ -259,3 +259,154 @@ def glue_calibration_batches(
         ]
         batches.append(dict(collator(features)))
     return batches
+
+
+@dataclass
+class ImageRecipe:
+    """A CNN prune / fine-tune / evaluate run on ImageNet-format data.
+
+    Args:
+        model (`str`): timm name (``cifar_resnet56``, ``resnet50``) or ``torchvision:<name>``.
+        num_classes (`int`): Classifier outputs.
+        checkpoint_path (`str`, *optional*): Weights to start from (timm ``checkpoint_path``).
+        eval_data / eval_labels: Evaluation folder (or zip) and optional labels CSV.
+        train_data / train_labels: Training folder (or zip) and labels CSV, for adaptive BN and fine-tuning.
+        train_indices / eval_indices (`str`, *optional*): Text files of row indices selecting a fixed split.
+        pruning (`dict`, *optional*): `PruningConfig` fields (``structure: channels``); ``None`` skips pruning.
+        eagleeye (`dict`, *optional*): ``{num_candidates, max_ratio, bn_batches, eval_batches, seed}`` to choose
+            per-layer widths by EagleEye instead of uniform ratios.
+        distillation (`dict`, *optional*): `DistillationConfig` fields; the dense model is the teacher.
+        training (`dict`, *optional*): `TrainingArguments` for fine-tuning; ``None`` skips fine-tuning.
+        output_dir (`str`): Where the pruned model and results go.
+    """
+
+    model: str
+    num_classes: int
+    output_dir: str
+    checkpoint_path: str | None = None
+    eval_data: str | None = None
+    eval_labels: str | None = None
+    train_data: str | None = None
+    train_labels: str | None = None
+    train_indices: str | None = None
+    eval_indices: str | None = None
+    batch_size: int = 64
+    pruning: dict[str, Any] | None = None
+    eagleeye: dict[str, Any] | None = None
+    distillation: dict[str, Any] | None = None
+    training: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.pruning is not None:
+            _check_keys("the pruning section", self.pruning, [f.name for f in dataclasses.fields(PruningConfig)])
+        if self.eagleeye is not None:
+            _check_keys("the eagleeye section", self.eagleeye,
+                        ["num_candidates", "max_ratio", "bn_batches", "eval_batches", "seed"])  # fmt: skip
+        if self.training is not None:
+            from transformers import TrainingArguments
+
+            allowed = [f.name for f in dataclasses.fields(TrainingArguments) if f.init]
+            _check_keys("the training section (TrainingArguments)", self.training, allowed)
+            if self.train_data is None:
+                raise ConfigError("A training section needs train_data (and usually train_labels).")
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, overrides: list[str] | None = None) -> ImageRecipe:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"Recipe {path} does not exist.")
+        data = yaml.safe_load(path.read_text()) or {}
+        for assignment in overrides or []:
+            set_dotted(data, assignment)
+        _check_keys(f"recipe {path}", data, [f.name for f in dataclasses.fields(cls)])
+        return cls(**data)
+
+
+def _subset(dataset: Any, indices_file: str | None) -> Any:
+    if indices_file is None:
+        return dataset
+    from torch.utils.data import Subset
+
+    indices = [int(line) for line in Path(indices_file).read_text().split()]
+    return Subset(dataset, indices)
+
+
+def train_image(recipe: ImageRecipe) -> dict[str, Any]:
+    """Prune (uniform or EagleEye), optionally fine-tune with distillation, evaluate top-1/top-5, save."""
+    import copy
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from .channels import (apply_channel_plan_, count_flops, create_base_model, eagleeye_search, plan_channels,
+                           save_channel_pruned)  # fmt: skip
+    from .vision import ImageClassifier, LabelledImages, eval_transform, evaluate_images
+
+    model = create_base_model(recipe.model, recipe.num_classes)
+    if recipe.checkpoint_path:
+        from .models.cifar_resnet import load_cifar_checkpoint
+
+        load_cifar_checkpoint(model, recipe.checkpoint_path)
+    model.eval()
+    transform = eval_transform(model)
+    size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))
+    example = torch.zeros(1, *size)
+
+    def dataset(root: str | None, labels: str | None, indices: str | None, as_dict: bool = False) -> Any:
+        if root is None:
+            return None
+        return _subset(LabelledImages(root, labels, transform, num_classes=recipe.num_classes, as_dict=as_dict),
+                       indices)  # fmt: skip
+
+    eval_set = dataset(recipe.eval_data, recipe.eval_labels, recipe.eval_indices)
+    train_set = dataset(recipe.train_data, recipe.train_labels, recipe.train_indices)
+    result: dict[str, Any] = {"model": recipe.model, "dense_flops": count_flops(model, example),
+                              "dense_params": sum(p.numel() for p in model.parameters())}  # fmt: skip
+    if eval_set is not None:
+        result["dense"] = evaluate_images(model, eval_set, recipe.batch_size)
+    dense = copy.deepcopy(model)
+    plan = None
+    if recipe.pruning is not None:
+        config = PruningConfig.from_dict(recipe.pruning)
+        if recipe.eagleeye is not None:
+            if train_set is None:
+                raise ConfigError("EagleEye needs train_data for adaptive BN and candidate scoring.")
+            options = dict(recipe.eagleeye)
+            loader = iter(DataLoader(train_set, batch_size=recipe.batch_size, shuffle=True,
+                                     generator=torch.Generator().manual_seed(options.get("seed", 0))))  # fmt: skip
+            bn_batches = [next(loader) for _ in range(options.pop("bn_batches", 10))]
+            eval_batches = [next(loader) for _ in range(options.pop("eval_batches", 5))]
+            plan, candidates = eagleeye_search(model, config, example, bn_batches, eval_batches, **options)
+            result["eagleeye_candidates"] = candidates
+        else:
+            data = DataLoader(train_set, batch_size=recipe.batch_size) if train_set is not None else None
+            plan = plan_channels(model, config, example, data, num_batches=10)
+        apply_channel_plan_(model, plan, example)
+        result["pruned_flops"] = count_flops(model, example)
+        result["pruned_params"] = sum(p.numel() for p in model.parameters())
+        if eval_set is not None:
+            result["pruned"] = evaluate_images(model, eval_set, recipe.batch_size)
+    if recipe.training is not None:
+        from transformers import TrainingArguments
+
+        from .distillation import DistillationConfig
+        from .trainer import PruningTrainer
+
+        train_dict = dataset(recipe.train_data, recipe.train_labels, recipe.train_indices, as_dict=True)
+        distillation = DistillationConfig.from_dict(recipe.distillation) if recipe.distillation else None
+        trainer = PruningTrainer(
+            model=ImageClassifier(model), args=TrainingArguments(**recipe.training), train_dataset=train_dict,
+            teacher_model=ImageClassifier(dense) if distillation is not None else None,
+            distillation_config=distillation,
+        )  # fmt: skip
+        trainer.train()
+        model.eval()
+        if eval_set is not None:
+            result["fine_tuned"] = evaluate_images(model, eval_set, recipe.batch_size)
+    if plan is not None:
+        save_channel_pruned(model, recipe.output_dir, plan, architecture=recipe.model, num_classes=recipe.num_classes,
+                            pruning_config=PruningConfig.from_dict(recipe.pruning or {}), overwrite=True)  # fmt: skip
+        Path(recipe.output_dir, "eval_results.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    print("hfprune image results: " + json.dumps({k: v for k, v in result.items() if k != "eagleeye_candidates"},
+                                                 sort_keys=True), flush=True)  # fmt: skip
+    return result

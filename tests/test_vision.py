@@ -1,4 +1,5 @@
 import copy
+from pathlib import Path
 
 import pytest
 import timm
@@ -160,3 +161,51 @@ def test_image_folder_errors(tmp_path):
     csv.write_text("cat/0.png,12\n")
     with pytest.raises(ImageDataError, match=r"outside \[0, 10\)"):
         LabelledImages(tmp_path / "ok", csv, num_classes=10)
+
+
+def test_run_image_recipe_eagleeye_finetune_and_reload(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from hfprune.recipes import ImageRecipe
+
+    generator = torch.Generator().manual_seed(0)
+    for label in range(10):
+        folder = tmp_path / "images" / f"class{label}"
+        folder.mkdir(parents=True)
+        for i in range(4):
+            pixels = (torch.rand(32, 32, 3, generator=generator) * 255).byte().numpy()
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+    recipe = {
+        "model": "cifar_resnet20", "num_classes": 10, "output_dir": str(tmp_path / "out"),
+        "eval_data": str(tmp_path / "images"), "train_data": str(tmp_path / "images"), "batch_size": 8,
+        "pruning": {"structure": "channels", "target_flops": 0.6},
+        "eagleeye": {"num_candidates": 2, "bn_batches": 2, "eval_batches": 1},
+        "distillation": {"alpha": 0.5},
+        "training": {"output_dir": str(tmp_path / "trainer"), "max_steps": 2, "per_device_train_batch_size": 8,
+                     "use_cpu": True, "report_to": [], "save_strategy": "no", "disable_tqdm": True},
+    }  # fmt: skip
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    script = Path(__file__).resolve().parents[1] / "scripts" / "run_image.py"
+    completed = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert results["pruned_flops"] / results["dense_flops"] == pytest.approx(0.6, abs=0.03)
+    assert {"dense", "pruned", "fine_tuned"} <= set(results) and len(results["eagleeye_candidates"]) == 2
+    reloaded = load_channel_pruned(tmp_path / "out")
+    assert sum(p.numel() for p in reloaded.parameters()) == results["pruned_params"]
+    with pytest.raises(ConfigError, match="Unknown key 'num_candidatez'"):
+        ImageRecipe.from_yaml(path, overrides=["eagleeye.num_candidatez=3"])
+
+
+def test_committed_image_recipes_validate():
+    from hfprune.recipes import ImageRecipe
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "configs" / "image").glob("*.yaml"))
+    assert recipes
+    for recipe in recipes:
+        assert ImageRecipe.from_yaml(recipe).pruning is not None
