@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -162,17 +163,31 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    model = load_pruned(args.model) if Path(args.model).is_dir() else load_model(args.model)
-    model.eval()
-    config = load_pruning_config(args.model) if Path(args.model).is_dir() else None
-    targets = {}
-    if config is not None:
-        targets = {"target_modules": config.target_modules, "exclude_modules": config.exclude_modules}
-    from .adapters import get_adapter
+def _is_channel_model(path: str) -> bool:
+    plan = Path(path) / "pruning_plan.json"
+    return plan.is_file() and json.loads(plan.read_text()).get("kind") == "channels"
 
-    adapter = get_adapter(model, required=False)
-    example = adapter.example_inputs(model, args.batch_size, args.seq_len) if adapter is not None else None
+
+def cmd_report(args: argparse.Namespace) -> int:
+    targets: dict[str, Any] = {}
+    if Path(args.model).is_dir() and _is_channel_model(args.model):
+        import torch
+
+        from .channels import load_channel_pruned
+
+        model = load_channel_pruned(args.model)
+        size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size") or (3, 224, 224)
+        example: Any = torch.zeros(args.batch_size, *size)
+    else:
+        model = load_pruned(args.model) if Path(args.model).is_dir() else load_model(args.model)
+        model.eval()
+        config = load_pruning_config(args.model) if Path(args.model).is_dir() else None
+        if config is not None:
+            targets = {"target_modules": config.target_modules, "exclude_modules": config.exclude_modules}
+        from .adapters import get_adapter
+
+        adapter = get_adapter(model, required=False)
+        example = adapter.example_inputs(model, args.batch_size, args.seq_len) if adapter is not None else None
     result = report(model, example, measure_latency=not args.no_latency, latency_runs=args.latency_runs, **targets)
     print(result.to_markdown(layers=not args.summary))
     if args.output:

@@ -209,3 +209,16 @@ def test_committed_image_recipes_validate():
     assert recipes
     for recipe in recipes:
         assert ImageRecipe.from_yaml(recipe).pruning is not None
+
+
+def test_cli_report_reads_a_channel_pruned_folder(tmp_path, capsys):
+    from hfprune.cli import main
+
+    model = _resnet20()
+    plan = plan_channels(model, PruningConfig(structure="channels", sparsity=0.5), X32)
+    pruned = apply_channel_plan_(copy.deepcopy(model), plan, X32)
+    save_channel_pruned(pruned, tmp_path / "out", plan, architecture="cifar_resnet20", num_classes=10)
+    assert main(["report", "--model", str(tmp_path / "out"), "--no-latency", "--summary"]) == 0
+    printed = capsys.readouterr().out
+    assert "**CifarResNet**" in printed
+    assert f"| parameters (total) | {sum(p.numel() for p in pruned.parameters()):,} |" in printed
