@@ -196,6 +196,98 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    recipe_path = Path(args.recipe)
+    if not recipe_path.is_file():
+        raise ConfigError(f"Recipe {recipe_path} does not exist.")
+    data = yaml.safe_load(recipe_path.read_text()) or {}
+    from .recipes import GlueRecipe, ImageRecipe, train_glue, train_image
+
+    if "task" in data:
+        train_glue(GlueRecipe.from_yaml(recipe_path, overrides=args.overrides))
+    elif "num_classes" in data:
+        train_image(ImageRecipe.from_yaml(recipe_path, overrides=args.overrides))
+    else:
+        raise ConfigError(
+            f"{recipe_path} is neither a GLUE recipe (has `task`) nor an image recipe (has `num_classes`); see "
+            "configs/glue/ and configs/image/."
+        )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    if (args.task is None) == (args.images is None):
+        raise ConfigError("Pass either --task (a GLUE task) or --images (an image folder or zip), not both.")
+    if args.images is not None:
+        from .channels import create_base_model, load_channel_pruned
+        from .vision import LabelledImages, eval_transform, evaluate_images
+
+        if Path(args.model).is_dir():
+            model = load_channel_pruned(args.model)
+        else:
+            if args.num_classes is None:
+                raise ConfigError("Evaluating a timm architecture by name needs --num-classes.")
+            model = create_base_model(args.model, args.num_classes)
+            if args.checkpoint:
+                from .models.cifar_resnet import load_cifar_checkpoint
+
+                load_cifar_checkpoint(model, args.checkpoint)
+        classes = getattr(model, "num_classes", None)
+        data = LabelledImages(args.images, args.labels, transform=eval_transform(model), num_classes=classes)
+        result = evaluate_images(model, data, batch_size=args.batch_size)
+    else:
+        result = _eval_glue(args)
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+def _eval_glue(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer
+
+    from .glue import compute_glue_metrics, get_task, load_glue
+
+    task = get_task(args.task)
+    model = load_pruned(args.model) if Path(args.model).is_dir() else load_model(args.model)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    results: dict[str, Any] = {}
+    for split, rows in load_glue(task, args.data_dir, splits="validation").items():
+        predictions = []
+        for start in range(0, len(rows), args.batch_size):
+            chunk = rows[start : start + args.batch_size]
+            batch = tokenizer(*[list(chunk[key]) for key in task.text_keys], truncation=True, max_length=args.seq_len,
+                              padding=True, return_tensors="pt")  # fmt: skip
+            with torch.inference_mode():
+                logits = model(**batch).logits
+            predictions.append(logits.reshape(-1) if task.is_regression else logits.argmax(-1))
+        predicted = torch.cat(predictions).numpy()
+        results[split] = compute_glue_metrics(task, predicted, np.asarray(list(rows["label"])))
+    return results
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .compaction import PruningPlan
+    from .export import export_plain, export_remote_code
+
+    model = load_pruned(args.model)
+    plan = PruningPlan.from_pretrained(args.model)
+    tokenizer = _tokenizer_or_none(args.model)
+    export = export_remote_code if args.format == "remote-code" else export_plain
+    export(model, plan, args.output, tokenizer=tokenizer, overwrite=args.overwrite)
+    print(f"Exported {args.model} ({args.format}) to {args.output}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .push import push_folder
+
+    url = push_folder(args.folder, args.repo_id, private=args.private, revision=args.revision)
+    print(f"Pushed {args.folder} to {url}")
+    return 0
+
+
 def _add_shape_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="Batch size of the FLOPs/latency input (default 1).")
     parser.add_argument("--seq-len", type=int, default=128, help="Sequence length of that input (default 128).")
@@ -248,6 +340,43 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--summary", action="store_true", help="Omit the per-layer table.")
     _add_shape_args(rep)
     rep.set_defaults(func=cmd_report)
+
+    train = commands.add_parser(
+        "train", help="Fine-tune / fine-prune from a recipe (GLUE or image).",
+        description="Run a recipe from configs/glue or configs/image: the same code as scripts/run_glue.py and "
+                    "scripts/run_image.py (use those with `accelerate launch` for several processes).",
+    )  # fmt: skip
+    train.add_argument("recipe", help="YAML recipe.")
+    train.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. training.max_steps=100.")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="Evaluate a model on a GLUE task or an ImageNet-format folder.")
+    evaluate.add_argument("--model", required=True, help="Saved folder (pruned or not) or timm architecture name.")
+    evaluate.add_argument("--task", help="GLUE task (validation split(s)).")
+    evaluate.add_argument("--data-dir", help="Folder of original GLUE TSVs (default: the Hub).")
+    evaluate.add_argument("--images", help="ImageFolder tree, or folder/zip of images with --labels.")
+    evaluate.add_argument("--labels", help="CSV of image path,label for --images.")
+    evaluate.add_argument("--num-classes", type=int, help="Classes of a timm model given by name.")
+    evaluate.add_argument("--checkpoint", help="Weights for a timm model given by name.")
+    evaluate.add_argument("--batch-size", type=int, default=64, help="Evaluation batch size (default 64).")
+    evaluate.add_argument("--seq-len", type=int, default=128, help="GLUE truncation length (default 128).")
+    evaluate.set_defaults(func=cmd_eval)
+
+    export = commands.add_parser("export", help="Export a compacted transformer for plain transformers.")
+    export.add_argument("--model", required=True, help="Folder with pruning_plan.json (structured pruning).")
+    export.add_argument("--output", required=True, help="Export folder.")
+    export.add_argument("--format", choices=["remote-code", "plain"], default="remote-code",
+                        help="remote-code: loads with trust_remote_code=True for any plan; plain: no custom code, "
+                             "only when all heads are kept and FFN widths are uniform.")  # fmt: skip
+    export.add_argument("--overwrite", action="store_true", help="Replace --output if it exists.")
+    export.set_defaults(func=cmd_export)
+
+    push = commands.add_parser("push", help="Upload a saved folder to the Hugging Face Hub.")
+    push.add_argument("folder", help="Folder written by hfprune (weights, config, plan, card).")
+    push.add_argument("--repo-id", required=True, help="USER/NAME on the Hub.")
+    push.add_argument("--private", action="store_true", help="Create the repository as private.")
+    push.add_argument("--revision", help="Branch to commit to (created if missing).")
+    push.set_defaults(func=cmd_push)
     return parser
 
 

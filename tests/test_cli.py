@@ -97,3 +97,12 @@ def test_cli_retraining_free_structured_prune_and_reload(tmp_path, capsys, tiny_
     model = load_pruned(out)
     assert sum(p.numel() for p in model.parameters()) == data["total_params"]
     assert main(["report", "--model", str(out), "--no-latency", "--summary"]) == 0
+
+
+def test_cli_eval_glue_task(capsys, tiny_sst2_classifier):
+    code = main(["eval", "--model", str(tiny_sst2_classifier), "--task", "sst2", "--data-dir", str(GLUE_DIR),
+                 "--batch-size", "256", "--seq-len", "32"])  # fmt: skip
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) == {"validation"}
+    assert 0.3 < result["validation"]["accuracy"] < 0.7  # an untrained classifier is near chance on SST-2
