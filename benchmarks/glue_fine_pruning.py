@@ -113,8 +113,13 @@ class StepTimer:
 
 def step_overhead(args: argparse.Namespace, steps: int = 30, rounds: int = 3) -> dict:
     """Median step time of Trainer vs PruningTrainer (pruning only, and pruning + distillation), interleaved."""
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments)  # fmt: skip
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,  # fmt: skip
+    )
 
     from hfprune import CubicSchedule, PruningConfig
     from hfprune.glue import load_glue

@@ -300,8 +300,11 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "torch_num_threads": torch.get_num_threads(),
         "python": platform.python_version(),
-        "env": {k: os.environ[k] for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")
-                if k in os.environ},  # fmt: skip
+        "env": {
+            k: os.environ[k]
+            for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")
+            if k in os.environ
+        },  # fmt: skip
     }
 
 
@@ -330,13 +333,20 @@ def markdown(results: dict) -> str:
         cells.append(" + ".join(f"{WALL_KEYS[k]} {v:.1f}" for k, v in wall.items()) if wall else "-")
         lines.append("| " + " | ".join(cells) + " |")
         if "compacted_only_dev_accuracy" in data:
-            lines.append(f"| {name}, compacted only (no reconstruct_) | {data['compacted_only_dev_accuracy']:.4f} | "
-                         f"{data['flops_ratio']:.3f} | {data['params'] / 1e6:.2f} | | | | | | | |")
+            lines.append(
+                f"| {name}, compacted only (no reconstruct_) | {data['compacted_only_dev_accuracy']:.4f} | "
+                f"{data['flops_ratio']:.3f} | {data['params'] / 1e6:.2f} | | | | | | | |"
+            )
     return "\n".join(lines) + "\n"
 
 
-WALL_KEYS = {"plan_structured": "plan", "compact": "compact", "reconstruct": "reconstruct", "finetune": "KD",
-             "prune": "prune"}
+WALL_KEYS = {
+    "plan_structured": "plan",
+    "compact": "compact",
+    "reconstruct": "reconstruct",
+    "finetune": "KD",
+    "prune": "prune",
+}
 
 
 def main() -> int:
@@ -344,8 +354,9 @@ def main() -> int:
     parser.add_argument("--model", type=Path, default=REPO / "runs" / "bench" / "minilm-sst2-dense" / "final",
                         help="Fine-tuned BertForSequenceClassification (SST-2) with its tokenizer.")  # fmt: skip
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data" / "glue")
-    parser.add_argument("--output", type=Path,
-                        default=REPO / "benchmarks" / "results" / "structured_retraining_free.json")
+    parser.add_argument(
+        "--output", type=Path, default=REPO / "benchmarks" / "results" / "structured_retraining_free.json"
+    )
     parser.add_argument("--target-flops", type=float, default=0.5, help="Fraction of encoder FLOPs to keep.")
     parser.add_argument("--num-calibration", type=int, default=1024, help="SST-2 train rows for Fisher/reconstruct.")
     parser.add_argument("--eval-limit", type=int, default=None, help="Use only the first N dev rows (default all).")

@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from .compaction import PlanMismatchError, PruningPlan, compact_, load_pruned
 from .config import PruningConfig
+from .distillation import DistillationConfig, kd_loss
 from .errors import (
     ConfigError,
     HfPruneError,
@@ -12,7 +13,6 @@ from .errors import (
     NoPrunableModulesError,
     UnsupportedArchitectureError,
 )
-from .distillation import DistillationConfig, kd_loss
 from .importance import (
     FisherImportance,
     L2MagnitudeImportance,

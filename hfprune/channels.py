@@ -107,6 +107,8 @@ def _has_module(model: nn.Module, name: str) -> bool:
 def _is_conv_out(dep: Any) -> bool:
     # Output channels of a conv/linear: two of them in one group means a residual addition couples them.
     module = dep.target.module
+    if isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.out_channels:
+        return False  # a depthwise conv carries its input channels through; it is not a second producer
     return isinstance(module, (nn.Conv2d, nn.Linear)) and getattr(dep.handler, "__name__", "") == "prune_out_channels"
 
 
@@ -354,9 +356,17 @@ def plan_channels(
     if config.target_flops is None:
         return plan_from_ratios(scores, {name: config.sparsity for name in scores}, structure.round_to)
     dense, per_channel = _linear_flops_model(model, scores, example_inputs)
-    ratios = _scale_to_budget({n: 1.0 for n in scores}, scores, dense, per_channel, config.target_flops, max_ratio)
-    plan = plan_from_ratios(scores, ratios, structure.round_to)
-    plan.extra["flops_fraction"] = _pruned_flops(model, plan, example_inputs) / dense
+    # The linear FLOPs model over-counts savings when coupled groups shrink both sides of a layer: re-aim a few
+    # times at the measured FLOPs.
+    aim = config.target_flops
+    for _ in range(4):
+        ratios = _scale_to_budget({n: 1.0 for n in scores}, scores, dense, per_channel, aim, max_ratio)
+        plan = plan_from_ratios(scores, ratios, structure.round_to)
+        achieved = _pruned_flops(model, plan, example_inputs) / dense
+        if abs(achieved - config.target_flops) <= 0.01:
+            break
+        aim = min(1.0, max(1e-3, aim + (config.target_flops - achieved)))
+    plan.extra["flops_fraction"] = achieved
     return plan
 
 

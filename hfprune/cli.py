@@ -17,16 +17,16 @@ from typing import Any
 
 import yaml
 
+from .compaction import compact_, load_pruned
 from .config import PruningConfig
 from .errors import ConfigError, HfPruneError
-from .compaction import compact_, load_pruned
 from .hub import load_model, load_pruning_config, save_pruned
 from .importance import IMPORTANCES, FisherImportance
 from .pruner import prune_
 from .reporting import compare_reports, device_description, paired_latency_ms, report
 from .retraining_free import reconstruct_
-from .structured import plan_structured
 from .schedules import SCHEDULES
+from .structured import plan_structured
 from .structures import STRUCTURES, EncoderUnits
 
 
@@ -61,7 +61,9 @@ def load_recipe(path: str | None) -> dict[str, Any]:
         raise ConfigError(f"Recipe {recipe_path} must be a YAML mapping with keys {sorted(RECIPE_KEYS)}.")
     unknown = sorted(set(recipe) - RECIPE_KEYS)
     if unknown:
-        raise ConfigError(f"Recipe {recipe_path} has unknown top-level keys {unknown}; allowed: {sorted(RECIPE_KEYS)}.")
+        raise ConfigError(
+            f"Recipe {recipe_path} has unknown top-level keys {unknown}; allowed: {sorted(RECIPE_KEYS)}."
+        )
     pruning = recipe.get("pruning") or {}
     known = set(PruningConfig.__dataclass_fields__)
     unknown = sorted(set(pruning) - known)
@@ -318,14 +320,24 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--structure", help=f"One of {STRUCTURES.names()} (default unstructured).")
     prune.add_argument("--target-modules", help="Full-match regex of modules to prune (default: per architecture).")
     prune.add_argument("--exclude-modules", help="Full-match regex of modules to leave dense.")
-    prune.add_argument("--target-flops", type=float,
-                       help="Structured kinds: fraction of encoder FLOPs to keep, in (0, 1] (replaces --sparsity).")
+    prune.add_argument(
+        "--target-flops",
+        type=float,
+        help="Structured kinds: fraction of encoder FLOPs to keep, in (0, 1] (replaces --sparsity).",
+    )
     prune.add_argument("--task", help="GLUE task for calibration data (needed by taylor and fisher).")
     prune.add_argument("--data-dir", help="Folder of original GLUE TSVs (default: nyu-mll/glue from the Hub).")
-    prune.add_argument("--num-calibration", type=int, default=512,
-                       help="Calibration examples (first rows of the train split; default 512).")
-    prune.add_argument("--no-reconstruct", action="store_true",
-                       help="fisher: skip the layer-wise least-squares reconstruction of kept units.")
+    prune.add_argument(
+        "--num-calibration",
+        type=int,
+        default=512,
+        help="Calibration examples (first rows of the train split; default 512).",
+    )
+    prune.add_argument(
+        "--no-reconstruct",
+        action="store_true",
+        help="fisher: skip the layer-wise least-squares reconstruction of kept units.",
+    )
     prune.add_argument("--overwrite", action="store_true", help="Replace --output if it already exists.")
     _add_shape_args(prune)
     prune.set_defaults(func=cmd_prune)

@@ -58,7 +58,10 @@ class PruningPlan:
             raise PlanMismatchError(f"Plan has {len(self.heads)} head lists but {len(self.neurons)} neuron lists.")
         self.heads = [sorted(int(h) for h in layer) for layer in self.heads]
         self.neurons = [sorted(int(n) for n in layer) for layer in self.neurons]
-        for name, lists, limit in (("head", self.heads, self.num_heads), ("neuron", self.neurons, self.intermediate_size)):
+        for name, lists, limit in (
+            ("head", self.heads, self.num_heads),
+            ("neuron", self.neurons, self.intermediate_size),
+        ):
             for layer, kept in enumerate(lists):
                 if len(set(kept)) != len(kept) or any(not 0 <= i < limit for i in kept):
                     raise PlanMismatchError(
@@ -101,7 +104,9 @@ class PruningPlan:
         head_size = _get(layers[0], layout.self_attention).attention_head_size
         for index, layer in enumerate(layers):
             out_cols = _get(layer, layout.attention_output).weight.detach().ne(0).any(0)
-            plan.heads[index] = [h for h in range(plan.num_heads) if out_cols[h * head_size : (h + 1) * head_size].any()]
+            plan.heads[index] = [
+                h for h in range(plan.num_heads) if out_cols[h * head_size : (h + 1) * head_size].any()
+            ]
             ffn_cols = _get(layer, layout.ffn_out).weight.detach().ne(0).any(0)
             plan.neurons[index] = [n for n in range(plan.intermediate_size) if ffn_cols[n]]
         return plan
@@ -152,7 +157,9 @@ def _encoder(model: nn.Module) -> tuple[BertFamilyAdapter, EncoderLayout, nn.Mod
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and (name == layout.layers or name.endswith("." + layout.layers)):
             return adapter, layout, module
-    raise UnsupportedArchitectureError(f"Could not find the encoder layers ({layout.layers!r}) in {type(model).__name__}.")
+    raise UnsupportedArchitectureError(
+        f"Could not find the encoder layers ({layout.layers!r}) in {type(model).__name__}."
+    )
 
 
 class SkippedSelfAttention(nn.Module):

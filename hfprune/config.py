@@ -178,7 +178,9 @@ class PruningConfig(ConfigMixin):
     seed: int = field(default=0, metadata={"help": "Seed for random importance."})
     target_flops: float | None = field(
         default=None,
-        metadata={"help": "Structured pruning: fraction of the encoder's FLOPs to keep, in (0, 1]; overrides sparsity."},
+        metadata={
+            "help": "Structured pruning: fraction of the encoder's FLOPs to keep, in (0, 1]; overrides sparsity."
+        },
     )
     flops_seq_len: int = field(default=128, metadata={"help": "Sequence length at which encoder FLOPs are counted."})
     config_version: int = field(default=CONFIG_VERSION, metadata={"help": "Format version of this config."})

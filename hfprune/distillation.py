@@ -66,8 +66,12 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
         return F.mse_loss(student_logits.float(), teacher_logits.float())
     student_log_probs = F.log_softmax(student_logits.float() / temperature, dim=-1)
     teacher_log_probs = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    kl = F.kl_div(student_log_probs.reshape(-1, student_logits.shape[-1]),
-                  teacher_log_probs.reshape(-1, student_logits.shape[-1]), reduction="batchmean", log_target=True)  # fmt: skip
+    kl = F.kl_div(
+        student_log_probs.reshape(-1, student_logits.shape[-1]),
+        teacher_log_probs.reshape(-1, student_logits.shape[-1]),
+        reduction="batchmean",
+        log_target=True,
+    )
     return kl * temperature**2
 
 
@@ -83,7 +87,9 @@ def hidden_state_loss(
             )
         layers = list(range(len(student_hidden)))
     for index in layers:
-        if not (-len(student_hidden) <= index < len(student_hidden) and -len(teacher_hidden) <= index < len(teacher_hidden)):
+        if not (
+            -len(student_hidden) <= index < len(student_hidden) and -len(teacher_hidden) <= index < len(teacher_hidden)
+        ):
             raise ConfigError(f"hidden_layers index {index} is out of range for {len(student_hidden)} hidden states.")
         if student_hidden[index].shape != teacher_hidden[index].shape:
             raise ConfigError(

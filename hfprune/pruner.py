@@ -110,7 +110,7 @@ class Pruner:
         the same keys.
         """
         importance = self.config.importance
-        for name, module in self.modules.items():
+        for module in self.modules.values():
             if find_mask(module) is not None:
                 continue
             weight = get_raw_weight(module)
@@ -146,11 +146,15 @@ class Pruner:
 
     def score_parameters(self) -> list[nn.Parameter]:
         """Learned score parameters (empty unless the importance is learned); give them their own learning rate."""
-        params = []
-        for module in self.modules.values():
+        return list(self.named_score_parameters().values())
+
+    def named_score_parameters(self) -> dict[str, nn.Parameter]:
+        """Learned score parameters by pruned module name."""
+        params = {}
+        for name, module in self.modules.items():
             mask = find_mask(module)
             if mask is not None and mask.scores is not None:
-                params.append(mask.scores)
+                params[name] = mask.scores
         return params
 
     @torch.no_grad()
@@ -288,7 +292,7 @@ class Pruner:
             "global_step": self.global_step,
             "applied_sparsity": None if self.applied_sparsity is None else dict(self.applied_sparsity),
             "masks": self.masks(),
-            "scores": {name: param.detach().clone() for name, param in zip(self.modules, self.score_parameters())},
+            "scores": {name: param.detach().clone() for name, param in self.named_score_parameters().items()},
             "importance_state": {name: dict(state) for name, state in self.importance_state.items()},
             "config": self.config.to_dict(),
         }
@@ -313,7 +317,7 @@ class Pruner:
         if self.config.importance.learned:  # type: ignore[union-attr]
             self.attach_()
             with torch.no_grad():
-                for name, param in zip(self.modules, self.score_parameters()):
+                for name, param in self.named_score_parameters().items():
                     if name in state_dict.get("scores", {}):
                         param.copy_(state_dict["scores"][name])
         self.set_masks_(state_dict["masks"])
@@ -322,7 +326,9 @@ class Pruner:
 def _calibration_loss(model: nn.Module, batch: Any, loss_fn: Callable[..., Tensor] | None) -> Tensor:
     if isinstance(batch, Mapping):
         outputs = model(**batch)
-        loss = outputs["loss"] if isinstance(outputs, Mapping) and "loss" in outputs else getattr(outputs, "loss", None)
+        loss = (
+            outputs["loss"] if isinstance(outputs, Mapping) and "loss" in outputs else getattr(outputs, "loss", None)
+        )
         if loss is None:
             raise MissingDataError(
                 "The model returned no loss for a calibration batch. Include 'labels' in each batch, or pass loss_fn."
@@ -382,7 +388,8 @@ def prune_(
     if config.importance.learned:  # type: ignore[union-attr]
         raise ConfigError(
             f"Importance {config.importance.registered_name!r} learns its scores during training, so it cannot "  # type: ignore
-            "prune in one shot. Use PruningTrainer (or Pruner in your training loop), or 'taylor' for one-shot pruning."
+            "prune in one shot. Use PruningTrainer (or Pruner in your training loop), or 'taylor' for one-shot "
+            "pruning."
         )
     if pruner.requires_grad:
         if dataloader is None:

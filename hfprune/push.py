@@ -19,8 +19,11 @@ def commit_operations(folder: str | os.PathLike) -> list:
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise HfPruneError(f"{folder} has no config.json: push a folder written by `hfprune prune` or save_pruned.")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in
-                                                                              p.relative_to(folder).parts))  # fmt: skip
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
     return [CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p)) for p in files]
 
 

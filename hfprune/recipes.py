@@ -338,8 +338,14 @@ def train_image(recipe: ImageRecipe) -> dict[str, Any]:
     import torch
     from torch.utils.data import DataLoader
 
-    from .channels import (apply_channel_plan_, count_flops, create_base_model, eagleeye_search, plan_channels,
-                           save_channel_pruned)  # fmt: skip
+    from .channels import (
+        apply_channel_plan_,
+        count_flops,
+        create_base_model,
+        eagleeye_search,
+        plan_channels,
+        save_channel_pruned,  # fmt: skip
+    )
     from .vision import ImageClassifier, LabelledImages, eval_transform, evaluate_images
 
     model = create_base_model(recipe.model, recipe.num_classes)

@@ -6,8 +6,8 @@ That makes them an allow-list: loading JSON never imports arbitrary code.
 
 from __future__ import annotations
 
-import difflib
 import dataclasses
+import difflib
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
@@ -64,7 +64,9 @@ class Registry(Generic[T]):
             return self.get(spec)()
         if isinstance(spec, Mapping):
             if "type" not in spec:
-                raise ConfigError(f"A serialized {self.kind} needs a 'type' key naming one of {self.names()}; got {dict(spec)}.")
+                raise ConfigError(
+                    f"A serialized {self.kind} needs a 'type' key naming one of {self.names()}; got {dict(spec)}."
+                )
             fields = dict(spec)
             cls = self.get(str(fields.pop("type")))
             known = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set(fields)
@@ -80,7 +82,8 @@ class Registry(Generic[T]):
         if any(isinstance(spec, cls) for cls in self._entries.values()):
             return spec
         raise ConfigError(
-            f"Expected a {self.kind} name, dict or object (one of {self.names()}); got {type(spec).__name__}: {spec!r}."
+            f"Expected a {self.kind} name, dict or object (one of {self.names()}); got "
+            f"{type(spec).__name__}: {spec!r}."
         )
 
     def names(self) -> list[str]:

@@ -186,7 +186,9 @@ def count_flops(model: nn.Module, example_inputs: Any) -> int:
     return int(counter.get_total_flops())
 
 
-def paired_latency_ms(models: Sequence[nn.Module], example_inputs: Any, rounds: int = 10, warmup: int = 3) -> list[float]:
+def paired_latency_ms(
+    models: Sequence[nn.Module], example_inputs: Any, rounds: int = 10, warmup: int = 3
+) -> list[float]:
     """Median forward latency of each model, measured in interleaved rounds so drift hits all models alike.
 
     Every model is warmed up with the full-size input first: glibc's allocator page-faults on multi-MB activations
@@ -244,7 +246,9 @@ def report(
     Returns:
         `PruningReport`
     """
-    param_names = [name.replace(".parametrizations.weight.original", ".weight") for name, _ in model.named_parameters()]
+    param_names = [
+        name.replace(".parametrizations.weight.original", ".weight") for name, _ in model.named_parameters()
+    ]
     state = merged_state_dict(model)
     total = sum(state[name].numel() for name in param_names)
     total_nonzeros = sum(int(torch.count_nonzero(state[name])) for name in param_names)

@@ -66,6 +66,11 @@ def _dense_outputs(
     return outputs
 
 
+def _relative_error(scales: Tensor, gram: Tensor, target_dot: Tensor, target_norm: float) -> float:
+    """``||A m - T||^2 / ||T||^2`` from the normal-equation terms: ``(m'Gm - 2 m'c + ||T||^2) / ||T||^2``."""
+    return float((scales @ gram @ scales - 2 * scales @ target_dot + target_norm) / max(target_norm, 1e-12))
+
+
 def _contributions(kind: str, activation: Tensor, weight: Tensor, head_size: int) -> Tensor:
     """Per-unit contributions to the sublayer output: ``[units, tokens, hidden]``."""
     if kind == "neurons":
@@ -150,11 +155,8 @@ def reconstruct_(
         regularized = gram + damping * gram.diagonal().mean() * torch.eye(width, dtype=torch.float64)
         scales = torch.linalg.solve(regularized, target_dot)
 
-        def error(m: Tensor) -> float:
-            # ||A m - T||^2 = m'Gm - 2 m'c + ||T||^2, relative to ||T||^2.
-            return float((m @ gram @ m - 2 * m @ target_dot + target_norm) / max(target_norm, 1e-12))
-
-        before, after = error(ones), error(scales)
+        before = _relative_error(ones, gram, target_dot, target_norm)
+        after = _relative_error(scales, gram, target_dot, target_norm)
         errors["before"].append(before)
         if after < before:
             columns = scales.float() if kind == "neurons" else scales.float().repeat_interleave(head_size)

@@ -82,7 +82,8 @@ def _magnitude_scores(model: nn.Module, p: int) -> dict[str, Tensor]:
         cols = _weight(_get(layer, layout.attention_output)).abs().pow(p).sum(0)
         heads.append((rows + cols).reshape(dims.num_heads, dims.head_size).sum(1))
         neurons.append(
-            _weight(_get(layer, layout.ffn_in)).abs().pow(p).sum(1) + _weight(_get(layer, layout.ffn_out)).abs().pow(p).sum(0)
+            _weight(_get(layer, layout.ffn_in)).abs().pow(p).sum(1)
+            + _weight(_get(layer, layout.ffn_out)).abs().pow(p).sum(0)
         )
     return {"heads": torch.stack(heads), "neurons": torch.stack(neurons)}
 
@@ -215,7 +216,9 @@ def _global_keep(scores: Tensor, count: int) -> list[list[int]]:
     return [sorted(layer) for layer in kept]
 
 
-def _fisher_search(scores: dict[str, Tensor], dims: EncoderDims, budget: float, seq_len: int, kinds: tuple) -> tuple[int, int]:
+def _fisher_search(
+    scores: dict[str, Tensor], dims: EncoderDims, budget: float, seq_len: int, kinds: tuple
+) -> tuple[int, int]:
     """Kwon et al. 2022's mask search: choose how many heads and neurons (best first, globally) maximise the kept
     importance within the FLOPs budget."""
     head_cost, neuron_cost = dims.head_flops(seq_len), dims.neuron_flops(seq_len)

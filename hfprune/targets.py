@@ -65,7 +65,11 @@ def resolve_targets(
                 f"{type(model).__name__} has no prunable layers (hfprune prunes "
                 f"{', '.join(t.__name__ for t in PRUNABLE_TYPES)} weights)."
             )
-        hint = f" It matched only unsupported modules: {', '.join(matched_unsupported[:5])}." if matched_unsupported else ""
+        hint = (
+            f" It matched only unsupported modules: {', '.join(matched_unsupported[:5])}."
+            if matched_unsupported
+            else ""
+        )
         raise NoPrunableModulesError(
             f"target_modules={target_modules!r} (exclude_modules={exclude_modules!r}) matched no prunable module of "
             f"{type(model).__name__}.{hint} Prunable modules look like: {', '.join(candidates[:6])}"

@@ -263,11 +263,20 @@ class PruningTrainer(Trainer):
         if not self.is_world_process_zero():
             return None
         pruning_config = self.pruning_config or PruningConfig(sparsity=0.0)
-        result = report(model, example_inputs, measure_latency=False,
-                        target_modules=pruning_config.target_modules, exclude_modules=pruning_config.exclude_modules)  # fmt: skip
+        result = report(
+            model,
+            example_inputs,
+            measure_latency=False,
+            target_modules=pruning_config.target_modules,
+            exclude_modules=pruning_config.exclude_modules,
+        )
         path = save_pruned(
-            model, output_dir, pruning_config=pruning_config, report=result,
-            tokenizer=self.processing_class, overwrite=overwrite,
+            model,
+            output_dir,
+            pruning_config=pruning_config,
+            report=result,
+            tokenizer=self.processing_class,
+            overwrite=overwrite,
             extra_configs=(self.distillation_config,) if self.distillation_config is not None else (),
-        )  # fmt: skip
+        )
         return path

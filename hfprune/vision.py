@@ -148,7 +148,9 @@ def eval_transform(model: nn.Module) -> Callable[[Any], Tensor]:
 
 
 @torch.no_grad()
-def evaluate_images(model: nn.Module, dataset: Dataset, batch_size: int = 64, num_workers: int = 0) -> dict[str, float]:
+def evaluate_images(
+    model: nn.Module, dataset: Dataset, batch_size: int = 64, num_workers: int = 0
+) -> dict[str, float]:
     """Top-1 and top-5 accuracy (fractions) of ``model`` on ``(image, label)`` items."""
     model.eval()
     correct1 = correct5 = total = 0

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Fine-tune or fine-prune a model on a GLUE task from a YAML recipe.
 
-    python scripts/run_glue.py configs/glue/sst2_movement_distil.yaml [section.key=value ...]
-    accelerate launch scripts/run_glue.py configs/glue/sst2_movement_distil.yaml training.max_steps=100
+python scripts/run_glue.py configs/glue/sst2_movement_distil.yaml [section.key=value ...]
+accelerate launch scripts/run_glue.py configs/glue/sst2_movement_distil.yaml training.max_steps=100
 """
 
 import sys

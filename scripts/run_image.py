@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Prune a CNN (uniform or EagleEye), fine-tune it with distillation, and evaluate top-1/top-5, from a YAML recipe.
 
-    python scripts/run_image.py configs/image/cifar_resnet56_eagleeye.yaml [section.key=value ...]
-    accelerate launch scripts/run_image.py configs/image/cifar_resnet56_eagleeye.yaml
+python scripts/run_image.py configs/image/cifar_resnet56_eagleeye.yaml [section.key=value ...]
+accelerate launch scripts/run_image.py configs/image/cifar_resnet56_eagleeye.yaml
 """
 
 import sys

@@ -21,8 +21,15 @@ def tiny_sst2_classifier(tmp_path_factory, minilm_path):
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny-sst2")
     tokenizer = AutoTokenizer.from_pretrained(minilm_path)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=128, max_position_embeddings=128, num_labels=2)  # fmt: skip
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=128,
+        num_labels=2,
+    )
     BertForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -33,8 +40,21 @@ def test_cli_prunes_real_minilm_end_to_end(tmp_path, capsys, minilm_path):
     recipe.write_text("pruning:\n  importance: magnitude\n  sparsity: 0.3\n  scope: local\n")
     out = tmp_path / "minilm"
     # --sparsity overrides the recipe's 0.3.
-    code = main(["prune", "--config", str(recipe), "--sparsity", "0.6", "--scope", "global", "--output", str(out),
-                 "--latency-runs", "2"])  # fmt: skip
+    code = main(
+        [
+            "prune",
+            "--config",
+            str(recipe),
+            "--sparsity",
+            "0.6",
+            "--scope",
+            "global",
+            "--output",
+            str(out),
+            "--latency-runs",
+            "2",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "| sparsity of prunable weights | 0.00% | 60.00% |" in printed
@@ -76,9 +96,31 @@ def test_console_script_help():
 
 def test_cli_retraining_free_structured_prune_and_reload(tmp_path, capsys, tiny_sst2_classifier):
     out = tmp_path / "pruned"
-    code = main(["prune", "--model", str(tiny_sst2_classifier), "--method", "fisher", "--structure",
-                 "heads_and_neurons", "--target-flops", "0.5", "--task", "sst2", "--data-dir", str(GLUE_DIR),
-                 "--num-calibration", "64", "--seq-len", "32", "--output", str(out), "--latency-runs", "2"])  # fmt: skip
+    code = main(
+        [
+            "prune",
+            "--model",
+            str(tiny_sst2_classifier),
+            "--method",
+            "fisher",
+            "--structure",
+            "heads_and_neurons",
+            "--target-flops",
+            "0.5",
+            "--task",
+            "sst2",
+            "--data-dir",
+            str(GLUE_DIR),
+            "--num-calibration",
+            "64",
+            "--seq-len",
+            "32",
+            "--output",
+            str(out),
+            "--latency-runs",
+            "2",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "| GFLOPs (dense) |" in printed
@@ -100,8 +142,21 @@ def test_cli_retraining_free_structured_prune_and_reload(tmp_path, capsys, tiny_
 
 
 def test_cli_eval_glue_task(capsys, tiny_sst2_classifier):
-    code = main(["eval", "--model", str(tiny_sst2_classifier), "--task", "sst2", "--data-dir", str(GLUE_DIR),
-                 "--batch-size", "256", "--seq-len", "32"])  # fmt: skip
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(tiny_sst2_classifier),
+            "--task",
+            "sst2",
+            "--data-dir",
+            str(GLUE_DIR),
+            "--batch-size",
+            "256",
+            "--seq-len",
+            "32",
+        ]
+    )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result) == {"validation"}

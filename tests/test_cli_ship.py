@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 from PIL import Image
 
 from hfprune import PruningConfig, PruningPlan, compact_
@@ -99,4 +98,3 @@ def test_train_rejects_unknown_recipe_kind(tmp_path, capsys):
 def test_eval_needs_one_data_source(capsys):
     assert main(["eval", "--model", "x"]) == 2
     assert "either --task" in capsys.readouterr().err
-

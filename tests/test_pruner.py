@@ -205,7 +205,10 @@ def test_random_is_seeded(bert):
     other = copy.deepcopy(bert)
     prune_(bert, PruningConfig(importance="random", seed=1))
     prune_(other, PruningConfig(importance="random", seed=1))
-    weight, other_weight = bert.bert.encoder.layer[0].output.dense.weight, other.bert.encoder.layer[0].output.dense.weight
+    weight, other_weight = (
+        bert.bert.encoder.layer[0].output.dense.weight,
+        other.bert.encoder.layer[0].output.dense.weight,
+    )
     assert torch.equal(weight == 0, other_weight == 0)
     third = tiny_bert()
     third.load_state_dict(other.state_dict())

@@ -15,7 +15,9 @@ from .conftest import SHARED_DATA
 
 REPO = Path(__file__).resolve().parents[1]
 GLUE_DIR = SHARED_DATA / "glue"
-needs_glue = pytest.mark.skipif(not (GLUE_DIR / "SST-2" / "dev.tsv").is_file(), reason=f"needs GLUE TSVs in {GLUE_DIR}")
+needs_glue = pytest.mark.skipif(
+    not (GLUE_DIR / "SST-2" / "dev.tsv").is_file(), reason=f"needs GLUE TSVs in {GLUE_DIR}"
+)
 
 
 @pytest.fixture(scope="session")
@@ -41,9 +43,17 @@ def _recipe(tmp_path, model, **overrides) -> dict:
         "max_train_samples": 96,
         "max_eval_samples": 48,
         "max_seq_length": 64,
-        "training": {"output_dir": str(tmp_path / "run"), "per_device_train_batch_size": 8, "max_steps": 8,
-                     "logging_steps": 4, "use_cpu": True, "report_to": [], "disable_tqdm": True,
-                     "save_strategy": "no", "seed": 0},  # fmt: skip
+        "training": {
+            "output_dir": str(tmp_path / "run"),
+            "per_device_train_batch_size": 8,
+            "max_steps": 8,
+            "logging_steps": 4,
+            "use_cpu": True,
+            "report_to": [],
+            "disable_tqdm": True,
+            "save_strategy": "no",
+            "seed": 0,
+        },  # fmt: skip
         "pruning": {"importance": "movement", "sparsity": 0.5, "schedule": {"type": "cubic", "end_step": 6}},
         "distillation": {"alpha": 0.5, "temperature": 2.0},
     }
@@ -106,7 +116,9 @@ def test_unknown_task_and_keys_fail_before_training(tmp_path):
 
 
 def test_missing_data_dir_is_a_clear_error(tmp_path, tiny_glue_model):
-    recipe = GlueRecipe.from_yaml(_write(tmp_path, _recipe(tmp_path, tiny_glue_model, data_dir=str(tmp_path / "none"))))
+    recipe = GlueRecipe.from_yaml(
+        _write(tmp_path, _recipe(tmp_path, tiny_glue_model, data_dir=str(tmp_path / "none")))
+    )
     with pytest.raises(MissingDataError):
         train_glue(recipe)
 

@@ -19,7 +19,9 @@ def _dataset(n: int = 64, seq_len: int = 12) -> Dataset:
     ids = torch.randint(0, 100, (n, seq_len), generator=generator)
     # A learnable rule (label = first token is even) so losses and movement scores carry signal.
     labels = (ids[:, 0] % 2 == 0).long()
-    return Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": [[1] * seq_len] * n, "labels": labels.tolist()})
+    return Dataset.from_dict(
+        {"input_ids": ids.tolist(), "attention_mask": [[1] * seq_len] * n, "labels": labels.tolist()}
+    )
 
 
 class _InterruptAt(TrainerCallback):
@@ -39,16 +41,30 @@ def _student():
 
 
 def _args(tmp_path, **kwargs):
-    defaults = dict(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=12, logging_steps=4,
-                    use_cpu=True, report_to=[], seed=0, save_strategy="no", disable_tqdm=True)  # fmt: skip
+    defaults = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        max_steps=12,
+        logging_steps=4,
+        use_cpu=True,
+        report_to=[],
+        seed=0,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
     defaults.update(kwargs)
     return TrainingArguments(**defaults)
 
 
 def test_magnitude_cubic_reaches_target_and_logs_terms(tmp_path):
     config = PruningConfig(sparsity=0.7, schedule=CubicSchedule(start_step=2, end_step=8, every=2))
-    trainer = PruningTrainer(model=_student(), args=_args(tmp_path), train_dataset=_dataset(),
-                             pruning_config=config, teacher_model=tiny_bert())  # fmt: skip
+    trainer = PruningTrainer(
+        model=_student(),
+        args=_args(tmp_path),
+        train_dataset=_dataset(),
+        pruning_config=config,
+        teacher_model=tiny_bert(),
+    )
     trainer.train()
     assert trainer.pruner.mask_sparsity() == pytest.approx(0.7, abs=1e-3)
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
@@ -59,8 +75,13 @@ def test_magnitude_cubic_reaches_target_and_logs_terms(tmp_path):
 
 def test_scores_get_their_own_param_group(tmp_path):
     config = PruningConfig(importance="movement", sparsity=0.5, schedule=CubicSchedule(end_step=6))
-    trainer = PruningTrainer(model=_student(), args=_args(tmp_path, learning_rate=1e-4, max_steps=2),
-                             train_dataset=_dataset(), pruning_config=config, score_learning_rate=0.05)  # fmt: skip
+    trainer = PruningTrainer(
+        model=_student(),
+        args=_args(tmp_path, learning_rate=1e-4, max_steps=2),
+        train_dataset=_dataset(),
+        pruning_config=config,
+        score_learning_rate=0.05,
+    )
     trainer.create_optimizer()
     groups = trainer.optimizer.param_groups
     score_group = groups[-1]
@@ -89,9 +110,13 @@ def test_movement_scores_receive_straight_through_gradient():
 def _soft_movement_run(tmp_path, final_lambda):
     importance = {"type": "soft_movement", "final_threshold": 0.1, "final_lambda": final_lambda}
     config = PruningConfig(importance=importance, schedule=CubicSchedule(end_step=10))
-    trainer = PruningTrainer(model=_student(), args=_args(tmp_path, max_steps=30, logging_steps=10,
-                             learning_rate=1e-3), train_dataset=_dataset(), pruning_config=config,
-                             score_learning_rate=0.2)  # fmt: skip
+    trainer = PruningTrainer(
+        model=_student(),
+        args=_args(tmp_path, max_steps=30, logging_steps=10, learning_rate=1e-3),
+        train_dataset=_dataset(),
+        pruning_config=config,
+        score_learning_rate=0.2,
+    )
     trainer.train()
     return trainer
 
@@ -110,22 +135,26 @@ def test_soft_movement_sparsity_grows_with_lambda_and_keeps_min_density(tmp_path
 
 @pytest.mark.parametrize("importance", ["movement", "taylor"])
 def test_resume_from_checkpoint_gives_the_same_masks(tmp_path, importance):
-    config = PruningConfig(importance=importance if importance != "movement" else MovementImportance(update_every=1),
-                           sparsity=0.6, schedule=CubicSchedule(end_step=10, every=1))  # fmt: skip
-    full = PruningTrainer(model=_student(), args=_args(tmp_path / "full"), train_dataset=_dataset(),
-                          pruning_config=config)  # fmt: skip
+    config = PruningConfig(
+        importance=importance if importance != "movement" else MovementImportance(update_every=1),
+        sparsity=0.6,
+        schedule=CubicSchedule(end_step=10, every=1),
+    )
+    full = PruningTrainer(
+        model=_student(), args=_args(tmp_path / "full"), train_dataset=_dataset(), pruning_config=config
+    )
     full.train()
 
     cut_args = _args(tmp_path / "cut", save_strategy="steps", save_steps=5)
-    first = PruningTrainer(model=_student(), args=cut_args, train_dataset=_dataset(), pruning_config=config,
-                           callbacks=[_InterruptAt(5)])  # fmt: skip
+    first = PruningTrainer(
+        model=_student(), args=cut_args, train_dataset=_dataset(), pruning_config=config, callbacks=[_InterruptAt(5)]
+    )
     first.train()
     assert first.state.global_step == 5
     checkpoint = tmp_path / "cut" / "checkpoint-5"
     assert (checkpoint / PRUNER_STATE_NAME).is_file()
 
-    resumed = PruningTrainer(model=_student(), args=cut_args, train_dataset=_dataset(),
-                             pruning_config=config)  # fmt: skip
+    resumed = PruningTrainer(model=_student(), args=cut_args, train_dataset=_dataset(), pruning_config=config)
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert resumed.pruner.global_step == full.pruner.global_step == 12
     full_masks, resumed_masks = full.pruner.masks(), resumed.pruner.masks()
@@ -135,17 +164,23 @@ def test_resume_from_checkpoint_gives_the_same_masks(tmp_path, importance):
 
 def test_resume_without_pruner_state_is_a_clear_error(tmp_path):
     (tmp_path / "checkpoint-3").mkdir()
-    trainer = PruningTrainer(model=_student(), args=_args(tmp_path), train_dataset=_dataset(),
-                             pruning_config=PruningConfig())  # fmt: skip
+    trainer = PruningTrainer(
+        model=_student(), args=_args(tmp_path), train_dataset=_dataset(), pruning_config=PruningConfig()
+    )
     with pytest.raises(Exception, match="has no hfprune_pruner.pt"):
         trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-3"))
 
 
 def test_save_pruned_model_is_an_ordinary_checkpoint(tmp_path):
     config = PruningConfig(importance="movement", sparsity=0.5, schedule=CubicSchedule(end_step=4))
-    trainer = PruningTrainer(model=_student(), args=_args(tmp_path, max_steps=6), train_dataset=_dataset(),
-                             pruning_config=config, teacher_model=tiny_bert(),
-                             distillation_config=DistillationConfig(alpha=0.5))  # fmt: skip
+    trainer = PruningTrainer(
+        model=_student(),
+        args=_args(tmp_path, max_steps=6),
+        train_dataset=_dataset(),
+        pruning_config=config,
+        teacher_model=tiny_bert(),
+        distillation_config=DistillationConfig(alpha=0.5),
+    )
     trainer.train()
     batch = bert_batch(labels=False)
     trainer.model.eval()
@@ -173,10 +208,16 @@ def test_teacher_with_other_labels_or_vocab_is_rejected(tmp_path):
 def test_block_movement_prunes_whole_blocks(tmp_path):
     from hfprune import Blocks
 
-    config = PruningConfig(importance="movement", structure=Blocks(rows=8, cols=8), sparsity=0.5,
-                           target_modules=["query", "key", "value"], schedule=CubicSchedule(end_step=6))  # fmt: skip
-    trainer = PruningTrainer(model=_student(), args=_args(tmp_path, max_steps=8), train_dataset=_dataset(),
-                             pruning_config=config)  # fmt: skip
+    config = PruningConfig(
+        importance="movement",
+        structure=Blocks(rows=8, cols=8),
+        sparsity=0.5,
+        target_modules=["query", "key", "value"],
+        schedule=CubicSchedule(end_step=6),
+    )
+    trainer = PruningTrainer(
+        model=_student(), args=_args(tmp_path, max_steps=8), train_dataset=_dataset(), pruning_config=config
+    )
     # One score per 8x8 block of each 32x32 weight.
     assert all(p.numel() == 16 for p in trainer.pruner.score_parameters())
     trainer.train()
@@ -196,12 +237,21 @@ def test_image_classifier_trains_with_distillation_and_bn_l1(tmp_path):
     torch.manual_seed(0)
     student = ImageClassifier(timm.create_model("cifar_resnet20"))
     teacher = ImageClassifier(timm.create_model("cifar_resnet20"))
-    images = Dataset.from_dict({"pixel_values": torch.randn(32, 3, 32, 32).tolist(),
-                                "labels": torch.randint(0, 10, (32,)).tolist()}).with_format("torch")  # fmt: skip
-    config = PruningConfig(sparsity=0.5, target_modules=r"model\.layer\d\.\d\.conv\d", schedule=CubicSchedule(end_step=3))
+    images = Dataset.from_dict(
+        {"pixel_values": torch.randn(32, 3, 32, 32).tolist(), "labels": torch.randint(0, 10, (32,)).tolist()}
+    ).with_format("torch")
+    config = PruningConfig(
+        sparsity=0.5, target_modules=r"model\.layer\d\.\d\.conv\d", schedule=CubicSchedule(end_step=3)
+    )
     gammas_before = sum(float(m.weight.abs().sum()) for m in student.modules() if isinstance(m, torch.nn.BatchNorm2d))
-    trainer = PruningTrainer(model=student, args=_args(tmp_path, max_steps=4, logging_steps=2, learning_rate=1e-2),
-                             train_dataset=images, pruning_config=config, teacher_model=teacher, bn_l1=1e-2)  # fmt: skip
+    trainer = PruningTrainer(
+        model=student,
+        args=_args(tmp_path, max_steps=4, logging_steps=2, learning_rate=1e-2),
+        train_dataset=images,
+        pruning_config=config,
+        teacher_model=teacher,
+        bn_l1=1e-2,
+    )
     trainer.train()
     last = [entry for entry in trainer.state.log_history if "loss" in entry][-1]
     assert {"kd_loss", "task_loss", "bn_l1_loss"} <= set(last)

@@ -49,7 +49,9 @@ def get_adapter(model: nn.Module, required: bool = True) -> ArchAdapter | None:
         return ADAPTERS[model_type]
     if not required:
         return None
-    described = f"model_type {model_type!r}" if model_type else f"a plain {type(model).__name__} (no config.model_type)"
+    described = (
+        f"model_type {model_type!r}" if model_type else f"a plain {type(model).__name__} (no config.model_type)"
+    )
     raise UnsupportedArchitectureError(
         f"hfprune has no adapter for {described}. Supported model types: {', '.join(sorted(ADAPTERS))}. "
         "Pass target_modules explicitly (a full-match regex or a list of module names) to prune it anyway."
