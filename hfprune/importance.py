@@ -191,9 +191,15 @@ class FisherImportance(Importance):
     output and FFN output projections (``dL/dm`` per example is ``sum over tokens of activation * gradient``), so it
     works with eager and sdpa attention alike. Only for the structured kinds (``heads``, ``neurons``,
     ``heads_and_neurons``); it needs labelled calibration data.
+
+    Args:
+        rearrange (`bool`, defaults to `True`): After the mask search, swap units within each layer while the
+            layer's full (block-diagonal) Fisher predicts a smaller loss increase (Kwon et al.'s mask
+            rearrangement).
     """
 
     requires_grad: ClassVar[bool] = True
+    rearrange: bool = True
 
     def score(self, state: dict[str, Tensor], weight: Tensor) -> Tensor:
         raise ConfigError(

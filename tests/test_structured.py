@@ -197,3 +197,32 @@ def test_least_squares_reconstruction_moves_outputs_toward_dense():
     assert all(a <= b + 1e-9 for a, b in zip(errors["after"], errors["before"], strict=True))
     assert sum(errors["after"]) < sum(errors["before"])
     assert hidden_error() < before
+
+
+def test_mask_rearrangement_uses_interactions_within_a_layer():
+    from hfprune.structured import rearrange_
+
+    # Units 0 and 1 have the largest diagonal Fisher, but they cancel: removing both costs 1 + 1 - 2*0.9 = 0.2,
+    # far less than removing unit 2 with either of them (1.95). Keeping one unit, the diagonal keeps unit 0;
+    # the full block says keep unit 2.
+    fisher = torch.tensor([[1.0, -0.9, 0.0], [-0.9, 1.0, 0.0], [0.0, 0.0, 0.95]], dtype=torch.float64)
+    plan = PruningPlan(model_type="bert", num_heads=1, intermediate_size=3, heads=[[0]], neurons=[[0]])
+    assert rearrange_(plan, {("neurons", 0): fisher}) == 1
+    assert plan.neurons == [[2]]
+
+
+def test_fisher_plan_rearranges_but_keeps_per_layer_counts():
+    model = tiny_bert()
+    batches = [bert_batch(batch_size=8, seq_len=10)]
+    config = PruningConfig(importance="fisher", structure="heads_and_neurons", target_flops=0.5)
+    plan = plan_structured(model, config, batches)
+    plain = plan_structured(
+        model,
+        PruningConfig(
+            importance={"type": "fisher", "rearrange": False}, structure="heads_and_neurons", target_flops=0.5
+        ),
+        batches,
+    )
+    assert "rearranged_swaps" in plan.extra and "rearranged_swaps" not in plain.extra
+    assert [len(h) for h in plan.heads] == [len(h) for h in plain.heads]
+    assert [len(n) for n in plan.neurons] == [len(n) for n in plain.neurons]
