@@ -6,7 +6,7 @@ through the output projection), the scales ``m`` minimising ``|| sum_u m_u Y_u -
 tokens solve the normal equations ``G m = c`` with ``G[u, v] = <Y_u, Y_v>`` and ``c[u] = <Y_u, T>``, where ``T`` is
 the dense model's sublayer output (minus bias). Layers are processed in order, so each one also corrects the
 error that earlier pruned layers pass to it. The scales are folded into the output projection's columns.
-Kwon et al.'s mask rearrangement step is not implemented.
+Kwon et al.'s mask rearrangement lives in `hfprune.structured.rearrange_` and runs inside the Fisher mask search.
 """
 
 from __future__ import annotations
