@@ -526,11 +526,6 @@ def main() -> int:
                          f"({info.get('num_groups')} channel groups; one pruned-copy FLOPs count per group), "
                          f"{info.get('plan_channels_total_s', float('nan')):.1f}s over {len(info['attempts'])} "
                          "calls.")  # fmt: skip
-            skipped = info["keep_residual_width_diagnosis"]["skipped_depthwise_only_groups"]
-            if skipped:
-                notes.append(f"{name}: with keep_residual_width=True hfprune also skips {len(skipped)} groups that span "
-                             "no residual addition, only a depthwise conv (whose output channels follow its input), "
-                             f"e.g. {skipped[:3]}: it counts the depthwise conv as a second conv output.")  # fmt: skip
             first = info.get("first_plan_flops_fraction")
             if first is not None and abs(first - args.target_flops) > args.imagenet_tolerance:
                 notes.append(f"{name}: plan_channels(target_flops={args.target_flops}) measured {first:.4f} of the "
