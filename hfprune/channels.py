@@ -26,6 +26,7 @@ from .compaction import PLAN_NAME, PlanMismatchError
 from .config import PruningConfig
 from .errors import ConfigError, HfPruneError, MissingDataError, UnsupportedArchitectureError
 from .importance import APoZImportance, BNScaleImportance, MagnitudeImportance, RandomImportance, TaylorImportance
+from .pruner import _calibration_loss, take_batches
 from .structures import Channels
 
 
@@ -145,23 +146,6 @@ def channel_groups(
     return graph, groups
 
 
-def _loss(model: nn.Module, batch: Any, loss_fn: Callable[..., Tensor] | None) -> Tensor:
-    from .pruner import _calibration_loss
-
-    return _calibration_loss(model, batch, loss_fn)
-
-
-def _batches(dataloader: Iterable[Any], num_batches: int | None) -> list[Any]:
-    batches = []
-    for index, batch in enumerate(dataloader):
-        if num_batches is not None and index >= num_batches:
-            break
-        batches.append(batch)
-    if not batches:
-        raise MissingDataError("The calibration dataloader yielded no batches.")
-    return batches
-
-
 def _inputs_of(batch: Any) -> Tensor:
     if isinstance(batch, (tuple, list)):
         return batch[0]
@@ -228,13 +212,13 @@ def score_channels(
         generator = torch.Generator().manual_seed(config.seed)
         return {name: torch.rand(model.get_submodule(name).out_channels, generator=generator) for name in groups}
     if isinstance(importance, APoZImportance):
-        return _apoz_scores(model, groups, _batches(dataloader, num_batches))  # type: ignore[arg-type]
+        return _apoz_scores(model, groups, take_batches(dataloader, num_batches))  # type: ignore[arg-type]
     if isinstance(importance, TaylorImportance):
         was_training = model.training
         model.eval()
         model.zero_grad(set_to_none=True)
-        for batch in _batches(dataloader, num_batches):  # type: ignore[arg-type]
-            _loss(model, batch, loss_fn).backward()  # gradients accumulate over the batches
+        for batch in take_batches(dataloader, num_batches):  # type: ignore[arg-type]
+            _calibration_loss(model, batch, loss_fn).backward()  # gradients accumulate over the batches
         criterion = tp.importance.GroupTaylorImportance(normalizer=None)
         scores = {name: criterion(group).detach().float().abs() for name, group in groups.items()}
         model.zero_grad(set_to_none=True)

@@ -104,15 +104,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
     base_model = DEFAULT_MODEL_ID if not (args.model or recipe.get("model")) else str(model_path)
     structured = isinstance(config.structure, EncoderUnits)
     needs_data = config.importance.requires_grad  # type: ignore[union-attr]
+    if config.importance.learned:  # type: ignore[union-attr]
+        raise ConfigError(f"--method {config.importance.registered_name} learns scores during training: use `hfprune "  # type: ignore
+                          "train` / scripts/run_glue.py, not one-shot pruning.")  # fmt: skip
     if needs_data and args.task is None:
         raise ConfigError(
             f"--method {config.importance.registered_name} needs labelled calibration data: pass --task (a GLUE "  # type: ignore
             "task) and --data-dir (original GLUE TSVs; omit it to load nyu-mll/glue from the Hub), or use a "
             "data-free method (magnitude, l2, random)."
         )
-    if config.importance.learned:  # type: ignore[union-attr]
-        raise ConfigError(f"--method {config.importance.registered_name} learns scores during training: use `hfprune "  # type: ignore
-                          "train` / scripts/run_glue.py, not one-shot pruning.")  # fmt: skip
     print(f"Loading {model_path}", file=sys.stderr)
     model = load_model(model_path)
     model.eval()

@@ -323,6 +323,18 @@ class Pruner:
         self.set_masks_(state_dict["masks"])
 
 
+def take_batches(dataloader: Iterable[Any], num_batches: int | None = None) -> list[Any]:
+    """The first ``num_batches`` batches of ``dataloader`` (all if ``None``); an empty result is an error."""
+    batches = []
+    for index, batch in enumerate(dataloader):
+        if num_batches is not None and index >= num_batches:
+            break
+        batches.append(batch)
+    if not batches:
+        raise MissingDataError("The calibration dataloader yielded no batches.")
+    return batches
+
+
 def _calibration_loss(model: nn.Module, batch: Any, loss_fn: Callable[..., Tensor] | None) -> Tensor:
     if isinstance(batch, Mapping):
         outputs = model(**batch)

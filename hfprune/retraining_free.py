@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from .compaction import _encoder, _get, current_plan_shape
-from .errors import ConfigError, MissingDataError
+from .errors import ConfigError
+from .pruner import take_batches
 
 
 class _Stop(Exception):
@@ -106,13 +107,7 @@ def reconstruct_(
     _, dense_layout, dense_layers = _encoder(dense)
     if len(layers) != len(dense_layers):
         raise ConfigError(f"pruned has {len(layers)} layers but dense has {len(dense_layers)}.")
-    batches = []
-    for index, batch in enumerate(dataloader):
-        if num_batches is not None and index >= num_batches:
-            break
-        batches.append(batch)
-    if not batches:
-        raise MissingDataError("reconstruct_ needs calibration batches; the dataloader yielded none.")
+    batches = take_batches(dataloader, num_batches)
     heads_now, neurons_now = current_plan_shape(pruned)
     pruned.eval()
     dense.eval()

@@ -19,6 +19,7 @@ from .config import PruningConfig
 from .errors import ConfigError, MissingDataError
 from .importance import FisherImportance, MagnitudeImportance, RandomImportance, TaylorImportance
 from .masks import set_mask_
+from .pruner import _calibration_loss
 from .structures import EncoderUnits
 
 
@@ -86,12 +87,6 @@ def _magnitude_scores(model: nn.Module, p: int) -> dict[str, Tensor]:
             + _weight(_get(layer, layout.ffn_out)).abs().pow(p).sum(0)
         )
     return {"heads": torch.stack(heads), "neurons": torch.stack(neurons)}
-
-
-def _calibration_loss(model: nn.Module, batch: Any, loss_fn: Callable[..., Tensor] | None) -> Tensor:
-    from .pruner import _calibration_loss as loss
-
-    return loss(model, batch, loss_fn)
 
 
 def _gradient_scores(

@@ -45,3 +45,25 @@ def minilm(minilm_state):
     import copy
 
     return copy.deepcopy(minilm_state)
+
+
+@pytest.fixture(scope="session")
+def tiny_sst2_classifier(tmp_path_factory, minilm_path):
+    """A 2-layer BERT classifier with the real MiniLM tokenizer, saved like a hub checkpoint (untrained)."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-sst2")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=128,
+        num_labels=2,
+    )
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

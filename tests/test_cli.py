@@ -3,7 +3,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from hfprune.cli import main
 
@@ -11,28 +10,6 @@ from .conftest import SHARED_DATA
 
 
 GLUE_DIR = SHARED_DATA / "glue"
-
-
-@pytest.fixture(scope="session")
-def tiny_sst2_classifier(tmp_path_factory, minilm_path):
-    """A 2-layer BERT classifier with the real MiniLM tokenizer (untrained: enough to exercise the pipeline)."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-sst2")
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=128,
-        num_labels=2,
-    )
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def test_cli_prunes_real_minilm_end_to_end(tmp_path, capsys, minilm_path):

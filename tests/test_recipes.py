@@ -20,20 +20,6 @@ needs_glue = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="session")
-def tiny_glue_model(tmp_path_factory, minilm_path):
-    """A 2-layer BERT with the real MiniLM tokenizer, saved to a folder like a hub checkpoint."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    folder = tmp_path_factory.mktemp("tiny-glue-model")
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128)  # fmt: skip
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def _recipe(tmp_path, model, **overrides) -> dict:
     recipe = {
         "model": str(model),
@@ -68,8 +54,8 @@ def _write(tmp_path, recipe) -> Path:
 
 
 @needs_glue
-def test_train_glue_fine_prunes_and_saves(tmp_path, tiny_glue_model):
-    recipe = GlueRecipe.from_yaml(_write(tmp_path, _recipe(tmp_path, tiny_glue_model)))
+def test_train_glue_fine_prunes_and_saves(tmp_path, tiny_sst2_classifier):
+    recipe = GlueRecipe.from_yaml(_write(tmp_path, _recipe(tmp_path, tiny_sst2_classifier)))
     result = train_glue(recipe)
     assert result["sparsity"] == pytest.approx(0.5, abs=1e-3)
     assert 0.0 <= result["metrics"]["validation"]["eval_validation_accuracy"] <= 1.0
@@ -84,8 +70,8 @@ def test_train_glue_fine_prunes_and_saves(tmp_path, tiny_glue_model):
 
 
 @needs_glue
-def test_accelerate_two_processes_agree_and_report_once(tmp_path, tiny_glue_model):
-    path = _write(tmp_path, _recipe(tmp_path, tiny_glue_model))
+def test_accelerate_two_processes_agree_and_report_once(tmp_path, tiny_sst2_classifier):
+    path = _write(tmp_path, _recipe(tmp_path, tiny_sst2_classifier))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     # accelerate's --cpu flag uses its single-process launcher unless MPI is installed; --multi_gpu launches
     # torchrun, which on a machine without GPUs runs the ranks on the CPU with the gloo backend.
@@ -115,9 +101,9 @@ def test_unknown_task_and_keys_fail_before_training(tmp_path):
         GlueRecipe.from_yaml(_write(tmp_path, _recipe(tmp_path, "m", teacher=None)))
 
 
-def test_missing_data_dir_is_a_clear_error(tmp_path, tiny_glue_model):
+def test_missing_data_dir_is_a_clear_error(tmp_path, tiny_sst2_classifier):
     recipe = GlueRecipe.from_yaml(
-        _write(tmp_path, _recipe(tmp_path, tiny_glue_model, data_dir=str(tmp_path / "none")))
+        _write(tmp_path, _recipe(tmp_path, tiny_sst2_classifier, data_dir=str(tmp_path / "none")))
     )
     with pytest.raises(MissingDataError):
         train_glue(recipe)

@@ -74,7 +74,7 @@ def test_magnitude_keeps_the_largest_filters():
     with torch.no_grad():
         model.layer2[1].conv1.weight[[3, 7]] *= 100
     plan = plan_channels(model, PruningConfig(structure="channels", sparsity=0.9), X32)
-    assert plan.kept["layer2.1.conv1"] == [3, 7] or set(plan.kept["layer2.1.conv1"]) >= {3, 7}
+    assert {3, 7} <= set(plan.kept["layer2.1.conv1"])
 
 
 def test_compacted_equals_masked():
