@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,17 +167,26 @@ class SkippedSelfAttention(nn.Module):
     """Stands in for a self-attention whose heads were all removed: a context of width 0.
 
     The attention output projection (now ``Linear(0, hidden)``) then adds only its bias, exactly what the masked
-    model computes when every head's output columns are zero.
+    model computes when every head's output columns are zero. Where that projection belongs to the attention
+    module itself (DistilBERT's ``out_lin``), pass it as ``output_name``/``output``: it is kept under the same
+    name, so the state dict keys do not change, and applied here.
     """
 
-    def __init__(self, head_size: int) -> None:
+    def __init__(self, head_size: int, output_name: str | None = None, output: nn.Module | None = None) -> None:
         super().__init__()
         self.attention_head_size = head_size
         self.num_attention_heads = 0
+        self.n_heads = 0
         self.all_head_size = 0
+        self.output_name = output_name
+        if output_name is not None:
+            self.add_module(output_name, output)
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
-        return hidden_states.new_zeros(*hidden_states.shape[:-1], 0), None
+        context = hidden_states.new_zeros(*hidden_states.shape[:-1], 0)
+        if self.output_name is not None:
+            context = self.get_submodule(self.output_name)(context)
+        return context, None
 
 
 def _unmask_(module: nn.Module) -> None:
@@ -234,12 +244,15 @@ def compact_(model: nn.Module, plan: PruningPlan | None = None) -> PruningPlan:
                 _replace(layer, name, dim=0, index=rows)
             _replace(layer, layout.attention_output, dim=1, index=rows)
             if not kept_heads:
-                if layout.all_head_size_attribute is None:
-                    raise UnsupportedArchitectureError(
-                        f"Removing every head of a layer is not supported for {model_type}; keep at least one head."
-                    )
                 parent_name, _, child = layout.self_attention.rpartition(".")
-                setattr(_get(layer, parent_name) if parent_name else layer, child, SkippedSelfAttention(head_size))
+                prefix = layout.self_attention + "."
+                if layout.attention_output.startswith(prefix):
+                    # The output projection lives inside the attention module (DistilBERT): keep it, under its name.
+                    inner = layout.attention_output[len(prefix) :]
+                    skipped: nn.Module = SkippedSelfAttention(head_size, inner, _get(attention, inner))
+                else:
+                    skipped = SkippedSelfAttention(head_size)
+                setattr(_get(layer, parent_name) if parent_name else layer, child, skipped)
             else:
                 setattr(attention, layout.num_heads_attribute, len(kept_heads))
                 if layout.all_head_size_attribute is not None:
@@ -257,7 +270,10 @@ def _replace(layer: nn.Module, name: str, dim: int, index: torch.Tensor) -> None
     _unmask_(linear)
     parent_name, _, child = name.rpartition(".")
     parent = _get(layer, parent_name) if parent_name else layer
-    new = prune_linear_layer(linear, index.to(linear.weight.device), dim=dim)
+    with warnings.catch_warnings():
+        # Removing every unit builds a zero-width Linear, whose (no-op) initialization warns.
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+        new = prune_linear_layer(linear, index.to(linear.weight.device), dim=dim)
     new.train(linear.training)
     setattr(parent, child, new)
 

@@ -9,19 +9,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from .adapters import get_adapter
 from .config import PruningConfig
-from .errors import ConfigError, MissingDataError
-from .importance import SoftMovementImportance
+from .errors import ConfigError, MissingDataError, NoPrunableModulesError
+from .importance import (
+    MagnitudeImportance,
+    MovementImportance,
+    RandomImportance,
+    SoftMovementImportance,
+    TaylorImportance,
+)
 from .masks import find_mask, get_raw_weight, merge_masks_, remove_mask_, set_mask_
 from .selection import select_global, select_local
 from .structures import EncoderUnits
 from .targets import resolve_overrides, resolve_targets
+
+
+if TYPE_CHECKING:
+    from .compaction import PruningPlan
 
 
 class Pruner:
@@ -48,18 +58,28 @@ class Pruner:
             raise ConfigError(f"config must be a PruningConfig; got {type(config).__name__}.")
         self.model = model
         self.config = config
-        target_modules = config.target_modules
-        if target_modules is None:
-            target_modules = get_adapter(model).default_target_modules  # type: ignore[union-attr]
+        #: Heads/neurons pruning: kind ("heads"/"neurons") and layer index of each masked consumer projection.
+        self.units: dict[str, tuple[str, int]] = {}
         if isinstance(config.structure, EncoderUnits):
-            raise ConfigError(
-                f"Structure {config.structure.registered_name!r} prunes heads/neurons in one shot: use prune_(model, "
-                "config, dataloader) or hfprune.structured.plan_structured, then hfprune.compact_(model)."
-            )
-        self.modules: dict[str, nn.Module] = resolve_targets(model, target_modules, config.exclude_modules)
+            self.modules, self.structures = self._resolve_units(model, config)
+        else:
+            target_modules = config.target_modules
+            if target_modules is None:
+                target_modules = get_adapter(model).default_target_modules  # type: ignore[union-attr]
+            self.modules = resolve_targets(model, target_modules, config.exclude_modules)
+            self.structures = {name: config.structure for name in self.modules}  # type: ignore[misc]
         for name, module in self.modules.items():
-            config.structure.check(name, module.weight.shape)  # type: ignore[union-attr]
+            self.structures[name].check(name, module.weight.shape)  # type: ignore[union-attr]
         self.overrides = resolve_overrides(self.modules, config.sparsity_overrides)
+        # Global scope ranks each pool together: every module for weights, heads and neurons apart (their scores
+        # are not on one scale). Modules with a sparsity override are ranked on their own.
+        pools: dict[str, list[str]] = {}
+        for name in self.modules:
+            if name not in self.overrides:
+                pools.setdefault(self.units[name][0] if self.units else "weights", []).append(name)
+        self.pools = pools
+        #: Final sparsity (of units; from ``target_flops`` for heads/neurons when set).
+        self.final_sparsity = self._unit_sparsity(model, config) if self.units else config.sparsity
         generator = torch.Generator().manual_seed(config.seed)
         self.importance_state: dict[str, dict[str, Tensor]] = {
             name: config.importance.init_state(get_raw_weight(module), generator=generator)  # type: ignore[union-attr]
@@ -69,12 +89,68 @@ class Pruner:
         #: Sparsity each module was last pruned to (``None`` until the first mask update).
         self.applied_sparsity: dict[str, float] | None = None
 
+    def _resolve_units(self, model: nn.Module, config: PruningConfig) -> tuple[dict[str, nn.Module], dict]:
+        """Heads/neurons: mask the units' columns of each layer's consumer projection (see `ColumnGroups`)."""
+        from .structured import unit_targets
+
+        importance = config.importance
+        if not isinstance(importance, (MagnitudeImportance, RandomImportance, TaylorImportance, MovementImportance)):
+            raise ConfigError(
+                f"Importance {importance.registered_name!r} cannot prune heads/neurons during training. Use "  # type: ignore
+                "movement, soft_movement, magnitude, l2, taylor or random with PruningTrainer; 'fisher' ranks units "
+                "once from calibration data: prune_(model, config, dataloader) or `hfprune prune --method fisher`."
+            )
+        targets = unit_targets(model, config.structure.kinds)  # type: ignore[union-attr]
+        if config.target_modules is not None or config.exclude_modules is not None:
+            # Select layers: a pattern keeps a layer's heads (neurons) if it matches the layer's attention (FFN)
+            # output projection.
+            selected = resolve_targets(
+                model,
+                config.target_modules if config.target_modules is not None else list(targets),
+                config.exclude_modules,
+            )
+            targets = {name: target for name, target in targets.items() if name in selected}
+            if not targets:
+                raise NoPrunableModulesError(
+                    f"With structure {config.structure.registered_name!r}, target_modules/exclude_modules select "  # type: ignore
+                    "layers by their attention and FFN output projections; none matched. Candidates: "
+                    f"{', '.join(list(unit_targets(model, config.structure.kinds))[:4])} ..."  # type: ignore[union-attr]
+                )
+        self.units = {name: (target.kind, target.layer) for name, target in targets.items()}
+        modules = {name: target.module for name, target in targets.items()}
+        return modules, {name: target.structure for name, target in targets.items()}
+
+    def _unit_sparsity(self, model: nn.Module, config: PruningConfig) -> float:
+        """Final sparsity of heads/neurons (from ``target_flops`` if set); refuses one that removes every head."""
+        from .structured import encoder_dims, kept_fraction_for_flops
+
+        sparsity = config.sparsity
+        if config.target_flops is not None:
+            sparsity = 1.0 - kept_fraction_for_flops(config, encoder_dims(model))
+        heads = [name for name, (kind, _) in self.units.items() if kind == "heads"]
+        if heads and not isinstance(config.importance, SoftMovementImportance):
+            widths = [self.structures[name].reduce(get_raw_weight(self.modules[name])).numel() for name in heads]
+            final = {name: self.overrides.get(name, sparsity) for name in heads}
+            if config.scope == "global" and "heads" in self.pools:
+                pooled = self.pools["heads"]
+                total = sum(w for name, w in zip(heads, widths, strict=True) if name in pooled)
+                kept = total - round(final[pooled[0]] * total)
+                kept += sum(w - round(final[n] * w) for n, w in zip(heads, widths, strict=True) if n not in pooled)
+            else:
+                kept = sum(width - round(final[name] * width) for name, width in zip(heads, widths, strict=True))
+            if kept <= 0:
+                raise ConfigError(
+                    f"Sparsity {sparsity:.3f} would remove every attention head of every layer, leaving no attention "
+                    "at all. Lower the sparsity (or raise target_flops)."
+                )
+        return sparsity
+
     # ----------------------------------------------------------------------------------------------- schedule
     def target_sparsity(self, step: int) -> dict[str, float]:
         """Per-module sparsity the schedule asks for at ``step``."""
         schedule = self.config.schedule
         return {
-            name: schedule(step, self.overrides.get(name, self.config.sparsity))  # type: ignore[operator]
+            name: schedule(step, self.overrides.get(name, self.final_sparsity))  # type: ignore[operator]
             for name in self.modules
         }
 
@@ -110,15 +186,15 @@ class Pruner:
         the same keys.
         """
         importance = self.config.importance
-        for module in self.modules.values():
+        for name, module in self.modules.items():
             if find_mask(module) is not None:
                 continue
             weight = get_raw_weight(module)
             scores = reduce = None
             if importance.learned:  # type: ignore[union-attr]
-                num_units = self.config.structure.reduce(torch.ones_like(weight, dtype=torch.float32)).numel()  # type: ignore
+                reduce = self.structures[name].reduce  # type: ignore[union-attr]
+                num_units = reduce(torch.ones_like(weight, dtype=torch.float32)).numel()
                 scores = torch.full((num_units,), float(importance.score_init))  # type: ignore[union-attr]
-                reduce = self.config.structure.reduce  # type: ignore[union-attr]
             set_mask_(module, torch.ones_like(weight, dtype=torch.bool), scores=scores, reduce=reduce)
 
     def threshold(self) -> float | None:
@@ -159,16 +235,17 @@ class Pruner:
 
     @torch.no_grad()
     def _soft_masks(self, threshold: float | None) -> dict[str, Tensor]:
-        structure, importance = self.config.structure, self.config.importance
-        masks = {}
+        importance = self.config.importance
+        keep, unit_scores = {}, {}
         for name, module in self.modules.items():
-            scores = find_mask(module).scores.detach().reshape(-1)  # type: ignore[union-attr]
-            keep = torch.sigmoid(scores) > threshold
+            scores = unit_scores[name] = find_mask(module).scores.detach().reshape(-1)  # type: ignore[union-attr]
+            keep[name] = torch.sigmoid(scores) > threshold
             min_kept = math.ceil(importance.min_density * scores.numel())  # type: ignore[union-attr]
-            if int(keep.sum()) < min_kept:
-                keep = select_local(scores, 1.0 - min_kept / scores.numel())
-            masks[name] = structure.expand(keep, module.weight.shape)  # type: ignore[union-attr]
-        return masks
+            if int(keep[name].sum()) < min_kept:
+                keep[name] = select_local(scores, 1.0 - min_kept / scores.numel())
+        if self.units:
+            keep = self._fix_unit_counts(keep, unit_scores)
+        return {name: self.structures[name].expand(keep[name], m.weight.shape) for name, m in self.modules.items()}
 
     # ----------------------------------------------------------------------------------------------- scoring
     @property
@@ -190,11 +267,17 @@ class Pruner:
     @torch.no_grad()
     def scores(self) -> dict[str, Tensor]:
         """Unit scores per module (flat); already-removed units score as their masked weights do."""
-        structure = self.config.structure
-        if self.config.importance.learned:  # type: ignore[union-attr]
+        importance = self.config.importance
+        if importance.learned:  # type: ignore[union-attr]
             return {name: find_mask(module).scores.detach().reshape(-1) for name, module in self.modules.items()}  # type: ignore
+        if self.units and isinstance(importance, MagnitudeImportance):
+            # A unit's magnitude includes its query/key/value (FFN input) rows, as in one-shot structured pruning.
+            from .structured import _magnitude_scores
+
+            groups = _magnitude_scores(self.model, importance.p)
+            return {name: groups[kind][layer] for name, (kind, layer) in self.units.items()}
         return {
-            name: structure.reduce(self.config.importance.score(self.importance_state[name], module.weight))  # type: ignore
+            name: self.structures[name].reduce(importance.score(self.importance_state[name], module.weight))  # type: ignore
             for name, module in self.modules.items()
         }
 
@@ -207,18 +290,36 @@ class Pruner:
         unit_scores = self.scores()
         keep: dict[str, Tensor] = {}
         if self.config.scope == "global":
-            # Modules with an override are ranked on their own; the rest share one ranking.
-            pooled = [name for name in self.modules if name not in self.overrides]
-            pool_sparsity = {sparsity[name] for name in pooled}
-            if len(pool_sparsity) > 1:
-                raise ConfigError(f"Global scope needs one sparsity for the pooled modules; got {pool_sparsity}.")
-            if pooled:
+            for pooled in self.pools.values():
+                pool_sparsity = {sparsity[name] for name in pooled}
+                if len(pool_sparsity) > 1:
+                    raise ConfigError(f"Global scope needs one sparsity for the pooled modules; got {pool_sparsity}.")
                 keep.update(select_global({name: unit_scores[name] for name in pooled}, pool_sparsity.pop()))
         for name in self.modules:
             if name not in keep:
                 keep[name] = select_local(unit_scores[name], sparsity[name])
-        structure = self.config.structure
-        return {name: structure.expand(keep[name], module.weight.shape) for name, module in self.modules.items()}
+        if self.units:
+            keep = self._fix_unit_counts(keep, unit_scores)
+        return {name: self.structures[name].expand(keep[name], module.weight.shape) for name, module in self.modules.items()}
+
+    def _fix_unit_counts(self, keep: dict[str, Tensor], unit_scores: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Round kept neurons per layer to ``round_to``, and never remove the last attention head of the model."""
+        from .structured import _round_count
+
+        round_to = self.config.structure.round_to  # type: ignore[union-attr]
+        for name, (kind, _) in self.units.items():
+            count = int(keep[name].sum())
+            width = keep[name].numel()
+            if kind == "neurons" and round_to > 1:
+                rounded = _round_count(count, width, round_to)
+                if rounded != count:
+                    keep[name] = select_local(unit_scores[name], 1.0 - rounded / width)
+        heads = [name for name, (kind, _) in self.units.items() if kind == "heads"]
+        if heads and not any(bool(keep[name].any()) for name in heads):
+            best = max(heads, key=lambda name: float(unit_scores[name].max()))
+            keep[best] = keep[best].clone()
+            keep[best][int(unit_scores[best].argmax())] = True
+        return keep
 
     def apply_sparsity_(self, sparsity: Mapping[str, float] | float) -> None:
         """Recompute and attach masks at ``sparsity`` (one value for all modules, or per module)."""
@@ -249,6 +350,34 @@ class Pruner:
                 result[name] = mask.mask.clone()
         return result
 
+    @property
+    def structured(self) -> bool:
+        """Whether whole heads/neurons are pruned (the model can then be compacted with `plan`)."""
+        return bool(self.units)
+
+    @torch.no_grad()
+    def plan(self) -> PruningPlan:
+        """The heads and neurons the current masks keep, as a `PruningPlan` for `compact_`.
+
+        Raises:
+            ConfigError: the structure is not heads/neurons.
+        """
+        from .compaction import PruningPlan
+
+        if not self.units:
+            raise ConfigError(
+                f"Only heads/neurons structures have a plan; this pruner uses {self.config.structure.registered_name!r}."  # type: ignore
+            )
+        plan = PruningPlan.dense(self.model)
+        for name, (kind, layer) in self.units.items():
+            mask = find_mask(self.modules[name])
+            if mask is None:
+                continue
+            size = self.structures[name].size  # type: ignore[attr-defined]
+            kept = mask.mask.any(0).reshape(-1, size).any(1).nonzero().reshape(-1).tolist()
+            (plan.heads if kind == "heads" else plan.neurons)[layer] = kept
+        return plan
+
     def make_permanent_(self) -> None:
         """Write the zeros into plain ``weight`` parameters and drop the masks (no leftovers in state dicts)."""
         for module in self.modules.values():
@@ -271,6 +400,13 @@ class Pruner:
     def metrics(self) -> dict[str, float]:
         """What a trainer logs: mask sparsity, plus threshold and lambda for soft movement."""
         result = {"sparsity": self.mask_sparsity()}
+        if self.units and all(find_mask(module) is not None for module in self.modules.values()):
+            from .structured import encoder_dims, plan_flops
+
+            plan, dims = self.plan(), encoder_dims(self.model)
+            result.update({f"{kind}_kept": value for kind, value in plan.remaining_fraction().items()})
+            seq_len = self.config.flops_seq_len
+            result["encoder_flops"] = plan_flops(plan, dims, seq_len) / dims.total_flops(seq_len)
         threshold, lam = self.threshold(), self.regularization_lambda()
         if threshold is not None:
             result["threshold"] = threshold

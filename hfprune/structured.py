@@ -20,7 +20,7 @@ from .errors import ConfigError, MissingDataError
 from .importance import FisherImportance, MagnitudeImportance, RandomImportance, TaylorImportance
 from .masks import set_mask_
 from .pruner import _calibration_loss
-from .structures import EncoderUnits
+from .structures import ColumnGroups, EncoderUnits
 
 
 KINDS = ("heads", "neurons")
@@ -67,6 +67,54 @@ def plan_flops(plan: PruningPlan, dims: EncoderDims, seq_len: int) -> int:
     kept_heads = sum(map(len, plan.heads))
     kept_neurons = sum(map(len, plan.neurons))
     return kept_heads * dims.head_flops(seq_len) + kept_neurons * dims.neuron_flops(seq_len)
+
+
+@dataclass(frozen=True)
+class UnitTarget:
+    """One consumer projection through which `Pruner` masks a layer's heads or neurons during training."""
+
+    kind: str
+    layer: int
+    module: nn.Module
+    structure: ColumnGroups
+
+
+def unit_targets(model: nn.Module, kinds: tuple[str, ...]) -> dict[str, UnitTarget]:
+    """The attention-output (heads) and FFN-output (neurons) projections of every encoder layer, by module name.
+
+    Masking a unit's input columns of these layers removes the unit (see `ColumnGroups`); the plan read back from
+    those masks (`Pruner.plan`) then compacts the query/key/value rows and FFN input rows too.
+    """
+    _, layout, layers = _encoder(model)
+    dims = encoder_dims(model)
+    layer_names = {id(layer): name for name, layer in model.named_modules()}
+    paths = {"heads": (layout.attention_output, dims.head_size), "neurons": (layout.ffn_out, 1)}
+    targets = {}
+    for index, layer in enumerate(layers):
+        for kind in kinds:
+            path, size = paths[kind]
+            targets[f"{layer_names[id(layer)]}.{path}"] = UnitTarget(kind, index, _get(layer, path), ColumnGroups(size))
+    return targets
+
+
+def kept_fraction_for_flops(config: PruningConfig, dims: EncoderDims) -> float:
+    """Fraction of the pruned kinds' units to keep so the encoder meets ``config.target_flops`` (same fraction for
+    heads and neurons, as scores of the two kinds are not on one scale)."""
+    structure = config.structure
+    seq_len = config.flops_seq_len
+    total = dims.total_flops(seq_len)
+    cost = {
+        "heads": dims.num_layers * dims.num_heads * dims.head_flops(seq_len),
+        "neurons": dims.num_layers * dims.intermediate_size * dims.neuron_flops(seq_len),
+    }
+    fixed = sum(cost[kind] for kind in KINDS if kind not in structure.kinds)  # type: ignore[union-attr]
+    fraction = (config.target_flops * total - fixed) / (total - fixed)  # type: ignore[operator]
+    if fraction < 0:
+        raise ConfigError(
+            f"target_flops={config.target_flops} cannot be met by pruning only {structure.kinds}: the other units "  # type: ignore
+            f"already use {fixed / total:.3f} of the encoder FLOPs. Raise target_flops or prune heads and neurons."
+        )
+    return fraction
 
 
 # ------------------------------------------------------------------------------------------------------ scoring
@@ -272,16 +320,7 @@ def select_units(scores: dict[str, Tensor], config: PruningConfig, dims: Encoder
         if isinstance(config.importance, FisherImportance):
             counts = dict(zip(KINDS, _fisher_search(scores, dims, budget, seq_len, kinds), strict=True))
         else:
-            # Scores of heads and neurons are not on one scale: give every pruned kind the same kept fraction.
-            fixed = sum(widths[k] * dims.num_layers * (dims.head_flops(seq_len) if k == "heads" else
-                        dims.neuron_flops(seq_len)) for k in KINDS if k not in kinds)  # fmt: skip
-            variable = dims.total_flops(seq_len) - fixed
-            fraction = (budget - fixed) / variable if variable else 0.0
-            if fraction < 0:
-                raise ConfigError(
-                    f"target_flops={config.target_flops} cannot be met by pruning only {kinds}: the other units "
-                    f"already use {fixed / dims.total_flops(seq_len):.3f} of the encoder FLOPs."
-                )
+            fraction = kept_fraction_for_flops(config, dims)
             counts = {k: int(math.floor(fraction * widths[k] * dims.num_layers)) for k in kinds}
         for kind in kinds:
             kept[kind] = _global_keep(scores[kind], counts[kind])

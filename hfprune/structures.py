@@ -105,6 +105,39 @@ class Blocks(Structure):
 
 
 @dataclass(frozen=True)
+class ColumnGroups(Structure):
+    """Groups of ``size`` consecutive input columns of one weight: the per-tensor face of heads and neurons.
+
+    A head's (or neuron's) only path to the output is its columns of the consumer projection (attention output,
+    FFN output), so masking those columns removes the unit. With learned scores the straight-through gradient a
+    group receives, ``sum(dL/dW' * W)`` over its columns, equals the gradient of the loss with respect to a mask
+    on the unit's output: group-level movement pruning. `Pruner` builds these from an `EncoderUnits` structure
+    and the architecture adapter; users do not name them.
+
+    Args:
+        size (`int`): Columns per unit (the head size for attention heads, 1 for FFN neurons).
+    """
+
+    size: int = 1
+
+    def check(self, name: str, shape: torch.Size) -> None:
+        if len(shape) != 2 or shape[1] % self.size:
+            raise ConfigError(
+                f"Module {name!r} has a weight of shape {tuple(shape)}, which cannot be split into column groups of "
+                f"{self.size}."
+            )
+
+    def unit_size(self, shape: torch.Size) -> int:
+        return shape[0] * self.size
+
+    def reduce(self, scores: Tensor) -> Tensor:
+        return scores.reshape(scores.shape[0], -1, self.size).sum(dim=(0, 2))
+
+    def expand(self, keep: Tensor, shape: torch.Size) -> Tensor:
+        return keep.repeat_interleave(self.size)[None, :].expand(shape).clone()
+
+
+@dataclass(frozen=True)
 class EncoderUnits(Structure):
     """Base of structured transformer pruning: whole attention heads and/or FFN neurons are removed.
 

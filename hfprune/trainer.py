@@ -251,15 +251,23 @@ class PruningTrainer(Trainer):
         """Make the masks permanent, drop learned scores, and write the model with its configs and report.
 
         The folder is an ordinary checkpoint of the architecture (zeros in the weights), written atomically, plus
-        ``pruning_config.json``, ``distillation_config.json``, ``report.json`` and a model card. Every process
-        makes the masks permanent; only the main process writes.
+        ``pruning_config.json``, ``distillation_config.json``, ``report.json`` and a model card. With a heads/neurons
+        structure the model is compacted first and ``pruning_plan.json`` is written: reload with
+        `hfprune.load_pruned`. Every process makes the masks permanent; only the main process writes.
         """
         from .hub import save_pruned
         from .reporting import report
 
+        from .compaction import compact_
+
         model = self.accelerator.unwrap_model(self.model)
+        plan = None
         if self.pruner is not None:
+            # Heads/neurons are removed physically; the plan saved with the weights rebuilds the shapes on load.
+            plan = self.pruner.plan() if self.pruner.structured else None
             self.pruner.make_permanent_()
+            if plan is not None:
+                compact_(model, plan)
         if not self.is_world_process_zero():
             return None
         pruning_config = self.pruning_config or PruningConfig(sparsity=0.0)
@@ -278,5 +286,6 @@ class PruningTrainer(Trainer):
             tokenizer=self.processing_class,
             overwrite=overwrite,
             extra_configs=(self.distillation_config,) if self.distillation_config is not None else (),
+            plan=plan,
         )
         return path

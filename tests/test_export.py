@@ -8,15 +8,16 @@ import torch
 from hfprune import ConfigError, PruningPlan, compact_
 from hfprune.export import export_plain, export_remote_code
 
-from .models import bert_batch, tiny_bert
+from .models import bert_batch, tiny_bert, tiny_encoder
 
 
 def _inputs():
     return bert_batch(labels=False)
 
 
-def test_remote_code_folder_loads_without_hfprune(tmp_path):
-    model = tiny_bert()
+@pytest.mark.parametrize("model_type", ["bert", "distilbert"])
+def test_remote_code_folder_loads_without_hfprune(tmp_path, model_type):
+    model = tiny_bert() if model_type == "bert" else tiny_encoder(model_type)
     plan = PruningPlan.dense(model)
     plan.heads = [[0, 3], []]
     plan.neurons = [[1, 2, 3], list(range(20))]
@@ -39,7 +40,7 @@ def test_remote_code_folder_loads_without_hfprune(tmp_path):
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "ok HfprunedBertForSequenceClassification" in result.stdout
+    assert f"ok Hfpruned{type(model).__name__}" in result.stdout
 
 
 def test_plain_export_when_widths_are_uniform(tmp_path):

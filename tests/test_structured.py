@@ -19,7 +19,7 @@ from hfprune.hub import save_pruned
 from hfprune.structured import apply_plan_masks_, encoder_dims, plan_flops
 from hfprune.structures import HeadsAndNeurons, Neurons
 
-from .models import MLP, bert_batch, tiny_bert
+from .models import MLP, bert_batch, tiny_bert, tiny_encoder
 
 
 def _inputs():
@@ -226,3 +226,25 @@ def test_fisher_plan_rearranges_but_keeps_per_layer_counts():
     assert "rearranged_swaps" in plan.extra and "rearranged_swaps" not in plain.extra
     assert [len(h) for h in plan.heads] == [len(h) for h in plain.heads]
     assert [len(n) for n in plan.neurons] == [len(n) for n in plain.neurons]
+
+
+ARCHITECTURES = ["bert", "roberta", "xlm-roberta", "electra", "distilbert"]
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+def test_every_family_compacts_saves_and_reloads(tmp_path, model_type, attn):
+    model = tiny_encoder(model_type)
+    model.set_attn_implementation(attn)
+    inputs = bert_batch(labels=False, seq_len=10)
+    inputs["input_ids"] = inputs["input_ids"].clamp(min=3)  # no padding ids in position-id-from-input models
+    config = PruningConfig(importance="taylor", structure="heads_and_neurons", sparsity=0.5)
+    plan = plan_structured(model, config, [{**inputs, "labels": torch.tensor([0, 1, 1, 0])}])
+    plan.heads[0] = []  # a layer without attention (its output projection adds only its bias)
+    plan = PruningPlan.from_dict(plan.to_dict())
+    masked = copy.deepcopy(model)
+    apply_plan_masks_(masked, plan)
+    compact_(model, plan)
+    torch.testing.assert_close(model(**inputs).logits, masked(**inputs).logits)
+    out = save_pruned(model, tmp_path / model_type, pruning_config=config, plan=plan)
+    torch.testing.assert_close(load_pruned(out)(**inputs).logits, model(**inputs).logits)

@@ -258,3 +258,92 @@ def test_image_classifier_trains_with_distillation_and_bn_l1(tmp_path):
     assert trainer.pruner.mask_sparsity() == pytest.approx(0.5, abs=1e-3)
     gammas_after = sum(float(m.weight.abs().sum()) for m in student.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert gammas_after < gammas_before
+
+
+def test_head_movement_scores_get_the_unit_mask_gradient():
+    """A head's learned score gets dL/d(mask on the head's output), i.e. movement summed over its weights."""
+    model = _student()
+    pruner = Pruner(model, PruningConfig(importance="movement", structure="heads", sparsity=0.5))
+    pruner.attach_()
+    name = "bert.encoder.layer.0.attention.output.dense"
+    assert set(pruner.modules) == {name, name.replace("layer.0", "layer.1")}
+    captured = {}
+    dense = model.get_submodule(name)
+    dense.register_forward_hook(lambda m, inputs, out: captured.update(x=inputs[0]) or inputs[0].retain_grad())
+    model(**bert_batch()).loss.backward()
+    context = captured["x"]
+    expected = (context * context.grad).sum((0, 1)).reshape(4, 8).sum(1)
+    torch.testing.assert_close(pruner.named_score_parameters()[name].grad, expected)
+
+
+@pytest.mark.parametrize("importance", ["movement", "soft_movement", "magnitude"])
+def test_heads_and_neurons_fine_pruning_compacts_on_save(tmp_path, importance):
+    if importance == "soft_movement":
+        importance = {"type": "soft_movement", "final_threshold": 0.2, "final_lambda": 1.0}
+    config = PruningConfig(
+        importance=importance,
+        structure={"type": "heads_and_neurons", "round_to": 4},
+        sparsity=0.5,
+        scope="global",
+        schedule=CubicSchedule(end_step=8, every=2),
+    )
+    trainer = PruningTrainer(
+        model=_student(),
+        args=_args(tmp_path, max_steps=10, learning_rate=1e-3),
+        train_dataset=_dataset(),
+        pruning_config=config,
+        teacher_model=tiny_bert(),
+        score_learning_rate=0.5,
+    )
+    trainer.train()
+    last = [entry for entry in trainer.state.log_history if "loss" in entry][-1]
+    assert {"pruning/heads_kept", "pruning/neurons_kept", "pruning/encoder_flops"} <= set(last)
+    plan = trainer.pruner.plan()
+    if importance == "magnitude" or importance == "movement":
+        assert sum(map(len, plan.heads)) == 4  # half of 2 x 4 heads, ranked globally
+        assert last["pruning/encoder_flops"] < 0.6
+    assert all(len(kept) % 4 == 0 or len(kept) == 37 for kept in plan.neurons)
+    batch = bert_batch(labels=False)
+    trainer.model.eval()
+    with torch.no_grad():
+        masked = trainer.model(**batch).logits
+    out = trainer.save_pruned_model(tmp_path / "final")
+    assert json.loads((out / "pruning_plan.json").read_text())["heads"] == plan.heads
+    from hfprune import load_pruned
+
+    reloaded = load_pruned(out)
+    assert reloaded.bert.encoder.layer[0].intermediate.dense.out_features == len(plan.neurons[0])
+    torch.testing.assert_close(reloaded(**batch).logits, masked)
+
+
+def test_head_pruning_resumes_with_the_same_masks_and_scores(tmp_path):
+    config = PruningConfig(
+        importance=MovementImportance(update_every=1),
+        structure="heads_and_neurons",
+        target_flops=0.5,
+        schedule=CubicSchedule(end_step=10, every=1),
+    )
+    full = PruningTrainer(model=_student(), args=_args(tmp_path / "full"), train_dataset=_dataset(),
+                          pruning_config=config)  # fmt: skip
+    full.train()
+    cut_args = _args(tmp_path / "cut", save_strategy="steps", save_steps=5)
+    PruningTrainer(
+        model=_student(), args=cut_args, train_dataset=_dataset(), pruning_config=config, callbacks=[_InterruptAt(5)]
+    ).train()
+    resumed = PruningTrainer(model=_student(), args=cut_args, train_dataset=_dataset(), pruning_config=config)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "cut" / "checkpoint-5"))
+    assert resumed.pruner.plan().heads == full.pruner.plan().heads
+    assert resumed.pruner.plan().neurons == full.pruner.plan().neurons
+    for name, scores in full.pruner.named_score_parameters().items():
+        torch.testing.assert_close(resumed.pruner.named_score_parameters()[name], scores)
+
+
+def test_bad_unit_pruning_configs_are_clear():
+    with pytest.raises(ConfigError, match="'fisher' ranks units once"):
+        Pruner(_student(), PruningConfig(importance="fisher", structure="heads"))
+    with pytest.raises(ConfigError, match="every attention head of every layer"):
+        Pruner(_student(), PruningConfig(importance="movement", structure="heads", sparsity=0.9))
+    with pytest.raises(Exception, match="none matched"):
+        Pruner(_student(), PruningConfig(structure="heads", target_modules=r".*classifier"))
+    only_layer_1 = Pruner(_student(), PruningConfig(structure="neurons", exclude_modules=["layer.0.output.dense"]))
+    assert list(only_layer_1.modules) == ["bert.encoder.layer.1.output.dense"]
