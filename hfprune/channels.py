@@ -273,7 +273,43 @@ def apply_channel_plan_(model: nn.Module, plan: ChannelPlan, example_inputs: Ten
         removed = sorted(set(range(plan.num_channels[name])) - set(kept))
         if removed:
             graph.get_pruning_group(module, tp.prune_conv_out_channels, idxs=removed).prune()
+    _check_forward(model, example_inputs, list(plan.kept))
     return model
+
+
+@torch.no_grad()
+def _check_forward(model: nn.Module, example_inputs: Tensor, pruned: list[str]) -> None:
+    """Run the pruned model once; if it fails, name the module where it broke and what to do about it.
+
+    Torch-Pruning treats ops it does not know (einsum, a parameter used outside a layer, a reshape that mixes
+    channels with other dimensions) as elementwise, so a plan can shrink one side of such an op only. That shows
+    up as a shape error in the first forward pass.
+    """
+    names = {module: name or type(model).__name__ for name, module in model.named_modules()}
+    running: list[str] = []
+    finished: list[str] = []
+    handles = []
+    for module in model.modules():
+        handles.append(module.register_forward_pre_hook(lambda m, _: running.append(names[m])))
+        handles.append(module.register_forward_hook(lambda m, _, __: finished.append(running.pop())))
+    was_training = model.training
+    model.eval()
+    try:
+        model(example_inputs)
+    except Exception as err:  # any op may be the one that broke; the message names it
+        failing = running[-1] if running else type(model).__name__
+        after = next((name for name in reversed(finished) if name in pruned), finished[-1] if finished else None)
+        raise UnsupportedArchitectureError(
+            f"The channel-pruned {type(model).__name__} fails in the forward of {failing!r}, after {after!r} ran "
+            f"({type(err).__name__}: {err}). Torch-Pruning's dependency graph could not follow an op there (an "
+            "einsum, a parameter used outside a layer, or a reshape that mixes channels): the pruned layer before "
+            f"it must keep its channels. Pass ignored_layers=[..., {after!r}] (add it to the model's defaults from "
+            "hfprune.channels.default_ignored_layers), or prune with an unstructured config."
+        ) from err
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
 
 
 def _pruned_flops(model: nn.Module, plan: ChannelPlan, example_inputs: Tensor) -> int:
@@ -338,7 +374,9 @@ def plan_channels(
     _, groups = channel_groups(model, example_inputs, structure, ignored_layers)
     scores = score_channels(model, groups, config, dataloader, num_batches=num_batches, loss_fn=loss_fn)
     if config.target_flops is None:
-        return plan_from_ratios(scores, {name: config.sparsity for name in scores}, structure.round_to)
+        plan = plan_from_ratios(scores, {name: config.sparsity for name in scores}, structure.round_to)
+        apply_channel_plan_(copy.deepcopy(model), plan, example_inputs)  # fails early if the plan breaks the model
+        return plan
     dense, per_channel = _linear_flops_model(model, scores, example_inputs)
     # The linear FLOPs model over-counts savings when coupled groups shrink both sides of a layer: re-aim a few
     # times at the measured FLOPs.

@@ -331,6 +331,11 @@ def _subset(dataset: Any, indices_file: str | None) -> Any:
     return Subset(dataset, indices)
 
 
+def _weights_digest(model: Any) -> str:
+    # Parameters only: DDP syncs BatchNorm statistics from rank 0 before each step, not after the last one.
+    return mask_digest({name: param.detach().float() for name, param in model.named_parameters()})
+
+
 def train_image(recipe: ImageRecipe) -> dict[str, Any]:
     """Prune (uniform or EagleEye), optionally fine-tune with distillation, evaluate top-1/top-5, save."""
     import copy
@@ -339,6 +344,7 @@ def train_image(recipe: ImageRecipe) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from .channels import (
+        ChannelPlan,
         apply_channel_plan_,
         count_flops,
         create_base_model,
@@ -348,6 +354,20 @@ def train_image(recipe: ImageRecipe) -> dict[str, Any]:
     )
     from .vision import ImageClassifier, LabelledImages, eval_transform, evaluate_images
 
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list, gather_object
+    from transformers import set_seed
+
+    # Under `accelerate launch` every rank runs this function: the main process plans, evaluates and writes; the
+    # others receive its plan and only take part in fine-tuning.
+    from transformers import TrainingArguments
+
+    training_args = TrainingArguments(**recipe.training) if recipe.training is not None else None
+    # Without GPUs, torchrun ranks form a gloo group only when accelerate is told it runs on the CPU.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    main = state.is_main_process
+    # Same initial weights on every rank (random-init models, and the dense teacher each rank keeps).
+    set_seed((recipe.training or {}).get("seed", 42))
     model = create_base_model(recipe.model, recipe.num_classes)
     if recipe.checkpoint_path:
         from .models.cifar_resnet import load_cifar_checkpoint
@@ -368,47 +388,57 @@ def train_image(recipe: ImageRecipe) -> dict[str, Any]:
     train_set = dataset(recipe.train_data, recipe.train_labels, recipe.train_indices)
     result: dict[str, Any] = {"model": recipe.model, "dense_flops": count_flops(model, example),
                               "dense_params": sum(p.numel() for p in model.parameters())}  # fmt: skip
-    if eval_set is not None:
+    if eval_set is not None and main:
         result["dense"] = evaluate_images(model, eval_set, recipe.batch_size)
     dense = copy.deepcopy(model)
     plan = None
     if recipe.pruning is not None:
         config = PruningConfig.from_dict(recipe.pruning)
-        if recipe.eagleeye is not None:
-            if train_set is None:
-                raise ConfigError("EagleEye needs train_data for adaptive BN and candidate scoring.")
-            options = dict(recipe.eagleeye)
-            loader = iter(DataLoader(train_set, batch_size=recipe.batch_size, shuffle=True,
-                                     generator=torch.Generator().manual_seed(options.get("seed", 0))))  # fmt: skip
-            bn_batches = [next(loader) for _ in range(options.pop("bn_batches", 10))]
-            eval_batches = [next(loader) for _ in range(options.pop("eval_batches", 5))]
-            plan, candidates = eagleeye_search(model, config, example, bn_batches, eval_batches, **options)
-            result["eagleeye_candidates"] = candidates
-        else:
-            data = DataLoader(train_set, batch_size=recipe.batch_size) if train_set is not None else None
-            plan = plan_channels(model, config, example, data, num_batches=10)
+        if main:
+            if recipe.eagleeye is not None:
+                if train_set is None:
+                    raise ConfigError("EagleEye needs train_data for adaptive BN and candidate scoring.")
+                options = dict(recipe.eagleeye)
+                loader = iter(DataLoader(train_set, batch_size=recipe.batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(options.get("seed", 0))))  # fmt: skip
+                bn_batches = [next(loader) for _ in range(options.pop("bn_batches", 10))]
+                eval_batches = [next(loader) for _ in range(options.pop("eval_batches", 5))]
+                plan, candidates = eagleeye_search(model, config, example, bn_batches, eval_batches, **options)
+                result["eagleeye_candidates"] = candidates
+            else:
+                data = DataLoader(train_set, batch_size=recipe.batch_size) if train_set is not None else None
+                plan = plan_channels(model, config, example, data, num_batches=10)
+        if state.num_processes > 1:
+            shared = [plan.to_dict() if main else None]
+            broadcast_object_list(shared)
+            plan = ChannelPlan.from_dict(shared[0])
         apply_channel_plan_(model, plan, example)
         result["pruned_flops"] = count_flops(model, example)
         result["pruned_params"] = sum(p.numel() for p in model.parameters())
-        if eval_set is not None:
+        if eval_set is not None and main:
             result["pruned"] = evaluate_images(model, eval_set, recipe.batch_size)
-    if recipe.training is not None:
-        from transformers import TrainingArguments
-
+    if training_args is not None:
         from .distillation import DistillationConfig
         from .trainer import PruningTrainer
 
         train_dict = dataset(recipe.train_data, recipe.train_labels, recipe.train_indices, as_dict=True)
         distillation = DistillationConfig.from_dict(recipe.distillation) if recipe.distillation else None
         trainer = PruningTrainer(
-            model=ImageClassifier(model), args=TrainingArguments(**recipe.training), train_dataset=train_dict,
+            model=ImageClassifier(model), args=training_args, train_dataset=train_dict,
             teacher_model=ImageClassifier(dense) if distillation is not None else None,
             distillation_config=distillation,
         )  # fmt: skip
         trainer.train()
         model.eval()
-        if eval_set is not None:
+        # DDP keeps replicas in sync; a differing digest means the ranks did not train one model.
+        digests = gather_object([_weights_digest(model)])
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"Fine-tuned weights differ across processes ({digests}); the run is not consistent.")
+        result["num_processes"] = state.num_processes
+        if eval_set is not None and main:
             result["fine_tuned"] = evaluate_images(model, eval_set, recipe.batch_size)
+    if not main:
+        return result
     if plan is not None:
         save_channel_pruned(model, recipe.output_dir, plan, architecture=recipe.model, num_classes=recipe.num_classes,
                             pruning_config=PruningConfig.from_dict(recipe.pruning or {}), overwrite=True)  # fmt: skip

@@ -129,6 +129,33 @@ def test_eagleeye_picks_the_best_candidate_within_budget():
     assert len({tuple(len(k) for k in plan.kept.values())}) == 1
 
 
+class _ChannelMixer(nn.Module):
+    """A parameter used outside any layer (einsum over channels): Torch-Pruning cannot follow it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)
+        self.mix = nn.Parameter(torch.randn(8, 8))
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = torch.einsum("bchw,cd->bdhw", self.bn1(self.conv1(x)), self.mix)
+        return self.fc(self.bn2(self.conv2(x)).relu().mean((2, 3)))
+
+
+def test_op_the_dependency_graph_cannot_follow_names_the_layer_to_ignore():
+    from hfprune import UnsupportedArchitectureError
+
+    model, x = _ChannelMixer().eval(), torch.randn(2, 3, 16, 16)
+    config = PruningConfig(structure="channels", sparsity=0.5)
+    with pytest.raises(UnsupportedArchitectureError, match=r"after 'conv1' ran.*ignored_layers=\[\.\.\., 'conv1'\]"):
+        plan_channels(model, config, x, ignored_layers=["fc"])
+    plan = plan_channels(model, config, x, ignored_layers=["fc", "conv1"])
+    assert list(plan.kept) == ["conv2"]
+    assert apply_channel_plan_(model, plan, x)(x).shape == (2, 2)
+
+
 def test_bad_cnn_input(tmp_path):
     model = _resnet20()
     with pytest.raises(ConfigError, match="cannot be met"):
@@ -163,8 +190,10 @@ def test_image_folder_errors(tmp_path):
         LabelledImages(tmp_path / "ok", csv, num_classes=10)
 
 
-def test_run_image_recipe_eagleeye_finetune_and_reload(tmp_path):
+@pytest.mark.parametrize("launcher", ["python", "accelerate"])
+def test_run_image_recipe_eagleeye_finetune_and_reload(tmp_path, launcher):
     import json
+    import os
     import subprocess
     import sys
 
@@ -191,9 +220,18 @@ def test_run_image_recipe_eagleeye_finetune_and_reload(tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     script = Path(__file__).resolve().parents[1] / "scripts" / "run_image.py"
-    completed = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True)
+    command = [sys.executable, str(script), str(path)]
+    if launcher == "accelerate":
+        # Two CPU ranks (torchrun + gloo): the main process plans and writes, both fine-tune one DDP model.
+        command[1:1] = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+                        "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]
+    printed = [line for line in completed.stdout.splitlines() if line.startswith("hfprune image results: ")]
+    assert len(printed) == 1
     results = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert results["num_processes"] == (2 if launcher == "accelerate" else 1)
     assert results["pruned_flops"] / results["dense_flops"] == pytest.approx(0.6, abs=0.03)
     assert {"dense", "pruned", "fine_tuned"} <= set(results) and len(results["eagleeye_candidates"]) == 2
     reloaded = load_channel_pruned(tmp_path / "out")
