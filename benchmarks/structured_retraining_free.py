@@ -147,14 +147,17 @@ def paired_latency(models: dict[str, torch.nn.Module], inputs: dict, rounds: int
 
 # ------------------------------------------------------------------------------------------------------ variants
 def hfprune_retraining_free(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any,
-                            dev: list[dict]) -> tuple[torch.nn.Module, torch.nn.Module, dict]:  # fmt: skip
-    """(a): Fisher plan to 50% encoder FLOPs, compact_, reconstruct_. ``model`` is pruned in place."""
+                            dev: list[dict], uniform: bool = False) -> tuple[torch.nn.Module, torch.nn.Module, dict]:  # fmt: skip
+    """(a): Fisher plan to 50% encoder FLOPs, compact_, reconstruct_. ``model`` is pruned in place.
+
+    ``uniform``: the same number of heads and neurons in every layer (``HeadsAndNeurons(uniform=True)``).
+    """
     from hfprune import PruningConfig, compact_, plan_structured
     from hfprune.recipes import glue_calibration_batches
     from hfprune.retraining_free import reconstruct_
 
-    config = PruningConfig(importance="fisher", structure="heads_and_neurons", target_flops=args.target_flops,
-                           flops_seq_len=SEQ_LEN)  # fmt: skip
+    config = PruningConfig(importance="fisher", structure={"type": "heads_and_neurons", "uniform": uniform},
+                           target_flops=args.target_flops, flops_seq_len=SEQ_LEN)  # fmt: skip
     start = time.perf_counter()
     batches = glue_calibration_batches("sst2", args.data_dir, tokenizer, num_examples=args.num_calibration,
                                        batch_size=32, max_seq_length=SEQ_LEN)  # fmt: skip
@@ -412,43 +415,45 @@ def main() -> int:
     }
     log(f"dense: acc {variants['dense']['dev_accuracy']:.4f}")
 
-    # (a) hfprune retraining-free
-    log("(a) hfprune retraining-free: plan_structured + compact_ + reconstruct_")
-    rf_model = copy.deepcopy(base)
-    dense_reference, compacted_only, info = hfprune_retraining_free(args, rf_model, tokenizer, dev)
-    rf_model.set_attn_implementation("sdpa")
-    flops = measured_flops(rf_model)
-    variants["retraining_free"] = {
-        **info,
-        "dev_accuracy": accuracy(rf_model, dev),
-        "flops": flops,
-        "flops_ratio": flops / dense_flops,
-        "params": num_params(rf_model),
-        "shape": heads_and_neurons(rf_model),
-    }
-    del compacted_only
-    log(f"(a): acc {variants['retraining_free']['dev_accuracy']:.4f} (compacted only "
-        f"{info['compacted_only_dev_accuracy']:.4f}), FLOPs ratio {flops / dense_flops:.3f}, "
-        f"wall {info['wall_s']}")  # fmt: skip
-
-    # (b) (a) + short distillation fine-tune
-    if args.kd_steps > 0:
-        log(f"(b) distillation fine-tune, {args.kd_steps} steps")
-        kd_model = copy.deepcopy(rf_model)
-        kd_model.requires_grad_(True)
-        info = kd_finetune(args, kd_model, dense_reference, tokenizer)
-        kd_model.set_attn_implementation("sdpa")
-        flops = measured_flops(kd_model)
-        variants["retraining_free_kd"] = {
+    # (a) hfprune retraining-free, uneven layers (Kwon et al.'s global search) and uniform layers; (b) + KD
+    rf_models = {}
+    for suffix, uniform in (("", False), ("_uniform", True)):
+        name = f"retraining_free{suffix}"
+        log(f"(a{suffix}) hfprune retraining-free: plan_structured + compact_ + reconstruct_")
+        rf_model = copy.deepcopy(base)
+        dense_reference, compacted_only, info = hfprune_retraining_free(args, rf_model, tokenizer, dev, uniform)
+        rf_model.set_attn_implementation("sdpa")
+        flops = measured_flops(rf_model)
+        variants[name] = {
             **info,
-            "dev_accuracy": accuracy(kd_model, dev),
+            "dev_accuracy": accuracy(rf_model, dev),
             "flops": flops,
             "flops_ratio": flops / dense_flops,
-            "params": num_params(kd_model),
-            "wall_s": {**variants["retraining_free"]["wall_s"], **info["wall_s"]},
+            "params": num_params(rf_model),
+            "shape": heads_and_neurons(rf_model),
         }
-        log(f"(b): acc {variants['retraining_free_kd']['dev_accuracy']:.4f}, finetune {info['wall_s']}")
-        del kd_model
+        rf_models[name] = rf_model
+        del compacted_only
+        log(f"(a{suffix}): acc {variants[name]['dev_accuracy']:.4f} (compacted only "
+            f"{info['compacted_only_dev_accuracy']:.4f}), FLOPs ratio {flops / dense_flops:.3f}, "
+            f"wall {info['wall_s']}")  # fmt: skip
+        if args.kd_steps > 0:
+            log(f"(b{suffix}) distillation fine-tune, {args.kd_steps} steps")
+            kd_model = copy.deepcopy(rf_model)
+            kd_model.requires_grad_(True)
+            info = kd_finetune(args, kd_model, dense_reference, tokenizer)
+            kd_model.set_attn_implementation("sdpa")
+            flops = measured_flops(kd_model)
+            variants[f"{name}_kd"] = {
+                **info,
+                "dev_accuracy": accuracy(kd_model, dev),
+                "flops": flops,
+                "flops_ratio": flops / dense_flops,
+                "params": num_params(kd_model),
+                "wall_s": {**variants[name]["wall_s"], **info["wall_s"]},
+            }
+            log(f"(b{suffix}): acc {variants[f'{name}_kd']['dev_accuracy']:.4f}, finetune {info['wall_s']}")
+            del kd_model
     del dense_reference
 
     # (c) Torch-Pruning magnitude baseline
@@ -480,7 +485,7 @@ def main() -> int:
     log(f"(c): acc {variants['torch_pruning']['dev_accuracy']:.4f}, FLOPs ratio {ratio:.3f}")
 
     # Latency of the compacted models, sdpa attention
-    models = {"dense": base, "retraining_free": rf_model, "torch_pruning": tp_model}
+    models = {"dense": base, **rf_models, "torch_pruning": tp_model}
     for model in models.values():
         model.set_attn_implementation("sdpa")
         model.eval()
@@ -491,7 +496,7 @@ def main() -> int:
         inputs = full if batch == 32 else text_example_inputs(base, batch, SEQ_LEN)
         latency[key] = {"batch_size": batch, "seq_len": SEQ_LEN,
                         **paired_latency(models, inputs, rounds, args.warmup, full)}  # fmt: skip
-        for name in ("retraining_free", "torch_pruning"):
+        for name in (*rf_models, "torch_pruning"):
             speedup = latency[key]["paired_speedup_vs_dense"][name]
             variants[name][f"{key}_latency_median_ms"] = latency[key]["median_ms"][name]
             variants[name][f"{key}_paired_speedup"] = speedup

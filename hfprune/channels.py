@@ -478,12 +478,20 @@ def save_channel_pruned(
     architecture: str,
     num_classes: int,
     pruning_config: PruningConfig | None = None,
+    base_model: str | None = None,
+    evaluation: Any = None,
+    method_notes: list[str] | tuple[str, ...] = (),
     overwrite: bool = False,
 ) -> Path:
-    """Write ``config.json`` (timm style), ``model.safetensors`` and ``pruning_plan.json`` atomically."""
+    """Write ``config.json`` (timm style), ``model.safetensors``, ``pruning_plan.json`` and a model card atomically.
+
+    ``evaluation`` (a `hfprune.hub.CardEvaluation`, e.g. top-1/top-5 before and after) goes into the card's
+    model-index; the card also has parameters and FLOPs before/after and the kept channels per layer.
+    """
     from safetensors.torch import save_file
 
-    from .hub import atomic_directory
+    from .hub import atomic_directory, write_model_card
+    from .reporting import report
 
     pretrained_cfg = {k: v for k, v in (getattr(model, "pretrained_cfg", None) or {}).items()
                       if isinstance(v, (str, int, float, list, tuple, type(None)))}  # fmt: skip
@@ -493,8 +501,15 @@ def save_channel_pruned(
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(staging / "model.safetensors"))
         plan.save_pretrained(staging)
-        if pruning_config is not None:
-            pruning_config.save_pretrained(staging)
+        pruning_config = pruning_config or PruningConfig(structure="channels")
+        pruning_config.save_pretrained(staging)
+        example = torch.zeros(1, *(pretrained_cfg.get("input_size") or (3, 224, 224)))
+        # The base model's size comes from the same architecture with the plan's full widths.
+        dense = create_base_model(architecture, num_classes)
+        after, before = (report(m, example, measure_latency=False, target_modules=r".*") for m in (model, dense))
+        write_model_card(staging, model, base_model or architecture, pruning_config, report=after, base_report=before,
+                         plan=plan, evaluation=evaluation, method_notes=method_notes, library="timm",
+                         model_name=Path(directory).name)  # fmt: skip
     return Path(directory)
 
 

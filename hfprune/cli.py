@@ -26,6 +26,7 @@ from .pruner import prune_
 from .reporting import compare_reports, device_description, paired_latency_ms, report
 from .retraining_free import reconstruct_
 from .schedules import SCHEDULES
+from .glue import evaluate_glue
 from .structured import plan_structured
 from .structures import STRUCTURES, EncoderUnits
 
@@ -148,6 +149,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
         before.latency_ms, after.latency_ms = paired_latency_ms([dense, model], example, rounds=args.latency_runs)
         for item in (before, after):
             item.latency_runs, item.device = args.latency_runs, device_description()
+    evaluation = None
+    if args.eval:
+        if args.task is None or tokenizer is None:
+            raise ConfigError("--eval needs --task (a GLUE task, with --data-dir) and a model folder with a tokenizer.")
+        from .glue import get_task, glue_card_evaluation
+
+        task = get_task(args.task)
+        scores = [evaluate_glue(m, tokenizer, task, args.data_dir, max_length=args.seq_len) for m in (dense, model)]
+        evaluation = glue_card_evaluation(task, *reversed(scores))
+        print(f"Dev metrics before: {scores[0]}; after: {scores[1]}")
     del dense
     output = save_pruned(
         model,
@@ -158,8 +169,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
         base_model=base_model,
         tokenizer=tokenizer,
         plan=plan,
+        evaluation=evaluation,
+        method_notes=[f"Pruned in one shot in {pruning_seconds:.1f} s"
+                      + (f" with {args.num_calibration} calibration examples of {args.task}" if needs_data else "")],
         overwrite=args.overwrite,
-    )
+    )  # fmt: skip
     print(compare_reports(before, after))
     print(f"Pruned in {pruning_seconds:.1f} s. Saved to {output}")
     return 0
@@ -244,29 +258,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _eval_glue(args: argparse.Namespace) -> dict[str, Any]:
-    import numpy as np
-    import torch
     from transformers import AutoTokenizer
 
-    from .glue import compute_glue_metrics, get_task, load_glue
+    from .glue import evaluate_glue
 
-    task = get_task(args.task)
     model = load_pruned(args.model) if Path(args.model).is_dir() else load_model(args.model)
-    model.eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    results: dict[str, Any] = {}
-    for split, rows in load_glue(task, args.data_dir, splits="validation").items():
-        predictions = []
-        for start in range(0, len(rows), args.batch_size):
-            chunk = rows[start : start + args.batch_size]
-            batch = tokenizer(*[list(chunk[key]) for key in task.text_keys], truncation=True, max_length=args.seq_len,
-                              padding=True, return_tensors="pt")  # fmt: skip
-            with torch.inference_mode():
-                logits = model(**batch).logits
-            predictions.append(logits.reshape(-1) if task.is_regression else logits.argmax(-1))
-        predicted = torch.cat(predictions).numpy()
-        results[split] = compute_glue_metrics(task, predicted, np.asarray(list(rows["label"])))
-    return results
+    return evaluate_glue(model, tokenizer, args.task, args.data_dir, batch_size=args.batch_size, max_length=args.seq_len)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -287,6 +285,20 @@ def cmd_push(args: argparse.Namespace) -> int:
 
     url = push_folder(args.folder, args.repo_id, private=args.private, revision=args.revision)
     print(f"Pushed {args.folder} to {url}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plotting import TRADEOFF_AXES, load_operating_points, plot_tradeoff
+
+    points = load_operating_points(args.results)
+    output = Path(args.output)
+    axes = list(TRADEOFF_AXES) if args.x == "both" else [args.x]
+    for axis in axes:
+        # "both": out.png -> out_flops.png and out_latency.png, two figures that read the same way.
+        path = output.with_name(f"{output.stem}_{axis}{output.suffix}") if len(axes) > 1 else output
+        written = plot_tradeoff(points, path, x=axis, title=args.title, latency_batch_size=args.latency_batch_size)
+        print(f"Wrote {written}")
     return 0
 
 
@@ -332,6 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=512,
         help="Calibration examples (first rows of the train split; default 512).",
+    )
+    prune.add_argument(
+        "--eval",
+        action="store_true",
+        help="Evaluate the model before and after pruning on the --task dev set; the card records both.",
     )
     prune.add_argument(
         "--no-reconstruct",
@@ -389,6 +406,24 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--private", action="store_true", help="Create the repository as private.")
     push.add_argument("--revision", help="Branch to commit to (created if missing).")
     push.set_defaults(func=cmd_push)
+
+    plot = commands.add_parser(
+        "plot",
+        help="Plot accuracy against FLOPs or latency from benchmark result JSON files.",
+        description="Draw accuracy vs cost (ShrinkBench-style) from benchmarks/results/*.json: one subplot per "
+                    "result file, a labelled marker per method, the dense model as a dashed line. Cost is a "
+                    "fraction of the dense model's, so left is cheaper. Needs matplotlib "
+                    '(pip install "hfprune[plot]").',
+    )  # fmt: skip
+    plot.add_argument("results", nargs="+", help="Benchmark result JSON files (or folders of them).")
+    plot.add_argument("--output", required=True, help="PNG file to write (folders are created).")
+    plot.add_argument("--x", choices=["flops", "latency", "both"], default="flops",
+                      help="x axis: FLOPs fraction, measured latency fraction (pruned / dense), or both: two files, "
+                           "OUTPUT with _flops and _latency before the suffix (default flops).")  # fmt: skip
+    plot.add_argument("--latency-batch-size", type=int,
+                      help="Batch size of the latency measurement to plot (default: the largest measured).")  # fmt: skip
+    plot.add_argument("--title", help="Figure title.")
+    plot.set_defaults(func=cmd_plot)
     return parser
 
 

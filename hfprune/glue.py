@@ -472,3 +472,54 @@ def compute_glue_metrics(
         _METRIC_CACHE[task.name] = glue_metric(task, keep_in_memory=True)
     result = _METRIC_CACHE[task.name].compute(predictions=predictions, references=references)
     return {key: float(value) for key, value in result.items()}
+
+
+def evaluate_glue(
+    model: Any,
+    tokenizer: Any,
+    task: str | GlueTask,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    batch_size: int = 64,
+    max_length: int = 128,
+) -> dict[str, dict[str, float]]:
+    """Metrics of ``model`` on every evaluation split of ``task``: ``{"validation": {"accuracy": ...}}``.
+
+    Batches are padded per batch (no length bucketing), under `torch.inference_mode`; the model is put in eval mode.
+    """
+    import numpy as np
+    import torch
+
+    task = get_task(task)
+    model.eval()
+    device = next(model.parameters()).device
+    results: dict[str, dict[str, float]] = {}
+    for split, rows in load_glue(task, data_dir, splits="validation").items():
+        predictions = []
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            batch = tokenizer(*[list(chunk[key]) for key in task.text_keys], truncation=True, max_length=max_length,
+                              padding=True, return_tensors="pt").to(device)  # fmt: skip
+            with torch.inference_mode():
+                logits = model(**batch).logits
+            predictions.append((logits.reshape(-1) if task.is_regression else logits.argmax(-1)).cpu())
+        predicted = torch.cat(predictions).numpy()
+        results[split] = compute_glue_metrics(task, predicted, np.asarray(list(rows["label"])))
+    return results
+
+
+def glue_card_evaluation(task: str | GlueTask, after: dict[str, dict[str, float]], before: dict | None = None) -> Any:
+    """A model card's `CardEvaluation` from `evaluate_glue` results (first eval split) after and before pruning."""
+    from .hub import CardEvaluation
+
+    task = get_task(task)
+    split = task.eval_splits[0]
+    return CardEvaluation(
+        task_type="text-regression" if task.is_regression else "text-classification",
+        dataset_type="nyu-mll/glue",
+        dataset_name=f"GLUE {task.name.upper()}",
+        dataset_config=task.name,
+        dataset_split=split,
+        metrics=dict(after[split]),
+        base_metrics=dict(before[split]) if before else {},
+    )

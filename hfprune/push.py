@@ -12,9 +12,15 @@ class HubError(HfPruneError, RuntimeError):
     """The Hub could not be reached or refused the upload; the local folder is untouched."""
 
 
-def commit_operations(folder: str | os.PathLike) -> list:
-    """The `CommitOperationAdd` list for every file of ``folder`` (weights, config, plan, card, remote code)."""
+def commit_operations(folder: str | os.PathLike, repo_id: str | None = None) -> list:
+    """The `CommitOperationAdd` list for every file of ``folder`` (weights, config, plan, card, remote code).
+
+    With ``repo_id``, the card's loading snippets point at the repository instead of the local placeholder path
+    (the local ``README.md`` is not modified).
+    """
     from huggingface_hub import CommitOperationAdd
+
+    from .hub import CARD_PLACEHOLDER_PATH
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
@@ -24,7 +30,13 @@ def commit_operations(folder: str | os.PathLike) -> list:
         for p in folder.rglob("*")
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
-    return [CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p)) for p in files]
+    operations = []
+    for path in files:
+        content: str | bytes = str(path)
+        if repo_id is not None and path.relative_to(folder).as_posix() == "README.md":
+            content = path.read_text().replace(CARD_PLACEHOLDER_PATH, repo_id).encode()
+        operations.append(CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=content))
+    return operations
 
 
 def push_folder(
@@ -39,7 +51,7 @@ def push_folder(
     """Create ``repo_id`` if needed and commit every file of ``folder`` in one commit; returns the commit URL."""
     from huggingface_hub import HfApi, get_token
 
-    operations = commit_operations(folder)
+    operations = commit_operations(folder, repo_id)
     token = token or get_token()
     if not token:
         raise HubError(

@@ -154,7 +154,7 @@ def train_glue(recipe: GlueRecipe) -> dict[str, Any]:
         set_seed,
     )
 
-    from .glue import compute_glue_metrics, get_task, load_glue
+    from .glue import compute_glue_metrics, get_task, glue_card_evaluation, load_glue
     from .trainer import PruningTrainer
 
     task = get_task(recipe.task)
@@ -216,7 +216,21 @@ def train_glue(recipe: GlueRecipe) -> dict[str, Any]:
         raise RuntimeError(f"Pruning masks differ across processes ({digests}); the run is not consistent.")
     sparsity = trainer.pruner.mask_sparsity() if trainer.pruner is not None else 0.0
     output_dir = recipe.output_dir or str(Path(args.output_dir) / "final")
-    trainer.save_pruned_model(output_dir)
+    split = eval_splits[0]
+    base_metrics = {}
+    if teacher is not None:
+        # The dense teacher is the "before" of the model card: same data, same metric.
+        from transformers import Trainer
+
+        reference = Trainer(model=teacher, args=args, data_collator=DataCollatorWithPadding(tokenizer),
+                            compute_metrics=compute_metrics)  # fmt: skip
+        base_metrics = _task_metrics(reference.evaluate(encoded[split], metric_key_prefix=f"eval_{split}"), split)
+    evaluation = glue_card_evaluation(task, {split: _task_metrics(metrics[split], split)}, {split: base_metrics})
+    notes = [f"Fine-pruned for {train_output.global_step} steps with `PruningTrainer`"
+             + (f", distilled from `{recipe.teacher}`" if teacher is not None else "")]  # fmt: skip
+    if distillation_config is not None:
+        notes.append(f"Distillation: temperature {distillation_config.temperature}, alpha {distillation_config.alpha}")
+    trainer.save_pruned_model(output_dir, evaluation=evaluation, method_notes=notes)
     result = {
         "task": task.name,
         "metrics": metrics,
@@ -231,6 +245,14 @@ def train_glue(recipe: GlueRecipe) -> dict[str, Any]:
         Path(output_dir, "eval_results.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
         print("hfprune eval results: " + json.dumps(result, sort_keys=True), flush=True)
     return result
+
+
+def _task_metrics(evaluated: dict[str, float], split: str) -> dict[str, float]:
+    """``{"eval_validation_accuracy": 0.9, "eval_validation_loss": ...}`` -> ``{"accuracy": 0.9}``."""
+    prefix = f"eval_{split}_"
+    skip = ("loss", "runtime", "samples_per_second", "steps_per_second", "model_preparation_time")
+    return {key[len(prefix):]: float(value) for key, value in evaluated.items()
+            if key.startswith(prefix) and key[len(prefix):] not in skip}  # fmt: skip
 
 
 def glue_calibration_batches(
@@ -440,8 +462,27 @@ def train_image(recipe: ImageRecipe) -> dict[str, Any]:
     if not main:
         return result
     if plan is not None:
+        after = result.get("fine_tuned") or result.get("pruned")
+        evaluation = None
+        if after is not None:
+            from .hub import CardEvaluation
+
+            def card_metrics(measured: dict[str, float]) -> dict[str, float]:
+                return {"accuracy": measured["top1"], "top_5_accuracy": measured["top5"]}
+
+            evaluation = CardEvaluation(
+                task_type="image-classification", dataset_type="imagefolder",
+                dataset_name=f"{Path(recipe.eval_data).name} ({after['num_images']} images)",  # type: ignore[arg-type]
+                metrics=card_metrics(after), base_metrics=card_metrics(result["dense"]),
+            )  # fmt: skip
+        notes = ["Per-layer widths chosen by EagleEye (adaptive-BN candidate evaluation)"] if recipe.eagleeye else []
+        if training_args is not None:
+            budget = f"{training_args.max_steps} steps" if training_args.max_steps > 0 else "the configured epochs"
+            kd = ", distilled from the dense model" if recipe.distillation else ""
+            notes.append(f"Fine-tuned with `PruningTrainer` for {budget}{kd}")
         save_channel_pruned(model, recipe.output_dir, plan, architecture=recipe.model, num_classes=recipe.num_classes,
-                            pruning_config=PruningConfig.from_dict(recipe.pruning or {}), overwrite=True)  # fmt: skip
+                            pruning_config=PruningConfig.from_dict(recipe.pruning or {}), base_model=recipe.model,
+                            evaluation=evaluation, method_notes=notes, overwrite=True)  # fmt: skip
         Path(recipe.output_dir, "eval_results.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     print("hfprune image results: " + json.dumps({k: v for k, v in result.items() if k != "eagleeye_candidates"},
                                                  sort_keys=True), flush=True)  # fmt: skip

@@ -304,6 +304,39 @@ def _fisher_search(
     return best[1], best[2]
 
 
+def _uniform_fisher_search(
+    scores: dict[str, Tensor], dims: EncoderDims, layer_budget: float, seq_len: int, kinds: tuple
+) -> tuple[int, int]:
+    """The mask search with one (heads, neurons) count for every layer: maximise the importance kept over all
+    layers when each layer keeps its best ``heads`` heads and ``neurons`` neurons within ``layer_budget`` FLOPs."""
+    head_cost, neuron_cost = dims.head_flops(seq_len), dims.neuron_flops(seq_len)
+    per_layer = {}
+    for kind in KINDS:
+        ranked = torch.sort(scores[kind].double(), dim=1, descending=True).values
+        per_layer[kind] = torch.cat([torch.zeros(1, dtype=torch.float64), ranked.cumsum(1).sum(0)])
+    best: tuple[float, int, int] | None = None
+    head_options = range(1, dims.num_heads + 1) if "heads" in kinds else [dims.num_heads]
+    for num_heads in head_options:
+        remaining = layer_budget - num_heads * head_cost
+        if remaining < 0:
+            break
+        if "neurons" in kinds:
+            num_neurons = min(dims.intermediate_size, int(remaining // neuron_cost))
+        elif remaining < dims.intermediate_size * neuron_cost:
+            continue
+        else:
+            num_neurons = dims.intermediate_size
+        value = float(per_layer["heads"][num_heads] + per_layer["neurons"][num_neurons])
+        if best is None or value > best[0]:
+            best = (value, num_heads, num_neurons)
+    if best is None:
+        raise ConfigError(
+            f"No per-layer choice of {' and '.join(kinds)} fits {layer_budget * dims.num_layers / dims.total_flops(seq_len):.3f}"
+            " of the encoder FLOPs with at least one head per layer. Raise target_flops or set uniform=False."
+        )
+    return best[1], best[2]
+
+
 def select_units(scores: dict[str, Tensor], config: PruningConfig, dims: EncoderDims, model_type: str) -> PruningPlan:
     """Decide which heads and neurons to keep, per layer (local) or across layers (global / FLOPs target)."""
     structure = config.structure
@@ -314,7 +347,17 @@ def select_units(scores: dict[str, Tensor], config: PruningConfig, dims: Encoder
     kept: dict[str, list[list[int]]] = {
         kind: [list(range(widths[kind])) for _ in range(dims.num_layers)] for kind in KINDS
     }
-    if config.target_flops is not None:
+    if config.target_flops is not None and structure.uniform:
+        seq_len = config.flops_seq_len
+        budget = config.target_flops * dims.total_flops(seq_len) / dims.num_layers
+        if isinstance(config.importance, FisherImportance):
+            counts = dict(zip(KINDS, _uniform_fisher_search(scores, dims, budget, seq_len, kinds), strict=True))
+        else:
+            fraction = kept_fraction_for_flops(config, dims)
+            counts = {k: int(math.floor(fraction * widths[k])) for k in kinds}
+        for kind in kinds:
+            kept[kind] = [_top(scores[kind][layer], counts[kind]) for layer in range(dims.num_layers)]
+    elif config.target_flops is not None:
         seq_len = config.flops_seq_len
         budget = config.target_flops * dims.total_flops(seq_len)
         if isinstance(config.importance, FisherImportance):

@@ -148,11 +148,15 @@ class EncoderUnits(Structure):
     Args:
         round_to (`int`, defaults to 1): Round the number of kept neurons per layer to a multiple of this (e.g. 8)
             so kept widths suit the hardware; heads are already multiples of the head size.
+        uniform (`bool`, defaults to `False`): With ``target_flops``, keep the same number of heads and of neurons
+            in every layer (which ones still differ per layer). Uneven layers keep more of what matters for
+            accuracy; uniform ones run closer to the FLOPs-predicted speed on CPUs.
     """
 
     kinds: ClassVar[tuple[str, ...]] = ()
     structured: ClassVar[bool] = True
     round_to: int = 1
+    uniform: bool = False
 
     def __post_init__(self) -> None:
         if self.round_to < 1:

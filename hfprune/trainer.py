@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -247,13 +248,21 @@ class PruningTrainer(Trainer):
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     # --------------------------------------------------------------------------------------------- export
-    def save_pruned_model(self, output_dir: str | os.PathLike, example_inputs: Any = None, overwrite: bool = True):  # noqa: ANN201
+    def save_pruned_model(  # noqa: ANN201
+        self,
+        output_dir: str | os.PathLike,
+        example_inputs: Any = None,
+        overwrite: bool = True,
+        evaluation: Any = None,
+        method_notes: Sequence[str] = (),
+    ):
         """Make the masks permanent, drop learned scores, and write the model with its configs and report.
 
         The folder is an ordinary checkpoint of the architecture (zeros in the weights), written atomically, plus
         ``pruning_config.json``, ``distillation_config.json``, ``report.json`` and a model card. With a heads/neurons
         structure the model is compacted first and ``pruning_plan.json`` is written: reload with
-        `hfprune.load_pruned`. Every process makes the masks permanent; only the main process writes.
+        `hfprune.load_pruned`. ``evaluation`` (a `hfprune.hub.CardEvaluation`) and ``method_notes`` go into the
+        model card. Every process makes the masks permanent; only the main process writes.
         """
         from .hub import save_pruned
         from .reporting import report
@@ -287,5 +296,7 @@ class PruningTrainer(Trainer):
             overwrite=overwrite,
             extra_configs=(self.distillation_config,) if self.distillation_config is not None else (),
             plan=plan,
+            evaluation=evaluation,
+            method_notes=method_notes,
         )
         return path

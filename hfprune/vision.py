@@ -151,12 +151,14 @@ def eval_transform(model: nn.Module) -> Callable[[Any], Tensor]:
 def evaluate_images(
     model: nn.Module, dataset: Dataset, batch_size: int = 64, num_workers: int = 0
 ) -> dict[str, float]:
-    """Top-1 and top-5 accuracy (fractions) of ``model`` on ``(image, label)`` items."""
+    """Top-1 and top-5 accuracy (fractions) of ``model`` on ``(image, label)`` items, on the model's device."""
     model.eval()
+    device = next(model.parameters()).device
     correct1 = correct5 = total = 0
     for images, labels in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
-        logits = model(images)
-        logits = getattr(logits, "logits", logits)
+        with torch.inference_mode():
+            logits = model(images.to(device))
+        logits = getattr(logits, "logits", logits).cpu()
         top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
         correct1 += int((top[:, 0] == labels).sum())
         correct5 += int((top == labels[:, None]).any(-1).sum())

@@ -96,11 +96,24 @@ def test_cli_retraining_free_structured_prune_and_reload(tmp_path, capsys, tiny_
             str(out),
             "--latency-runs",
             "2",
+            "--eval",
         ]
     )
     assert code == 0
     printed = capsys.readouterr().out
     assert "| GFLOPs (dense) |" in printed
+    # The card: before/after dev accuracy as model-index eval results, kept structure, how to load.
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "README.md")
+    results = {(r.metric_type, r.metric_name): r for r in card.data.eval_results}
+    assert results[("accuracy", None)].dataset_config == "sst2"
+    assert 0 <= results[("accuracy", "accuracy of the base model before pruning")].metric_value <= 1
+    assert ModelCard(str(card)).data.to_dict() == card.data.to_dict()  # metadata round-trips
+    assert "| heads | layer 0 |" in card.text and "kept_structure.png" in card.text
+    assert (out / "kept_structure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "trust_remote_code=True" in card.text and "hfprune.load_pruned" in card.text
+    assert "latency ms (median)" in card.text
     data = json.loads((out / "report.json").read_text())
     plan = json.loads((out / "pruning_plan.json").read_text())
     assert plan["extra"]["encoder_flops_fraction"] <= 0.5

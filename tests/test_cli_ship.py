@@ -49,6 +49,9 @@ def test_push_commits_every_file_in_one_commit(compacted_folder, monkeypatch, ca
 
         def create_commit(self, repo_id, operations, commit_message, revision=None):
             calls["files"] = sorted(op.path_in_repo for op in operations)
+            card = next(op for op in operations if op.path_in_repo == "README.md")
+            with card.as_file() as handle:
+                calls["card"] = handle.read().decode()
             calls["revision"] = revision
             return type("Info", (), {"commit_url": f"https://hub/{repo_id}/commit/1"})()
 
@@ -56,8 +59,11 @@ def test_push_commits_every_file_in_one_commit(compacted_folder, monkeypatch, ca
     monkeypatch.setattr("huggingface_hub.get_token", lambda: "hf_test")
     assert main(["push", str(folder), "--repo-id", "me/tiny", "--private", "--revision", "v1"]) == 0
     assert calls["repo"] == ("me/tiny", True) and calls["branch"] == "v1" and calls["revision"] == "v1"
-    assert calls["files"] == sorted(["README.md", "config.json", "model.safetensors", "pruning_config.json",
-                                     "pruning_plan.json"])  # fmt: skip
+    assert calls["files"] == sorted(["README.md", "config.json", "kept_structure.png", "model.safetensors",
+                                     "pruning_config.json", "pruning_plan.json"])  # fmt: skip
+    # The uploaded card loads from the repository; the local card is unchanged.
+    assert 'hfprune.load_pruned("me/tiny")' in calls["card"] or "hfprune.load_pruned('me/tiny')" in calls["card"]
+    assert "path/to/this/folder" in (folder / "README.md").read_text()
     assert "https://hub/me/tiny/commit/1" in capsys.readouterr().out
 
 
@@ -67,7 +73,7 @@ def test_push_to_unreachable_hub_is_clear(compacted_folder, monkeypatch, capsys)
     # HF_HUB_OFFLINE=1 (conftest) makes every hub call fail at once.
     assert main(["push", str(folder), "--repo-id", "me/tiny"]) == 2
     assert "Could not push" in capsys.readouterr().err
-    assert len(commit_operations(folder)) == 5
+    assert len(commit_operations(folder)) == 6  # the folder is intact: weights, configs, plan, card, figure
 
 
 def test_export_cli_remote_code(compacted_folder, tmp_path):

@@ -37,6 +37,30 @@ def test_model_card_metadata_round_trips(bert, tmp_path):
     assert "`magnitude`" in card.text
 
 
+def test_model_card_with_evaluation_and_structure(bert, tmp_path):
+    from hfprune.hub import CardEvaluation
+
+    config = PruningConfig(sparsity=0.5)
+    Pruner(bert, config).apply_sparsity_(0.5)
+    evaluation = CardEvaluation(
+        task_type="text-classification", dataset_type="nyu-mll/glue", dataset_name="GLUE SST2",
+        dataset_config="sst2", dataset_split="validation", metrics={"accuracy": 0.81}, base_metrics={"accuracy": 0.9},
+    )  # fmt: skip
+    out = save_pruned(bert, tmp_path / "sst2-50", pruning_config=config, report=report(bert, measure_latency=False),
+                      evaluation=evaluation, method_notes=["Fine-pruned for 3 steps"])  # fmt: skip
+    card = ModelCard.load(out / "README.md")
+    assert card.data.model_name == "sst2-50"
+    values = {result.metric_name: result.metric_value for result in card.data.eval_results}
+    assert values == {None: 0.81, "accuracy of the base model before pruning": 0.9}
+    assert ModelCard(str(card)).data.to_dict() == card.data.to_dict()
+    assert "| accuracy | 0.9000 | 0.8100 | -0.0900 |" in card.text
+    assert "- Fine-pruned for 3 steps" in card.text
+    # Unstructured: nonzeros per layer, and plain transformers loads it.
+    assert "| nonzero weights | bert.encoder.layer.0.attention.self.query |" in card.text
+    assert "AutoModelForSequenceClassification.from_pretrained" in card.text and "trust_remote_code" not in card.text
+    assert (out / "kept_structure.png").is_file()
+
+
 def test_interrupted_save_leaves_no_folder(tmp_path):
     target = tmp_path / "model"
     with pytest.raises(KeyboardInterrupt), atomic_directory(target) as staging:

@@ -248,3 +248,17 @@ def test_every_family_compacts_saves_and_reloads(tmp_path, model_type, attn):
     torch.testing.assert_close(model(**inputs).logits, masked(**inputs).logits)
     out = save_pruned(model, tmp_path / model_type, pruning_config=config, plan=plan)
     torch.testing.assert_close(load_pruned(out)(**inputs).logits, model(**inputs).logits)
+
+
+@pytest.mark.parametrize("importance", ["fisher", "magnitude"])
+def test_uniform_flops_target_keeps_the_same_widths_in_every_layer(importance):
+    model = tiny_bert(num_hidden_layers=3)
+    structure = HeadsAndNeurons(uniform=True)
+    config = PruningConfig(importance=importance, structure=structure, target_flops=0.5, flops_seq_len=12)
+    plan = plan_structured(model, config, [bert_batch(), bert_batch(seq_len=7)])
+    assert len({len(h) for h in plan.heads}) == 1 and len({len(n) for n in plan.neurons}) == 1
+    assert 0.4 < plan.extra["encoder_flops_fraction"] <= 0.5
+    uneven = plan_structured(model, PruningConfig(importance=importance, structure="heads_and_neurons",
+                                                  target_flops=0.5, flops_seq_len=12), [bert_batch()])  # fmt: skip
+    assert uneven.extra["encoder_flops_fraction"] <= 0.5
+    assert PruningConfig.from_dict(config.to_dict()) == config

@@ -100,6 +100,12 @@ def test_flops_target_is_met_and_save_load_round_trips(tmp_path):
     assert count_flops(pruned, X32) / count_flops(model, X32) == pytest.approx(0.5, abs=0.02)
     save_channel_pruned(pruned, tmp_path / "out", plan, architecture="cifar_resnet20", num_classes=10)
     assert not any(p.suffix in (".bin", ".pt", ".pth") for p in (tmp_path / "out").iterdir())
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert card.data.eval_results is None and card.data.library_name == "timm"
+    assert "| channels | layer1.0.conv1 |" in card.text and "load_channel_pruned" in card.text
+    assert "| GFLOPs (dense) |" in card.text  # before/after size and FLOPs
     reloaded = load_channel_pruned(tmp_path / "out")
     images = torch.randn(3, 3, 32, 32)
     torch.testing.assert_close(reloaded(images), pruned(images))
@@ -234,19 +240,15 @@ def test_run_image_recipe_eagleeye_finetune_and_reload(tmp_path, launcher):
     assert results["num_processes"] == (2 if launcher == "accelerate" else 1)
     assert results["pruned_flops"] / results["dense_flops"] == pytest.approx(0.6, abs=0.03)
     assert {"dense", "pruned", "fine_tuned"} <= set(results) and len(results["eagleeye_candidates"]) == 2
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert {result.metric_type for result in card.data.eval_results} == {"accuracy", "top_5_accuracy"}
+    assert "| channels | layer1.0.conv1 |" in card.text and "load_channel_pruned" in card.text
     reloaded = load_channel_pruned(tmp_path / "out")
     assert sum(p.numel() for p in reloaded.parameters()) == results["pruned_params"]
     with pytest.raises(ConfigError, match="Unknown key 'num_candidatez'"):
         ImageRecipe.from_yaml(path, overrides=["eagleeye.num_candidatez=3"])
-
-
-def test_committed_image_recipes_validate():
-    from hfprune.recipes import ImageRecipe
-
-    recipes = sorted((Path(__file__).resolve().parents[1] / "configs" / "image").glob("*.yaml"))
-    assert recipes
-    for recipe in recipes:
-        assert ImageRecipe.from_yaml(recipe).pruning is not None
 
 
 def test_cli_report_reads_a_channel_pruned_folder(tmp_path, capsys):
