@@ -84,6 +84,7 @@ def build_config(args: argparse.Namespace, recipe: dict[str, Any]) -> PruningCon
         "target_modules": args.target_modules,
         "exclude_modules": args.exclude_modules,
         "target_flops": args.target_flops,
+        "target_params": args.target_params,
     }
     values.update({key: value for key, value in overrides.items() if value is not None})
     return PruningConfig(**values)
@@ -336,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--target-flops",
         type=float,
         help="Structured kinds: fraction of encoder FLOPs to keep, in (0, 1] (replaces --sparsity).",
+    )
+    prune.add_argument(
+        "--target-params",
+        type=float,
+        help="Heads/neurons: fraction of the encoder's head and FFN parameters to keep, in (0, 1] (replaces "
+        "--sparsity; exclusive with --target-flops).",
     )
     prune.add_argument("--task", help="GLUE task for calibration data (needed by taylor and fisher).")
     prune.add_argument("--data-dir", help="Folder of original GLUE TSVs (default: nyu-mll/glue from the Hub).")

@@ -112,6 +112,17 @@ class PruningPlan:
             plan.neurons[index] = [n for n in range(plan.intermediate_size) if ffn_cols[n]]
         return plan
 
+    def config_entry(self) -> dict[str, Any]:
+        """What ``config.hfprune_plan`` holds: enough to rebuild the shapes (no versions, no extras)."""
+        return {"num_heads": self.num_heads, "intermediate_size": self.intermediate_size, "heads": self.heads,
+                "neurons": self.neurons}  # fmt: skip
+
+    @classmethod
+    def from_config(cls, config: Any) -> PruningPlan | None:
+        """The plan stored in a model config by `compact_` (``config.hfprune_plan``), if any."""
+        entry = getattr(config, "hfprune_plan", None)
+        return None if entry is None else cls(model_type=config.model_type, **entry)
+
     def remaining_fraction(self) -> dict[str, float]:
         """Fraction of heads and of neurons kept over all layers."""
         return {
@@ -262,6 +273,9 @@ def compact_(model: nn.Module, plan: PruningPlan | None = None) -> PruningPlan:
             rows = torch.tensor(kept_neurons, dtype=torch.long)
             _replace(layer, layout.ffn_in, dim=0, index=rows)
             _replace(layer, layout.ffn_out, dim=1, index=rows)
+    # The plan travels in config.json, so transformers' own save_pretrained/push_to_hub keep what load_pruned needs
+    # (and the remote-code export reads the same key).
+    model.config.hfprune_plan = plan.config_entry()  # type: ignore[union-attr]
     return plan
 
 
@@ -278,27 +292,51 @@ def _replace(layer: nn.Module, name: str, dim: int, index: torch.Tensor) -> None
     setattr(parent, child, new)
 
 
-def load_pruned(directory: str | os.PathLike, **model_kwargs: Any) -> nn.Module:
-    """Load a folder written for a structurally pruned model: base architecture -> plan -> weights. No pickles.
+def _local_folder(name_or_path: str | os.PathLike) -> Path:
+    """A local folder, or the snapshot of a Hub repository id (downloaded once, then cached)."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
 
-    Folders without ``pruning_plan.json`` (unstructured pruning) load with plain ``from_pretrained``.
+    try:
+        return Path(snapshot_download(str(name_or_path)))
+    except Exception as err:  # offline, unknown repo, no access: all mean "nothing to load from"
+        raise HfPruneError(
+            f"{str(name_or_path)!r} is neither a local folder nor a downloadable Hub repository ({type(err).__name__}: "
+            f"{err})."
+        ) from err
+
+
+def load_pruned(directory: str | os.PathLike, **model_kwargs: Any) -> nn.Module:
+    """Load a structurally pruned model: base architecture -> plan -> weights. No pickles.
+
+    ``directory`` is a folder or a Hub repository id. The plan comes from ``pruning_plan.json`` (written by
+    hfprune), or from ``config.hfprune_plan`` (written by `compact_`, so a compacted model saved or pushed with
+    transformers' own ``save_pretrained``/``push_to_hub`` loads too). Folders without a plan (unstructured pruning)
+    load with plain ``from_pretrained``.
     """
     import transformers
 
-    directory = Path(directory)
-    if not (directory / PLAN_NAME).is_file():
+    directory = _local_folder(directory)
+    config = transformers.AutoConfig.from_pretrained(directory)
+    if (directory / PLAN_NAME).is_file():
+        plan = PruningPlan.from_pretrained(directory)
+    else:
+        plan = PruningPlan.from_config(config)  # saved by transformers' save_pretrained/push_to_hub
+    if plan is None:
         from .hub import load_model
 
         return load_model(directory, **model_kwargs)
-    config = transformers.AutoConfig.from_pretrained(directory)
     architectures = getattr(config, "architectures", None) or []
     model_class = getattr(transformers, architectures[0], None) if architectures else None
     if model_class is None:
         raise ConfigError(f"{directory}/config.json names no known architecture ({architectures}).")
     for key, value in model_kwargs.items():
         setattr(config, key, value)
+    del config.hfprune_plan  # the base architecture is built full size, then compacted
     model = model_class(config)
-    compact_(model, PruningPlan.from_pretrained(directory))
+    compact_(model, plan)
     weights = directory / "model.safetensors"
     if not weights.is_file():
         raise HfPruneError(f"{weights} is missing.")

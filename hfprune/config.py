@@ -135,6 +135,8 @@ class PruningConfig(ConfigMixin):
         sparsity_overrides (`dict[str, float]`): Per-module final sparsity; keys are names, dotted suffixes or
             ``"re:<regex>"``; the first matching key wins. Overridden modules are ranked on their own.
         seed (`int`, defaults to 0): Seeds `RandomImportance`.
+        target_params (`float`, *optional*): For heads/neurons, the fraction of the encoder's head and FFN
+            parameters to keep, in (0, 1] (like ``target_flops``, counting weights instead of operations).
         target_flops (`float`, *optional*): For structured kinds, the fraction of encoder FLOPs to keep, in
             ``(0, 1]``; it replaces ``sparsity``. Heads and neurons compete for the budget when the importance is
             comparable across them (``fisher``); otherwise both keep the same fraction.
@@ -182,6 +184,13 @@ class PruningConfig(ConfigMixin):
             "help": "Structured pruning: fraction of the encoder's FLOPs to keep, in (0, 1]; overrides sparsity."
         },
     )
+    target_params: float | None = field(
+        default=None,
+        metadata={
+            "help": "Heads/neurons pruning: fraction of the encoder's head and FFN parameters to keep, in (0, 1]; "
+            "overrides sparsity. Exclusive with target_flops."
+        },
+    )
     flops_seq_len: int = field(default=128, metadata={"help": "Sequence length at which encoder FLOPs are counted."})
     config_version: int = field(default=CONFIG_VERSION, metadata={"help": "Format version of this config."})
     hfprune_version: str | None = field(default=None, metadata={"help": "hfprune version that wrote the config."})
@@ -200,20 +209,30 @@ class PruningConfig(ConfigMixin):
         self.sparsity_overrides = {
             str(k): self._check_sparsity(f"sparsity_overrides[{k!r}]", v) for k, v in self.sparsity_overrides.items()
         }
-        if self.target_flops is not None:
-            if isinstance(self.target_flops, bool) or not isinstance(self.target_flops, (int, float)):
-                raise ConfigError(f"target_flops must be a number in (0, 1]; got {self.target_flops!r}.")
-            if not 0.0 < float(self.target_flops) <= 1.0:
+        for name, what in (("target_flops", "encoder FLOPs"), ("target_params", "encoder head/FFN parameters")):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{name} must be a number in (0, 1]; got {value!r}.")
+            if not 0.0 < float(value) <= 1.0:
                 raise ConfigError(
-                    f"target_flops is the fraction of encoder FLOPs to keep and must be in (0, 1]; got "
-                    f"{self.target_flops!r}. For half the FLOPs use 0.5."
+                    f"{name} is the fraction of {what} to keep and must be in (0, 1]; got {value!r}. For half use 0.5."
                 )
-            self.target_flops = float(self.target_flops)
-            if not self.structure.structured:  # type: ignore[union-attr]
+            setattr(self, name, float(value))
+        if self.target_flops is not None and not self.structure.structured:  # type: ignore[union-attr]
+            raise ConfigError(
+                "target_flops needs a structured kind (structure='heads', 'neurons', 'heads_and_neurons' or "
+                "'channels'): unstructured zeros do not reduce FLOPs."
+            )
+        if self.target_params is not None:
+            if getattr(self.structure, "kinds", None) is None:
                 raise ConfigError(
-                    "target_flops needs a structured kind (structure='heads', 'neurons', 'heads_and_neurons' or "
-                    "'channels'): unstructured zeros do not reduce FLOPs."
+                    "target_params is for heads/neurons pruning (structure='heads', 'neurons' or "
+                    "'heads_and_neurons'); use sparsity or target_flops for other structures."
                 )
+            if self.target_flops is not None:
+                raise ConfigError("Set target_flops or target_params, not both.")
         if self.flops_seq_len < 1:
             raise ConfigError(f"flops_seq_len must be >= 1; got {self.flops_seq_len}.")
         initial = getattr(self.schedule, "initial", 0.0)

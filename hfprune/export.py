@@ -56,17 +56,15 @@ def export_remote_code(
     config = model.config  # type: ignore[attr-defined]
     with atomic_directory(directory, overwrite=overwrite) as staging:
         (staging / "modeling_hfprune.py").write_text(code)
-        config.hfprune_plan = {
-            "num_heads": plan.num_heads,
-            "intermediate_size": plan.intermediate_size,
-            "heads": plan.heads,
-            "neurons": plan.neurons,
-        }
+        previous_plan = getattr(config, "hfprune_plan", None)
+        config.hfprune_plan = plan.config_entry()  # what the remote code's apply_plan reads
         config.auto_map = {_auto_class(base_class): f"modeling_hfprune.{class_name}"}
         try:
             model.save_pretrained(staging, state_dict=merged_state_dict(model))  # type: ignore[operator]
         finally:
-            del config.hfprune_plan
+            config.hfprune_plan = previous_plan
+            if previous_plan is None:
+                del config.hfprune_plan
             del config.auto_map
         plan.save_pretrained(staging)
         if tokenizer is not None:

@@ -202,11 +202,12 @@ def render_model_card(
     """
     from . import __version__
 
-    target = (
-        f"keep {pruning_config.target_flops:.0%} of the FLOPs"
-        if pruning_config.target_flops is not None
-        else f"sparsity {pruning_config.sparsity} of the prunable {'units' if plan is not None else 'weights'}"
-    )
+    if pruning_config.target_flops is not None:
+        target = f"keep {pruning_config.target_flops:.0%} of the FLOPs"
+    elif pruning_config.target_params is not None:
+        target = f"keep {pruning_config.target_params:.0%} of the encoder's head and FFN parameters"
+    else:
+        target = f"sparsity {pruning_config.sparsity} of the prunable {'units' if plan is not None else 'weights'}"
     tags = ["hfprune", "pruned", "structured-pruning" if plan is not None else "sparse"]
     hub_base = base_model if "/" in base_model and not Path(base_model).exists() else None
     card_data = ModelCardData(

@@ -78,7 +78,7 @@ class Pruner:
             if name not in self.overrides:
                 pools.setdefault(self.units[name][0] if self.units else "weights", []).append(name)
         self.pools = pools
-        #: Final sparsity (of units; from ``target_flops`` for heads/neurons when set).
+        #: Final sparsity (of units; from ``target_flops``/``target_params`` for heads/neurons when set).
         self.final_sparsity = self._unit_sparsity(model, config) if self.units else config.sparsity
         generator = torch.Generator().manual_seed(config.seed)
         self.importance_state: dict[str, dict[str, Tensor]] = {
@@ -121,12 +121,13 @@ class Pruner:
         return modules, {name: target.structure for name, target in targets.items()}
 
     def _unit_sparsity(self, model: nn.Module, config: PruningConfig) -> float:
-        """Final sparsity of heads/neurons (from ``target_flops`` if set); refuses one that removes every head."""
-        from .structured import encoder_dims, kept_fraction_for_flops
+        """Final sparsity of heads/neurons (from a FLOPs/parameter target if set); refuses one that removes every
+        head."""
+        from .structured import encoder_dims, kept_fraction
 
         sparsity = config.sparsity
-        if config.target_flops is not None:
-            sparsity = 1.0 - kept_fraction_for_flops(config, encoder_dims(model))
+        if config.target_flops is not None or config.target_params is not None:
+            sparsity = 1.0 - kept_fraction(config, encoder_dims(model))
         heads = [name for name, (kind, _) in self.units.items() if kind == "heads"]
         if heads and not isinstance(config.importance, SoftMovementImportance):
             widths = [self.structures[name].reduce(get_raw_weight(self.modules[name])).numel() for name in heads]

@@ -262,14 +262,20 @@ def glue_calibration_batches(
     num_examples: int = 512,
     batch_size: int = 32,
     max_seq_length: int = 128,
+    seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """The first ``num_examples`` training rows of a GLUE task as padded, labelled batches (for Fisher/Taylor)."""
+    """``num_examples`` training rows of a GLUE task, drawn at random (seeded), as padded, labelled batches.
+
+    A random draw rather than the first rows: GLUE training files are not shuffled (SST-2 starts with short
+    phrases), and Fisher scores and least-squares targets should see the task's real distribution.
+    """
     from transformers import DataCollatorWithPadding
 
     from .glue import get_task, load_glue
 
     glue_task = get_task(task)
-    rows = load_glue(glue_task, data_dir, splits="train", max_samples=num_examples)["train"]
+    rows = load_glue(glue_task, data_dir, splits="train")["train"]
+    rows = rows.shuffle(seed=seed).select(range(min(num_examples, len(rows))))
     texts = [list(rows[key]) for key in glue_task.text_keys]
     encoded = tokenizer(*texts, truncation=True, max_length=max_seq_length)
     collator = DataCollatorWithPadding(tokenizer)

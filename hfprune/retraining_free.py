@@ -3,9 +3,10 @@ each layer reproduces the dense layer's output, by linear least squares on calib
 
 For a sublayer whose output is ``sum_u m_u * Y_u + bias`` (``Y_u``: the contribution of kept head or neuron ``u``
 through the output projection), the scales ``m`` minimising ``|| sum_u m_u Y_u - T ||^2`` over all calibration
-tokens solve the normal equations ``G m = c`` with ``G[u, v] = <Y_u, Y_v>`` and ``c[u] = <Y_u, T>``, where ``T`` is
-the dense model's sublayer output (minus bias). Layers are processed in order, so each one also corrects the
-error that earlier pruned layers pass to it. The scales are folded into the output projection's columns.
+tokens solve the normal equations ``G m = c`` with ``G[u, v] = <Y_u, Y_v>`` and ``c[u] = <Y_u, T>``. ``T`` is what
+the following LayerNorm sees in the dense model (sublayer output + residual) minus the pruned model's residual and
+the bias. Layers are processed in order, so each one also corrects the error that earlier pruned layers pass to
+it, both through its input and through the residual stream. The scales are folded into the output projection's columns.
 Kwon et al.'s mask rearrangement lives in `hfprune.structured.rearrange_` and runs inside the Fisher mask search.
 """
 
@@ -26,38 +27,43 @@ class _Stop(Exception):
     """Raised from a hook to end a forward pass once the needed activation is captured."""
 
 
-def _capture(model: nn.Module, module: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """Input and output of ``module`` for ``batch`` (the forward pass stops right after it)."""
+def _capture(model: nn.Module, consumer: nn.Module, norm: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """For ``batch``: the input of the output projection ``consumer``, and the residual added to its output (the
+    input of the following LayerNorm ``norm`` minus the projection's output). The forward pass stops at ``norm``."""
     captured: dict[str, Tensor] = {}
 
-    def hook(_: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+    def consumer_hook(_: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
         captured["input"], captured["output"] = inputs[0].detach(), output.detach()
+
+    def norm_hook(_: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        captured["residual"] = inputs[0].detach() - captured["output"]
         raise _Stop
 
-    handle = module.register_forward_hook(hook)
+    handles = [consumer.register_forward_hook(consumer_hook), norm.register_forward_pre_hook(norm_hook)]
     try:
         model(**{k: v for k, v in batch.items() if k != "labels"})
     except _Stop:
         pass
     finally:
-        handle.remove()
-    return captured["input"], captured["output"]
+        for handle in handles:
+            handle.remove()
+    return captured["input"], captured["residual"]
 
 
 @torch.no_grad()
-def _dense_outputs(
+def _dense_targets(
     dense: nn.Module, layers: nn.ModuleList, names: list[str], batches: list[dict[str, Tensor]]
 ) -> dict[tuple[int, str], list[Tensor]]:
-    """Output of every named sublayer of every layer, per batch, from one forward pass per batch."""
+    """Input of every named LayerNorm of every layer (sublayer output + residual), per batch, in one pass each."""
     outputs: dict[tuple[int, str], list[Tensor]] = {(i, n): [] for i in range(len(layers)) for n in names}
     handles = []
     for index, layer in enumerate(layers):
         for name in names:
 
-            def hook(_: nn.Module, __: Any, output: Tensor, key: tuple[int, str] = (index, name)) -> None:
-                outputs[key].append(output.detach())
+            def hook(_: nn.Module, inputs: tuple[Tensor, ...], key: tuple[int, str] = (index, name)) -> None:
+                outputs[key].append(inputs[0].detach())
 
-            handles.append(_get(layer, name).register_forward_hook(hook))
+            handles.append(_get(layer, name).register_forward_pre_hook(hook))
     try:
         for batch in batches:
             dense(**{k: v for k, v in batch.items() if k != "labels"})
@@ -90,6 +96,8 @@ def reconstruct_(
     *,
     num_batches: int | None = None,
     damping: float = 1e-6,
+    max_scale: float = 10.0,
+    cls_only: bool = False,
 ) -> dict[str, list[float]]:
     """Rescale the kept units of a compacted ``pruned`` model so every sublayer matches ``dense`` (in place).
 
@@ -99,6 +107,7 @@ def reconstruct_(
         dataloader (`Iterable[dict]`): Calibration batches of model inputs (labels are ignored).
         num_batches (`int`, *optional*): Use at most this many batches.
         damping (`float`, defaults to 1e-6): Ridge term, relative to the mean diagonal of ``G``, for stability.
+        max_scale (`float`, defaults to 10.0): A sublayer whose solved scales exceed this in magnitude is left as is.
 
     Returns:
         `dict`: the relative reconstruction error of each sublayer before and after (``"before"``, ``"after"``).
@@ -111,29 +120,39 @@ def reconstruct_(
     heads_now, neurons_now = current_plan_shape(pruned)
     pruned.eval()
     dense.eval()
-    sublayers = [(index, kind, name) for index in range(len(layers))
-                 for kind, name in (("heads", layout.attention_output), ("neurons", layout.ffn_out))]  # fmt: skip
-    # The dense targets do not change: capture every sublayer's output in one full pass per batch.
-    dense_targets = _dense_outputs(dense, dense_layers, [name for _, _, name in sublayers[:2]], batches)
+    sublayers = [(index, kind, name, norm) for index in range(len(layers))
+                 for kind, name, norm in (("heads", layout.attention_output, layout.attention_norm),
+                                          ("neurons", layout.ffn_out, layout.ffn_norm))]  # fmt: skip
+    # The dense targets do not change: capture every LayerNorm input in one full pass per batch.
+    dense_targets = _dense_targets(dense, dense_layers, [dense_layout.attention_norm, dense_layout.ffn_norm], batches)
     errors: dict[str, list[float]] = {"before": [], "after": []}
-    for index, kind, name in sublayers:
+    for index, kind, name, norm_name in sublayers:
         width = heads_now[index] if kind == "heads" else neurons_now[index]
         if width == 0:
             continue
         head_size = _get(dense_layers[index], dense_layout.self_attention).attention_head_size
         consumer = _get(layers[index], name)
+        norm = _get(layers[index], norm_name)
+        dense_norm = dense_layout.attention_norm if kind == "heads" else dense_layout.ffn_norm
         weight = consumer.weight.float()
         bias = consumer.bias.float() if consumer.bias is not None else 0.0
         gram = torch.zeros(width, width, dtype=torch.float64)
         target_dot = torch.zeros(width, dtype=torch.float64)
         target_norm = 0.0
         for batch_index, batch in enumerate(batches):
-            # The pruned model's input to this sublayer already includes the corrections of earlier layers.
-            activation, _ = _capture(pruned, consumer, batch)
-            dense_output = dense_targets[(index, name)][batch_index]
+            # The pruned model's input to this sublayer already includes the corrections of earlier layers. The
+            # target is the dense residual stream: the kept units also make up for the drift of the pruned
+            # model's residual input (what the following LayerNorm sees is what matters).
+            activation, residual = _capture(pruned, consumer, norm, batch)
+            dense_stream = dense_targets[(index, dense_norm)][batch_index]
             activation = activation.reshape(-1, activation.shape[-1]).float()
-            target = dense_output.reshape(-1, dense_output.shape[-1]).float() - bias
-            if "attention_mask" in batch:  # padding tokens are not part of the objective
+            target = (dense_stream - residual).reshape(-1, dense_stream.shape[-1]).float() - bias
+            if cls_only and index == len(layers) - 1 and kind == "neurons":
+                # A sequence classifier reads only the first token of the last layer: match just that.
+                seq_len = batch["input_ids"].shape[1]
+                first = torch.arange(0, activation.shape[0], seq_len)
+                activation, target = activation[first], target[first]
+            elif "attention_mask" in batch:  # padding tokens are not part of the objective
                 keep = batch["attention_mask"].reshape(-1).bool()
                 activation, target = activation[keep], target[keep]
             if kind == "neurons":
@@ -153,7 +172,8 @@ def reconstruct_(
         before = _relative_error(ones, gram, target_dot, target_norm)
         after = _relative_error(scales, gram, target_dot, target_norm)
         errors["before"].append(before)
-        if after < before:
+        # Scales far from 1 fit calibration noise rather than a lost signal (Kwon et al. stop at |scale| > 10).
+        if after < before and float(scales.abs().max()) <= max_scale:
             columns = scales.float() if kind == "neurons" else scales.float().repeat_interleave(head_size)
             consumer.weight.mul_(columns.to(consumer.weight.dtype)[None, :])
         errors["after"].append(min(before, after))

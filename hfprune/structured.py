@@ -48,6 +48,46 @@ class EncoderDims:
         per_layer = self.num_heads * self.head_flops(seq_len) + self.intermediate_size * self.neuron_flops(seq_len)
         return self.num_layers * per_layer
 
+    def head_params(self) -> int:
+        """Parameters of one head: its q/k/v rows and biases and its columns of the output projection."""
+        return 4 * self.hidden_size * self.head_size + 3 * self.head_size
+
+    def neuron_params(self) -> int:
+        """Parameters of one FFN neuron: its input row and bias and its output column."""
+        return 2 * self.hidden_size + 1
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A structured target: keep ``fraction`` of the cost of all heads and neurons, counted in ``unit``."""
+
+    option: str
+    unit: str
+    head: float
+    neuron: float
+    total: float
+    fraction: float
+
+    @property
+    def amount(self) -> float:
+        return self.fraction * self.total
+
+
+def budget_of(config: PruningConfig, dims: EncoderDims) -> Budget | None:
+    """The FLOPs (at ``flops_seq_len``) or parameter target of ``config``; ``None`` when it sets neither."""
+    per_layer = dims.num_layers
+    if config.target_params is not None:
+        head, neuron, fraction = dims.head_params(), dims.neuron_params(), config.target_params
+        option, unit = "target_params", "head/FFN parameters"
+    elif config.target_flops is not None:
+        seq_len = config.flops_seq_len
+        head, neuron, fraction = dims.head_flops(seq_len), dims.neuron_flops(seq_len), config.target_flops
+        option, unit = "target_flops", "encoder FLOPs"
+    else:
+        return None
+    total = per_layer * (dims.num_heads * head + dims.intermediate_size * neuron)
+    return Budget(option, unit, head, neuron, total, fraction)
+
 
 def encoder_dims(model: nn.Module) -> EncoderDims:
     _, layout, layers = _encoder(model)
@@ -97,22 +137,23 @@ def unit_targets(model: nn.Module, kinds: tuple[str, ...]) -> dict[str, UnitTarg
     return targets
 
 
-def kept_fraction_for_flops(config: PruningConfig, dims: EncoderDims) -> float:
-    """Fraction of the pruned kinds' units to keep so the encoder meets ``config.target_flops`` (same fraction for
-    heads and neurons, as scores of the two kinds are not on one scale)."""
+def kept_fraction(config: PruningConfig, dims: EncoderDims) -> float:
+    """Fraction of the pruned kinds' units to keep so the encoder meets ``config``'s FLOPs or parameter target
+    (same fraction for heads and neurons, as scores of the two kinds are not on one scale)."""
     structure = config.structure
-    seq_len = config.flops_seq_len
-    total = dims.total_flops(seq_len)
+    budget = budget_of(config, dims)
+    assert budget is not None
     cost = {
-        "heads": dims.num_layers * dims.num_heads * dims.head_flops(seq_len),
-        "neurons": dims.num_layers * dims.intermediate_size * dims.neuron_flops(seq_len),
+        "heads": dims.num_layers * dims.num_heads * budget.head,
+        "neurons": dims.num_layers * dims.intermediate_size * budget.neuron,
     }
     fixed = sum(cost[kind] for kind in KINDS if kind not in structure.kinds)  # type: ignore[union-attr]
-    fraction = (config.target_flops * total - fixed) / (total - fixed)  # type: ignore[operator]
+    fraction = (budget.amount - fixed) / (budget.total - fixed)
     if fraction < 0:
         raise ConfigError(
-            f"target_flops={config.target_flops} cannot be met by pruning only {structure.kinds}: the other units "  # type: ignore
-            f"already use {fixed / total:.3f} of the encoder FLOPs. Raise target_flops or prune heads and neurons."
+            f"{budget.option}={budget.fraction} cannot be met by pruning only {structure.kinds}: the other units "  # type: ignore
+            f"already use {fixed / budget.total:.3f} of the {budget.unit}. Raise {budget.option} or prune heads and "
+            "neurons."
         )
     return fraction
 
@@ -273,68 +314,61 @@ def _global_keep(scores: Tensor, count: int) -> list[list[int]]:
     return [sorted(layer) for layer in kept]
 
 
-def _fisher_search(
-    scores: dict[str, Tensor], dims: EncoderDims, budget: float, seq_len: int, kinds: tuple
-) -> tuple[int, int]:
+def _fisher_search(scores: dict[str, Tensor], budget: Budget, kinds: tuple) -> tuple[int, int]:
     """Kwon et al. 2022's mask search: choose how many heads and neurons (best first, globally) maximise the kept
-    importance within the FLOPs budget."""
-    head_cost, neuron_cost = dims.head_flops(seq_len), dims.neuron_flops(seq_len)
+    importance within the budget."""
     heads_sorted = torch.sort(scores["heads"].reshape(-1).double(), descending=True).values
     neurons_sorted = torch.sort(scores["neurons"].reshape(-1).double(), descending=True).values
     head_cum = torch.cat([torch.zeros(1, dtype=torch.float64), heads_sorted.cumsum(0)])
     neuron_cum = torch.cat([torch.zeros(1, dtype=torch.float64), neurons_sorted.cumsum(0)])
-    total_heads, total_neurons = heads_sorted.numel(), neurons_sorted.numel()
-    head_options = range(total_heads + 1) if "heads" in kinds else [total_heads]
-    best: tuple[float, int, int] | None = None
-    for num_heads in head_options:
-        remaining = budget - num_heads * head_cost
-        if remaining < 0:
-            break
-        num_neurons = min(total_neurons, int(remaining // neuron_cost)) if "neurons" in kinds else total_neurons
-        if "neurons" not in kinds and remaining < total_neurons * neuron_cost:
-            continue
-        value = float(head_cum[num_heads] + neuron_cum[num_neurons])
-        if best is None or value > best[0]:
-            best = (value, num_heads, num_neurons)
+    best = _best_counts(head_cum, neuron_cum, budget.amount, budget, kinds, min_heads=0)
     if best is None:
         raise ConfigError(
-            f"No choice of {' and '.join(kinds)} fits a budget of {budget / dims.total_flops(seq_len):.3f} of the "
-            "encoder FLOPs: the units that are not pruned already cost more. Raise target_flops or prune more kinds."
+            f"No choice of {' and '.join(kinds)} fits {budget.fraction:.3f} of the {budget.unit}: the units that "
+            f"are not pruned already cost more. Raise {budget.option} or prune more kinds."
         )
-    return best[1], best[2]
+    return best
 
 
-def _uniform_fisher_search(
-    scores: dict[str, Tensor], dims: EncoderDims, layer_budget: float, seq_len: int, kinds: tuple
-) -> tuple[int, int]:
+def _uniform_fisher_search(scores: dict[str, Tensor], dims: EncoderDims, budget: Budget, kinds: tuple) -> tuple[int, int]:
     """The mask search with one (heads, neurons) count for every layer: maximise the importance kept over all
-    layers when each layer keeps its best ``heads`` heads and ``neurons`` neurons within ``layer_budget`` FLOPs."""
-    head_cost, neuron_cost = dims.head_flops(seq_len), dims.neuron_flops(seq_len)
+    layers when each layer keeps its best ``heads`` heads and ``neurons`` neurons within its share of the budget."""
     per_layer = {}
     for kind in KINDS:
         ranked = torch.sort(scores[kind].double(), dim=1, descending=True).values
         per_layer[kind] = torch.cat([torch.zeros(1, dtype=torch.float64), ranked.cumsum(1).sum(0)])
+    best = _best_counts(per_layer["heads"], per_layer["neurons"], budget.amount / dims.num_layers, budget, kinds,
+                        min_heads=1)  # fmt: skip
+    if best is None:
+        raise ConfigError(
+            f"No per-layer choice of {' and '.join(kinds)} fits {budget.fraction:.3f} of the {budget.unit} with at "
+            f"least one head per layer. Raise {budget.option} or set uniform=False."
+        )
+    return best
+
+
+def _best_counts(
+    head_cum: Tensor, neuron_cum: Tensor, amount: float, budget: Budget, kinds: tuple, min_heads: int
+) -> tuple[int, int] | None:
+    """The (heads, neurons) counts within ``amount`` that maximise the kept importance; ``*_cum[k]`` is the
+    importance of the best ``k`` units. Kinds not pruned keep all their units."""
+    total_heads, total_neurons = head_cum.numel() - 1, neuron_cum.numel() - 1
+    head_options = range(min_heads, total_heads + 1) if "heads" in kinds else [total_heads]
     best: tuple[float, int, int] | None = None
-    head_options = range(1, dims.num_heads + 1) if "heads" in kinds else [dims.num_heads]
     for num_heads in head_options:
-        remaining = layer_budget - num_heads * head_cost
+        remaining = amount - num_heads * budget.head
         if remaining < 0:
             break
         if "neurons" in kinds:
-            num_neurons = min(dims.intermediate_size, int(remaining // neuron_cost))
-        elif remaining < dims.intermediate_size * neuron_cost:
+            num_neurons = min(total_neurons, int(remaining // budget.neuron))
+        elif remaining < total_neurons * budget.neuron:
             continue
         else:
-            num_neurons = dims.intermediate_size
-        value = float(per_layer["heads"][num_heads] + per_layer["neurons"][num_neurons])
+            num_neurons = total_neurons
+        value = float(head_cum[num_heads] + neuron_cum[num_neurons])
         if best is None or value > best[0]:
             best = (value, num_heads, num_neurons)
-    if best is None:
-        raise ConfigError(
-            f"No per-layer choice of {' and '.join(kinds)} fits {layer_budget * dims.num_layers / dims.total_flops(seq_len):.3f}"
-            " of the encoder FLOPs with at least one head per layer. Raise target_flops or set uniform=False."
-        )
-    return best[1], best[2]
+    return None if best is None else (best[1], best[2])
 
 
 def select_units(scores: dict[str, Tensor], config: PruningConfig, dims: EncoderDims, model_type: str) -> PruningPlan:
@@ -347,23 +381,21 @@ def select_units(scores: dict[str, Tensor], config: PruningConfig, dims: Encoder
     kept: dict[str, list[list[int]]] = {
         kind: [list(range(widths[kind])) for _ in range(dims.num_layers)] for kind in KINDS
     }
-    if config.target_flops is not None and structure.uniform:
-        seq_len = config.flops_seq_len
-        budget = config.target_flops * dims.total_flops(seq_len) / dims.num_layers
-        if isinstance(config.importance, FisherImportance):
-            counts = dict(zip(KINDS, _uniform_fisher_search(scores, dims, budget, seq_len, kinds), strict=True))
+    budget = budget_of(config, dims)
+    fisher = isinstance(config.importance, FisherImportance)
+    if budget is not None and structure.uniform:
+        if fisher:
+            counts = dict(zip(KINDS, _uniform_fisher_search(scores, dims, budget, kinds), strict=True))
         else:
-            fraction = kept_fraction_for_flops(config, dims)
+            fraction = kept_fraction(config, dims)
             counts = {k: int(math.floor(fraction * widths[k])) for k in kinds}
         for kind in kinds:
             kept[kind] = [_top(scores[kind][layer], counts[kind]) for layer in range(dims.num_layers)]
-    elif config.target_flops is not None:
-        seq_len = config.flops_seq_len
-        budget = config.target_flops * dims.total_flops(seq_len)
-        if isinstance(config.importance, FisherImportance):
-            counts = dict(zip(KINDS, _fisher_search(scores, dims, budget, seq_len, kinds), strict=True))
+    elif budget is not None:
+        if fisher:
+            counts = dict(zip(KINDS, _fisher_search(scores, budget, kinds), strict=True))
         else:
-            fraction = kept_fraction_for_flops(config, dims)
+            fraction = kept_fraction(config, dims)
             counts = {k: int(math.floor(fraction * widths[k] * dims.num_layers)) for k in kinds}
         for kind in kinds:
             kept[kind] = _global_keep(scores[kind], counts[kind])
@@ -458,10 +490,14 @@ def plan_structured(
     plan = select_units(scores, config, encoder_dims(model), model.config.model_type)  # type: ignore[attr-defined]
     if matrices:
         plan.extra["rearranged_swaps"] = rearrange_(plan, matrices)
+    dims = encoder_dims(model)
     plan.extra["flops_seq_len"] = config.flops_seq_len
-    plan.extra["encoder_flops_fraction"] = plan_flops(plan, encoder_dims(model), config.flops_seq_len) / (
-        encoder_dims(model).total_flops(config.flops_seq_len)
+    plan.extra["encoder_flops_fraction"] = plan_flops(plan, dims, config.flops_seq_len) / dims.total_flops(
+        config.flops_seq_len
     )
+    kept_params = sum(map(len, plan.heads)) * dims.head_params() + sum(map(len, plan.neurons)) * dims.neuron_params()
+    total_params = dims.num_layers * (dims.num_heads * dims.head_params() + dims.intermediate_size * dims.neuron_params())
+    plan.extra["encoder_params_fraction"] = kept_params / total_params
     return plan
 
 

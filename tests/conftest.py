@@ -67,3 +67,12 @@ def tiny_sst2_classifier(tmp_path_factory, minilm_path):
     BertForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, for torchrun's rendezvous (the default 29500 may linger in TIME_WAIT)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -144,6 +144,20 @@ def test_save_and_load_pruned_model(tmp_path):
         BertForSequenceClassification.from_pretrained(out)
 
 
+def test_plan_travels_in_config_through_plain_save_pretrained(tmp_path):
+    """transformers' own save_pretrained (what push_to_hub uploads) keeps the plan in config.json."""
+    model = tiny_bert()
+    plan = _uneven_plan(model)
+    compact_(model, plan)
+    model.save_pretrained(tmp_path / "plain")
+    assert not (tmp_path / "plain" / "pruning_plan.json").exists()
+    reloaded = load_pruned(tmp_path / "plain")
+    torch.testing.assert_close(reloaded(**_inputs()).logits, model(**_inputs()).logits)
+    assert PruningPlan.from_config(reloaded.config).heads == plan.heads
+    with pytest.raises(Exception, match="neither a local folder nor a downloadable Hub repository"):
+        load_pruned(tmp_path / "missing")
+
+
 def test_plan_that_does_not_fit_is_rejected():
     model = tiny_bert()
     plan = _uneven_plan(model)
@@ -262,3 +276,25 @@ def test_uniform_flops_target_keeps_the_same_widths_in_every_layer(importance):
                                                   target_flops=0.5, flops_seq_len=12), [bert_batch()])  # fmt: skip
     assert uneven.extra["encoder_flops_fraction"] <= 0.5
     assert PruningConfig.from_dict(config.to_dict()) == config
+
+
+def test_parameter_target_counts_weights_not_operations():
+    model = tiny_bert(num_hidden_layers=3)
+    batches = [bert_batch(), bert_batch(seq_len=7)]
+    for importance in ("fisher", "magnitude"):
+        config = PruningConfig(importance=importance, structure="heads_and_neurons", target_params=0.5)
+        plan = plan_structured(model, config, batches)
+        assert 0.45 < plan.extra["encoder_params_fraction"] <= 0.5
+        pruned = copy.deepcopy(model)
+        compact_(pruned, plan)
+        dims = encoder_dims(model)
+        kept = sum(p.numel() for n, p in pruned.named_parameters() if ".encoder." in n and "LayerNorm" not in n)
+        full = sum(p.numel() for n, p in model.named_parameters() if ".encoder." in n and "LayerNorm" not in n)
+        fixed = dims.num_layers * 2 * dims.hidden_size  # attention-output and FFN-output biases stay
+        assert (kept - fixed) / (full - fixed) == pytest.approx(plan.extra["encoder_params_fraction"])
+    with pytest.raises(ConfigError, match="not both"):
+        PruningConfig(structure="heads", target_flops=0.5, target_params=0.5)
+    with pytest.raises(ConfigError, match="target_params is for heads/neurons"):
+        PruningConfig(structure="channels", target_params=0.5)
+    with pytest.raises(ConfigError, match=r"target_params is the fraction .* must be in \(0, 1\]"):
+        PruningConfig(structure="heads", target_params=0.0)

@@ -24,7 +24,7 @@ from hfprune.compaction import PlanMismatchError
 from hfprune.structures import Channels
 from hfprune.vision import ImageDataError, LabelledImages, eval_transform, evaluate_images
 
-from .conftest import SHARED_DATA
+from .conftest import SHARED_DATA, free_port
 
 
 CIFAR_ZIP = SHARED_DATA / "cifar10" / "cifar10_test_jpg_yoongikim.zip"
@@ -229,7 +229,8 @@ def test_run_image_recipe_eagleeye_finetune_and_reload(tmp_path, launcher):
     command = [sys.executable, str(script), str(path)]
     if launcher == "accelerate":
         # Two CPU ranks (torchrun + gloo): the main process plans and writes, both fine-tune one DDP model.
-        command[1:1] = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+        command[1:1] = ["-m", "accelerate.commands.launch", "--multi_gpu", "--main_process_port", str(free_port()),
+                        "--num_processes", "2", "--num_machines",
                         "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)

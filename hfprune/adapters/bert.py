@@ -28,6 +28,9 @@ class EncoderLayout:
     self_attention: str
     num_heads_attribute: str
     all_head_size_attribute: str | None
+    #: LayerNorms right after the attention and FFN residual additions: their input is sublayer output + residual.
+    attention_norm: str
+    ffn_norm: str
 
 
 class BertFamilyAdapter(ArchAdapter):
@@ -53,6 +56,8 @@ BERT_LAYOUT = EncoderLayout(
     self_attention="attention.self",
     num_heads_attribute="num_attention_heads",
     all_head_size_attribute="all_head_size",
+    attention_norm="attention.output.LayerNorm",
+    ffn_norm="output.LayerNorm",
 )
 
 BERT = register_adapter(
@@ -81,6 +86,8 @@ DISTILBERT = register_adapter(
             self_attention="attention",
             num_heads_attribute="n_heads",
             all_head_size_attribute=None,
+            attention_norm="sa_layer_norm",
+            ffn_norm="output_layer_norm",
         ),
     )
 )
