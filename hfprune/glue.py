@@ -508,7 +508,12 @@ def evaluate_glue(
     return results
 
 
-def glue_card_evaluation(task: str | GlueTask, after: dict[str, dict[str, float]], before: dict | None = None) -> Any:
+def glue_card_evaluation(
+    task: str | GlueTask,
+    after: dict[str, dict[str, float]],
+    before: dict | None = None,
+    base_label: str = "the base model before pruning",
+) -> Any:
     """A model card's `CardEvaluation` from `evaluate_glue` results (first eval split) after and before pruning."""
     from .hub import CardEvaluation
 
@@ -522,4 +527,5 @@ def glue_card_evaluation(task: str | GlueTask, after: dict[str, dict[str, float]
         dataset_split=split,
         metrics=dict(after[split]),
         base_metrics=dict(before[split]) if before else {},
+        base_label=base_label,
     )

@@ -80,9 +80,11 @@ class CardEvaluation:
         dataset_type (`str`): Hub dataset id, e.g. ``"nyu-mll/glue"``.
         dataset_name (`str`): Human-readable name, e.g. ``"GLUE SST-2"``.
         metrics (`dict[str, float]`): The pruned model's metrics, e.g. ``{"accuracy": 0.874}``.
-        base_metrics (`dict[str, float]`, *optional*): The same metrics for the base (dense) model.
+        base_metrics (`dict[str, float]`, *optional*): The same metrics for the dense reference.
         dataset_config (`str`, *optional*): Dataset config, e.g. ``"sst2"``.
         dataset_split (`str`, *optional*): Split, e.g. ``"validation"``.
+        base_label (`str`): What the reference is, e.g. ``"the dense teacher"`` when the base checkpoint itself
+            was never trained on the task (its metric names in the model-index say so).
     """
 
     task_type: str
@@ -92,6 +94,7 @@ class CardEvaluation:
     base_metrics: dict[str, float] = field(default_factory=dict)
     dataset_config: str | None = None
     dataset_split: str | None = None
+    base_label: str = "the base model before pruning"
 
     def eval_results(self) -> list[EvalResult]:
         """One `EvalResult` per metric of the pruned model, plus one per base-model metric (named as such)."""
@@ -100,14 +103,14 @@ class CardEvaluation:
         results = [EvalResult(metric_type=name, metric_value=float(value), **common)  # type: ignore[arg-type]
                    for name, value in self.metrics.items()]  # fmt: skip
         results += [
-            EvalResult(metric_type=name, metric_name=f"{name} of the base model before pruning",
+            EvalResult(metric_type=name, metric_name=f"{name} of {self.base_label}",
                        metric_value=float(value), **common)  # type: ignore[arg-type]
             for name, value in self.base_metrics.items()
         ]  # fmt: skip
         return results
 
     def to_markdown(self) -> str:
-        lines = ["| metric | base model | pruned | change |", "|---|---:|---:|---:|"]
+        lines = [f"| metric | {self.base_label} | pruned | change |", "|---|---:|---:|---:|"]
         for name, value in self.metrics.items():
             base = self.base_metrics.get(name)
             change = f"{value - base:+.4f}" if base is not None else "-"
@@ -173,7 +176,7 @@ def _load_section(model: nn.Module, repo_or_path: str, plan: Any, library: str) 
 def render_model_card(
     model: nn.Module,
     base_model: str,
-    pruning_config: PruningConfig,
+    pruning_config: PruningConfig | None,
     report: PruningReport | None,
     base_report: PruningReport | None = None,
     repo_or_path: str = CARD_PLACEHOLDER_PATH,
@@ -190,7 +193,7 @@ def render_model_card(
     Args:
         model (`nn.Module`): The pruned model.
         base_model (`str`): What it was pruned from (a hub id becomes the card's ``base_model``).
-        pruning_config (`PruningConfig`): How it was pruned.
+        pruning_config (`PruningConfig`, *optional*): How it was pruned (``None``: not recorded).
         report / base_report (`PruningReport`, *optional*): Size, FLOPs and latency after and before pruning.
         repo_or_path (`str`): Where users load it from, for the code snippets.
         plan (`PruningPlan` or `ChannelPlan`, *optional*): The kept structure of a compacted model.
@@ -202,7 +205,9 @@ def render_model_card(
     """
     from . import __version__
 
-    if pruning_config.target_flops is not None:
+    if pruning_config is None:
+        target = "not recorded (the plan in `pruning_plan.json` is what was kept)"
+    elif pruning_config.target_flops is not None:
         target = f"keep {pruning_config.target_flops:.0%} of the FLOPs"
     elif pruning_config.target_params is not None:
         target = f"keep {pruning_config.target_params:.0%} of the encoder's head and FFN parameters"
@@ -231,7 +236,7 @@ def render_model_card(
         )
     else:
         speed_note = "Latency was not measured for this folder (`hfprune report --model DIR` measures it)."
-    if plan is None and pruning_config.structure.registered_name in ("unstructured", "blocks"):  # type: ignore[union-attr]
+    if pruning_config is not None and plan is None and pruning_config.structure.registered_name in ("unstructured", "blocks"):  # type: ignore[union-attr]
         speed_note += " Unstructured zeros keep the dense shapes: FLOPs and latency drop only with sparse kernels."
     return ModelCard.from_template(
         card_data,
@@ -240,9 +245,9 @@ def render_model_card(
         hfprune_version=__version__,
         base_model=base_model,
         dataset_name=evaluation.dataset_name if evaluation is not None else None,
-        importance=pruning_config.importance.registered_name,  # type: ignore[union-attr]
-        structure=pruning_config.structure.registered_name,  # type: ignore[union-attr]
-        scope=pruning_config.scope,
+        importance=pruning_config.importance.registered_name if pruning_config else "not recorded",  # type: ignore[union-attr]
+        structure=pruning_config.structure.registered_name if pruning_config else "channels",  # type: ignore[union-attr]
+        scope=pruning_config.scope if pruning_config else "-",
         target=target,
         method_notes=list(method_notes),
         eval_table=evaluation.to_markdown() if evaluation is not None else "",
@@ -251,11 +256,13 @@ def render_model_card(
         structure_table=_structure_table(structure_rows(plan, report)),
         structure_plot=structure_plot,
         load_section=_load_section(model, repo_or_path, plan, library),
-        pruning_config=pruning_config.to_json_string().strip(),
+        pruning_config=pruning_config.to_json_string().strip() if pruning_config else "{}",
     )
 
 
-def write_model_card(directory: Path, model: nn.Module, base_model: str, pruning_config: PruningConfig, **kwargs: Any) -> None:
+def write_model_card(
+    directory: Path, model: nn.Module, base_model: str, pruning_config: PruningConfig | None, **kwargs: Any
+) -> None:
     """Render the card into ``directory/README.md``, with a kept-structure figure when matplotlib is installed."""
     rows = structure_rows(kwargs.get("plan"), kwargs.get("report"))
     plot = None

@@ -124,10 +124,30 @@ class Pruner:
         """Final sparsity of heads/neurons (from a FLOPs/parameter target if set); refuses one that removes every
         head."""
         from .structured import encoder_dims, kept_fraction
+        from .structured import unit_targets as unit_targets_of
 
         sparsity = config.sparsity
+        budget = "target_flops" if config.target_flops is not None else "target_params"
         if config.target_flops is not None or config.target_params is not None:
+            all_units = unit_targets_of(model, config.structure.kinds)  # type: ignore[union-attr]
+            whole_encoder = len(self.modules) == len(all_units) and not self.overrides
+            if not whole_encoder:
+                raise ConfigError(
+                    f"{budget} is a fraction of the whole encoder, but target_modules/exclude_modules/"
+                    "sparsity_overrides leave some layers out. Use sparsity for a subset of layers, or drop the "
+                    "layer selection."
+                )
+            if isinstance(config.importance, SoftMovementImportance):
+                raise ConfigError(
+                    f"soft_movement keeps what its threshold keeps, so it cannot aim at {budget}. Use movement "
+                    "(top-k) with a FLOPs/parameter target, or tune soft_movement's final_lambda."
+                )
             sparsity = 1.0 - kept_fraction(config, encoder_dims(model))
+        if config.structure.uniform and config.scope == "global":  # type: ignore[union-attr]
+            raise ConfigError(
+                "uniform=True keeps the same widths in every layer, but scope='global' ranks units across layers. "
+                "During training, scope='local' prunes every layer to the same fraction; use that."
+            )
         heads = [name for name, (kind, _) in self.units.items() if kind == "heads"]
         if heads and not isinstance(config.importance, SoftMovementImportance):
             widths = [self.structures[name].reduce(get_raw_weight(self.modules[name])).numel() for name in heads]
@@ -142,7 +162,7 @@ class Pruner:
             if kept <= 0:
                 raise ConfigError(
                     f"Sparsity {sparsity:.3f} would remove every attention head of every layer, leaving no attention "
-                    "at all. Lower the sparsity (or raise target_flops)."
+                    "at all. Lower the sparsity (or raise target_flops / target_params)."
                 )
         return sparsity
 

@@ -18,7 +18,7 @@ import yaml
 
 from .config import PruningConfig
 from .distillation import DistillationConfig
-from .errors import ConfigError
+from .errors import ConfigError, HfPruneError
 
 
 def _did_you_mean(key: str, options: list[str]) -> str:
@@ -217,15 +217,15 @@ def train_glue(recipe: GlueRecipe) -> dict[str, Any]:
     sparsity = trainer.pruner.mask_sparsity() if trainer.pruner is not None else 0.0
     output_dir = recipe.output_dir or str(Path(args.output_dir) / "final")
     split = eval_splits[0]
-    base_metrics = {}
-    if teacher is not None:
-        # The dense teacher is the "before" of the model card: same data, same metric.
-        from transformers import Trainer
+    teacher_metrics = None
+    if teacher is not None and trainer.is_world_process_zero():
+        # The dense teacher is the card's reference: same dev data and metric, evaluated apart from the run's logs.
+        from .glue import evaluate_glue
 
-        reference = Trainer(model=teacher, args=args, data_collator=DataCollatorWithPadding(tokenizer),
-                            compute_metrics=compute_metrics)  # fmt: skip
-        base_metrics = _task_metrics(reference.evaluate(encoded[split], metric_key_prefix=f"eval_{split}"), split)
-    evaluation = glue_card_evaluation(task, {split: _task_metrics(metrics[split], split)}, {split: base_metrics})
+        teacher_metrics = evaluate_glue(teacher, tokenizer, task, recipe.data_dir, batch_size=args.per_device_eval_batch_size,
+                                        max_length=recipe.max_seq_length)  # fmt: skip
+    evaluation = glue_card_evaluation(task, {split: _task_metrics(metrics[split], split)}, teacher_metrics,
+                                      base_label=f"the dense teacher ({Path(str(recipe.teacher)).name})")  # fmt: skip
     notes = [f"Fine-pruned for {train_output.global_step} steps with `PruningTrainer`"
              + (f", distilled from `{recipe.teacher}`" if teacher is not None else "")]  # fmt: skip
     if distillation_config is not None:
@@ -422,10 +422,12 @@ def train_image(recipe: ImageRecipe) -> dict[str, Any]:
     plan = None
     if recipe.pruning is not None:
         config = PruningConfig.from_dict(recipe.pruning)
-        if main:
-            if recipe.eagleeye is not None:
-                if train_set is None:
-                    raise ConfigError("EagleEye needs train_data for adaptive BN and candidate scoring.")
+        # Checked on every rank: the others must not wait in a collective for a main process that failed.
+        if recipe.eagleeye is not None and train_set is None:
+            raise ConfigError("EagleEye needs train_data for adaptive BN and candidate scoring.")
+        planning_error = None
+        try:
+            if main and recipe.eagleeye is not None:
                 options = dict(recipe.eagleeye)
                 loader = iter(DataLoader(train_set, batch_size=recipe.batch_size, shuffle=True,
                                          generator=torch.Generator().manual_seed(options.get("seed", 0))))  # fmt: skip
@@ -433,12 +435,18 @@ def train_image(recipe: ImageRecipe) -> dict[str, Any]:
                 eval_batches = [next(loader) for _ in range(options.pop("eval_batches", 5))]
                 plan, candidates = eagleeye_search(model, config, example, bn_batches, eval_batches, **options)
                 result["eagleeye_candidates"] = candidates
-            else:
+            elif main:
                 data = DataLoader(train_set, batch_size=recipe.batch_size) if train_set is not None else None
                 plan = plan_channels(model, config, example, data, num_batches=10)
+        except Exception as err:  # re-raised below, after the other ranks have heard of it
+            if state.num_processes == 1:
+                raise
+            planning_error = f"{type(err).__name__}: {err}"
         if state.num_processes > 1:
-            shared = [plan.to_dict() if main else None]
+            shared = [{"error": planning_error} if planning_error else (plan.to_dict() if main else None)]
             broadcast_object_list(shared)
+            if "error" in shared[0]:
+                raise HfPruneError(f"Planning failed on the main process: {shared[0]['error']}")
             plan = ChannelPlan.from_dict(shared[0])
         apply_channel_plan_(model, plan, example)
         result["pruned_flops"] = count_flops(model, example)

@@ -140,7 +140,22 @@ def compare_reports(before: PruningReport, after: PruningReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _to_device(inputs: Any, device: torch.device) -> Any:
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(device)
+    if isinstance(inputs, Mapping):
+        return {key: _to_device(value, device) for key, value in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(_to_device(value, device) for value in inputs)
+    return inputs
+
+
 def _call(model: nn.Module, inputs: Any) -> Any:
+    """Run ``model`` on ``inputs`` (kwargs, positional tuple or one tensor), moved to the model's device first: a
+    model a Trainer moved to a GPU is measured there with inputs built on the CPU."""
+    parameter = next(model.parameters(), None)
+    if parameter is not None:
+        inputs = _to_device(inputs, parameter.device)
     if isinstance(inputs, Mapping):
         return model(**inputs)
     if isinstance(inputs, (tuple, list)):

@@ -97,7 +97,6 @@ def reconstruct_(
     num_batches: int | None = None,
     damping: float = 1e-6,
     max_scale: float = 10.0,
-    cls_only: bool = False,
 ) -> dict[str, list[float]]:
     """Rescale the kept units of a compacted ``pruned`` model so every sublayer matches ``dense`` (in place).
 
@@ -110,7 +109,8 @@ def reconstruct_(
         max_scale (`float`, defaults to 10.0): A sublayer whose solved scales exceed this in magnitude is left as is.
 
     Returns:
-        `dict`: the relative reconstruction error of each sublayer before and after (``"before"``, ``"after"``).
+        `dict`: the relative reconstruction error of each sublayer before and after (``"before"``, ``"after"``;
+        a sublayer left unchanged reports its ``before`` error as ``after``).
     """
     _, layout, layers = _encoder(pruned)
     _, dense_layout, dense_layers = _encoder(dense)
@@ -147,12 +147,7 @@ def reconstruct_(
             dense_stream = dense_targets[(index, dense_norm)][batch_index]
             activation = activation.reshape(-1, activation.shape[-1]).float()
             target = (dense_stream - residual).reshape(-1, dense_stream.shape[-1]).float() - bias
-            if cls_only and index == len(layers) - 1 and kind == "neurons":
-                # A sequence classifier reads only the first token of the last layer: match just that.
-                seq_len = batch["input_ids"].shape[1]
-                first = torch.arange(0, activation.shape[0], seq_len)
-                activation, target = activation[first], target[first]
-            elif "attention_mask" in batch:  # padding tokens are not part of the objective
+            if "attention_mask" in batch:  # padding tokens are not part of the objective
                 keep = batch["attention_mask"].reshape(-1).bool()
                 activation, target = activation[keep], target[keep]
             if kind == "neurons":
@@ -173,8 +168,9 @@ def reconstruct_(
         after = _relative_error(scales, gram, target_dot, target_norm)
         errors["before"].append(before)
         # Scales far from 1 fit calibration noise rather than a lost signal (Kwon et al. stop at |scale| > 10).
-        if after < before and float(scales.abs().max()) <= max_scale:
+        applied = after < before and float(scales.abs().max()) <= max_scale
+        if applied:
             columns = scales.float() if kind == "neurons" else scales.float().repeat_interleave(head_size)
             consumer.weight.mul_(columns.to(consumer.weight.dtype)[None, :])
-        errors["after"].append(min(before, after))
+        errors["after"].append(after if applied else before)
     return errors

@@ -415,7 +415,7 @@ def select_units(scores: dict[str, Tensor], config: PruningConfig, dims: Encoder
     if "heads" in kinds and not any(kept["heads"]):
         raise ConfigError(
             "This pruning would remove every attention head of every layer, leaving no attention at all. Lower the "
-            "sparsity or raise target_flops."
+            "sparsity or raise target_flops / target_params (with uniform=True, each layer's share is rounded down)."
         )
     return PruningPlan(
         model_type=model_type,

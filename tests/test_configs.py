@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hfprune import PruningConfig
-from hfprune.cli import RECIPE_KEYS, build_config, build_parser, load_recipe
+from hfprune import ConfigError, PruningConfig
+from hfprune.cli import RECIPE_KEYS, build_config, build_parser, load_recipe, resolve_calibration
 from hfprune.distillation import DistillationConfig
 from hfprune.recipes import GlueRecipe, ImageRecipe
 from hfprune.structures import Channels
@@ -137,18 +137,21 @@ def validate_prune(path: Path, argv: list[str] | None = None) -> PruningConfig:
     Without ``argv`` only the recipe is checked; with a documented command line, also that a method needing
     calibration data gets ``--task``.
     """
-    documented = argv is not None
     argv = argv or ["prune", "--config", str(path), "--output", "unused"]
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as err:
         pytest.fail(f"{path}: `hfprune {shlex.join(argv)}` does not parse (exit {err.code}).")
     args.config = str(REPO / args.config)
-    config = build_config(args, load_recipe(args.config))
+    recipe = load_recipe(args.config)
+    config = build_config(args, recipe)
+    args = resolve_calibration(args, recipe)
     assert_round_trips(config)
     assert not config.importance.learned, f"{path}: learned scores need training; use a GLUE recipe."
-    if documented and config.importance.requires_grad:
-        assert args.task is not None, f"{path}: {config.importance.registered_name} needs --task calibration data."
+    if config.importance.requires_grad:
+        assert args.task is not None, (
+            f"{path}: {config.importance.registered_name} needs calibration data (calibration.task or --task)."
+        )
     return config
 
 
@@ -198,3 +201,28 @@ def test_unknown_recipe_kind_fails(tmp_path):
     path.write_text("# Numbers: none.\nmodel: x\nepochs: 3\n")
     with pytest.raises(pytest.fail.Exception, match="unknown recipe kind"):
         recipe_kind(path, yaml.safe_load(path.read_text()))
+
+
+def test_calibration_section_defaults_recipe_and_flags(tmp_path):
+    recipe_path = tmp_path / "rf.yaml"
+    recipe_path.write_text(
+        "pruning: {importance: fisher, structure: heads_and_neurons, target_flops: 0.5}\n"
+        "calibration: {task: sst2, num_examples: 64, reconstruct: false, eval: true}\n"
+    )
+
+    def resolved(*flags):
+        args = build_parser().parse_args(["prune", "--config", str(recipe_path), "--output", "o", *flags])
+        return resolve_calibration(args, load_recipe(args.config))
+
+    args = resolved()
+    assert (args.task, args.num_calibration, args.reconstruct, args.eval, args.max_seq_length) == (
+        "sst2", 64, False, True, 128)  # fmt: skip
+    args = resolved("--task", "rte", "--num-calibration", "8", "--reconstruct", "--no-eval", "--max-seq-length", "64")
+    assert (args.task, args.num_calibration, args.reconstruct, args.eval, args.max_seq_length) == (
+        "rte", 8, True, False, 64)  # fmt: skip
+    recipe_path.write_text("pruning: {importance: fisher}\ncalibration: {num_examples: many}\n")
+    with pytest.raises(ConfigError, match="calibration.num_examples must be of type int"):
+        load_recipe(str(recipe_path))
+    recipe_path.write_text("pruning: {importance: fisher}\ncalibration: {tsak: sst2}\n")
+    with pytest.raises(ConfigError, match="unknown calibration keys"):
+        load_recipe(str(recipe_path))

@@ -56,6 +56,11 @@ def test_plain_export_when_widths_are_uniform(tmp_path):
     assert reloaded.config.intermediate_size == 4
     torch.testing.assert_close(reloaded(**_inputs()).logits, model(**_inputs()).logits)
     assert model.config.intermediate_size == 37  # the live model's config is untouched
+    assert model.config.hfprune_plan is not None
+    # An ordinary checkpoint: hfprune's own loader and CLI read it as one too (no stale plan in its config).
+    from hfprune import load_pruned
+
+    torch.testing.assert_close(load_pruned(tmp_path / "plain")(**_inputs()).logits, model(**_inputs()).logits)
 
 
 def test_plain_export_refuses_uneven_plans(tmp_path):

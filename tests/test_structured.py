@@ -6,6 +6,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hfprune import (
     ConfigError,
+    HfPruneError,
     PlanMismatchError,
     PruningConfig,
     PruningPlan,
@@ -154,8 +155,29 @@ def test_plan_travels_in_config_through_plain_save_pretrained(tmp_path):
     reloaded = load_pruned(tmp_path / "plain")
     torch.testing.assert_close(reloaded(**_inputs()).logits, model(**_inputs()).logits)
     assert PruningPlan.from_config(reloaded.config).heads == plan.heads
-    with pytest.raises(Exception, match="neither a local folder nor a downloadable Hub repository"):
+    with pytest.raises(HfPruneError, match="neither a local folder nor a downloadable Hub repository"):
         load_pruned(tmp_path / "missing")
+
+
+def test_folder_with_plan_file_only_still_loads(tmp_path):
+    """Folders written before the plan moved into config.json have only pruning_plan.json."""
+    import json
+
+    model = tiny_bert()
+    plan = _uneven_plan(model)
+    compact_(model, plan)
+    out = save_pruned(model, tmp_path / "out", pruning_config=PruningConfig(structure="heads"), plan=plan)
+    config = json.loads((out / "config.json").read_text())
+    del config["hfprune_plan"]
+    (out / "config.json").write_text(json.dumps(config))
+    torch.testing.assert_close(load_pruned(out)(**_inputs()).logits, model(**_inputs()).logits)
+
+
+def test_compacting_twice_is_refused(tmp_path):
+    model = tiny_bert()
+    compact_(model, PruningPlan.from_dict({**PruningPlan.dense(model).to_dict(), "neurons": [[0, 1], [2, 3]]}))
+    with pytest.raises(PlanMismatchError, match="already compacted"):
+        compact_(model, PruningPlan.dense(tiny_bert()))
 
 
 def test_plan_that_does_not_fit_is_rejected():

@@ -6,7 +6,7 @@ from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import BertForSequenceClassification, TrainerCallback, TrainingArguments
 
-from hfprune import ConfigError, CubicSchedule, Pruner, PruningConfig
+from hfprune import ConfigError, CubicSchedule, NoPrunableModulesError, Pruner, PruningConfig
 from hfprune.distillation import DistillationConfig
 from hfprune.importance import MovementImportance
 from hfprune.trainer import PRUNER_STATE_NAME, PruningTrainer
@@ -303,6 +303,7 @@ def test_heads_and_neurons_fine_pruning_compacts_on_save(tmp_path, importance):
         assert sum(map(len, plan.heads)) == 4  # half of 2 x 4 heads, ranked globally
         assert last["pruning/encoder_flops"] < 0.6
     assert all(len(kept) % 4 == 0 or len(kept) == 37 for kept in plan.neurons)
+    assert sum(map(len, plan.heads)) < 8 or sum(map(len, plan.neurons)) < 2 * 37  # something was removed
     batch = bert_batch(labels=False)
     trainer.model.eval()
     with torch.no_grad():
@@ -343,7 +344,24 @@ def test_bad_unit_pruning_configs_are_clear():
         Pruner(_student(), PruningConfig(importance="fisher", structure="heads"))
     with pytest.raises(ConfigError, match="every attention head of every layer"):
         Pruner(_student(), PruningConfig(importance="movement", structure="heads", sparsity=0.9))
-    with pytest.raises(Exception, match="none matched"):
+    with pytest.raises(NoPrunableModulesError, match="none matched"):
         Pruner(_student(), PruningConfig(structure="heads", target_modules=r".*classifier"))
     only_layer_1 = Pruner(_student(), PruningConfig(structure="neurons", exclude_modules=["layer.0.output.dense"]))
     assert list(only_layer_1.modules) == ["bert.encoder.layer.1.output.dense"]
+    with pytest.raises(ConfigError, match="fraction of the whole encoder"):
+        Pruner(_student(), PruningConfig(structure="neurons", target_flops=0.5, exclude_modules=["layer.0.output.dense"]))
+    with pytest.raises(ConfigError, match="soft_movement keeps what its threshold keeps"):
+        Pruner(_student(), PruningConfig(importance="soft_movement", structure="heads", target_params=0.5))
+    with pytest.raises(ConfigError, match="scope='local'"):
+        Pruner(_student(), PruningConfig(structure={"type": "heads", "uniform": True}, scope="global"))
+
+
+def test_parameter_target_during_training_sets_the_final_unit_sparsity():
+    from hfprune.structured import encoder_dims
+
+    pruner = Pruner(_student(), PruningConfig(structure="heads_and_neurons", target_params=0.5))
+    pruner.apply_sparsity_(pruner.final_sparsity)
+    plan, dims = pruner.plan(), encoder_dims(pruner.model)
+    kept = sum(map(len, plan.heads)) * dims.head_params() + sum(map(len, plan.neurons)) * dims.neuron_params()
+    total = 2 * (4 * dims.head_params() + 37 * dims.neuron_params())
+    assert kept / total == pytest.approx(0.5, abs=0.01)  # per-layer counts round to whole units
