@@ -241,7 +241,7 @@ def render_model_card(
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE_PATH),
-        model_name=f"{Path(str(base_model)).name} (pruned)",
+        model_name=model_name or f"{Path(str(base_model)).name} (pruned)",
         hfprune_version=__version__,
         base_model=base_model,
         dataset_name=evaluation.dataset_name if evaluation is not None else None,

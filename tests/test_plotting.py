@@ -17,6 +17,7 @@ RESULT_FILES = [
     "glue_fine_pruning.json",
     "structured_retraining_free.json",
     "structured_retraining_free_steady_alloc.json",
+    "structured_fine_pruning.json",
     "cnn_channel_pruning.json",
 ]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
