@@ -19,6 +19,7 @@ RESULT_FILES = [
     "structured_retraining_free_steady_alloc.json",
     "structured_fine_pruning.json",
     "cnn_channel_pruning.json",
+    "cnn_channel_pruning_momentum_3ep.json",
 ]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
