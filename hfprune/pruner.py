@@ -124,13 +124,14 @@ class Pruner:
         """Final sparsity of heads/neurons (from a FLOPs/parameter target if set); refuses one that removes every
         head."""
         from .structured import encoder_dims, kept_fraction
-        from .structured import unit_targets as unit_targets_of
 
         sparsity = config.sparsity
         budget = "target_flops" if config.target_flops is not None else "target_params"
         if config.target_flops is not None or config.target_params is not None:
-            all_units = unit_targets_of(model, config.structure.kinds)  # type: ignore[union-attr]
-            whole_encoder = len(self.modules) == len(all_units) and not self.overrides
+            dims = encoder_dims(model)
+            # One masked projection per layer and pruned kind: anything less means layers were left out.
+            every_layer = len(self.modules) == dims.num_layers * len(config.structure.kinds)  # type: ignore[union-attr]
+            whole_encoder = every_layer and not self.overrides
             if not whole_encoder:
                 raise ConfigError(
                     f"{budget} is a fraction of the whole encoder, but target_modules/exclude_modules/"
@@ -142,7 +143,7 @@ class Pruner:
                     f"soft_movement keeps what its threshold keeps, so it cannot aim at {budget}. Use movement "
                     "(top-k) with a FLOPs/parameter target, or tune soft_movement's final_lambda."
                 )
-            sparsity = 1.0 - kept_fraction(config, encoder_dims(model))
+            sparsity = 1.0 - kept_fraction(config, dims)
         if config.structure.uniform and config.scope == "global":  # type: ignore[union-attr]
             raise ConfigError(
                 "uniform=True keeps the same widths in every layer, but scope='global' ranks units across layers. "
@@ -321,7 +322,10 @@ class Pruner:
                 keep[name] = select_local(unit_scores[name], sparsity[name])
         if self.units:
             keep = self._fix_unit_counts(keep, unit_scores)
-        return {name: self.structures[name].expand(keep[name], module.weight.shape) for name, module in self.modules.items()}
+        return {
+            name: self.structures[name].expand(keep[name], module.weight.shape)
+            for name, module in self.modules.items()
+        }
 
     def _fix_unit_counts(self, keep: dict[str, Tensor], unit_scores: dict[str, Tensor]) -> dict[str, Tensor]:
         """Round kept neurons per layer to ``round_to``, and never remove the last attention head of the model."""
@@ -387,7 +391,8 @@ class Pruner:
 
         if not self.units:
             raise ConfigError(
-                f"Only heads/neurons structures have a plan; this pruner uses {self.config.structure.registered_name!r}."  # type: ignore
+                "Only heads/neurons structures have a plan; this pruner uses "
+                f"{self.config.structure.registered_name!r}."  # type: ignore[union-attr]
             )
         plan = PruningPlan.dense(self.model)
         for name, (kind, layer) in self.units.items():

@@ -35,7 +35,9 @@ def commit_operations(folder: str | os.PathLike, repo_id: str | None = None) -> 
         content: str | bytes = str(path)
         if repo_id is not None and path.relative_to(folder).as_posix() == "README.md":
             content = path.read_text(encoding="utf-8").replace(CARD_PLACEHOLDER_PATH, repo_id).encode("utf-8")
-        operations.append(CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=content))
+        operations.append(
+            CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=content)
+        )
     return operations
 
 

@@ -222,7 +222,8 @@ def train_glue(recipe: GlueRecipe) -> dict[str, Any]:
         # The dense teacher is the card's reference: same dev data and metric, evaluated apart from the run's logs.
         from .glue import evaluate_glue
 
-        teacher_metrics = evaluate_glue(teacher, tokenizer, task, recipe.data_dir, batch_size=args.per_device_eval_batch_size,
+        teacher_metrics = evaluate_glue(teacher, tokenizer, task, recipe.data_dir,
+                                        batch_size=args.per_device_eval_batch_size,
                                         max_length=recipe.max_seq_length)  # fmt: skip
     evaluation = glue_card_evaluation(task, {split: _task_metrics(metrics[split], split)}, teacher_metrics,
                                       base_label=f"the dense teacher ({Path(str(recipe.teacher)).name})")  # fmt: skip
@@ -479,16 +480,9 @@ def train_image(recipe: ImageRecipe) -> dict[str, Any]:
         after = result.get("fine_tuned") or result.get("pruned")
         evaluation = None
         if after is not None:
-            from .hub import CardEvaluation
+            from .vision import image_card_evaluation
 
-            def card_metrics(measured: dict[str, float]) -> dict[str, float]:
-                return {"accuracy": measured["top1"], "top_5_accuracy": measured["top5"]}
-
-            evaluation = CardEvaluation(
-                task_type="image-classification", dataset_type="imagefolder",
-                dataset_name=f"{Path(recipe.eval_data).name} ({after['num_images']} images)",  # type: ignore[arg-type]
-                metrics=card_metrics(after), base_metrics=card_metrics(result["dense"]),
-            )  # fmt: skip
+            evaluation = image_card_evaluation(after, result["dense"], Path(str(recipe.eval_data)).name)
         notes = ["Per-layer widths chosen by EagleEye (adaptive-BN candidate evaluation)"] if recipe.eagleeye else []
         if training_args is not None:
             budget = f"{training_args.max_steps} steps" if training_args.max_steps > 0 else "the configured epochs"

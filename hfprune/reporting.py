@@ -150,12 +150,15 @@ def _to_device(inputs: Any, device: torch.device) -> Any:
     return inputs
 
 
-def _call(model: nn.Module, inputs: Any) -> Any:
-    """Run ``model`` on ``inputs`` (kwargs, positional tuple or one tensor), moved to the model's device first: a
-    model a Trainer moved to a GPU is measured there with inputs built on the CPU."""
+def _on_model_device(model: nn.Module, inputs: Any) -> Any:
+    """``inputs`` on ``model``'s device: a model a Trainer moved to a GPU is measured there with inputs built on the
+    CPU. Done once per model, outside any timed region."""
     parameter = next(model.parameters(), None)
-    if parameter is not None:
-        inputs = _to_device(inputs, parameter.device)
+    return inputs if parameter is None else _to_device(inputs, parameter.device)
+
+
+def _call(model: nn.Module, inputs: Any) -> Any:
+    """Run ``model`` on ``inputs``: keyword dict, positional tuple or one tensor."""
     if isinstance(inputs, Mapping):
         return model(**inputs)
     if isinstance(inputs, (tuple, list)):
@@ -194,7 +197,7 @@ def count_flops(model: nn.Module, example_inputs: Any) -> int:
         # Grad mode on: under no_grad, FlopCounterMode's module tracker fails on parametrized (masked) weights
         # (torch.autograd.graph.register_multi_grad_hook needs a grad_fn). Only the forward is run and counted.
         with torch.enable_grad(), FlopCounterMode(display=False) as counter:
-            _call(model, example_inputs)
+            _call(model, _on_model_device(model, example_inputs))
     finally:
         if switch:
             model.set_attn_implementation(previous)  # type: ignore[operator]
@@ -210,15 +213,16 @@ def paired_latency_ms(
     in a fresh process, which would otherwise penalize whichever model runs first.
     """
     timings: list[list[float]] = [[] for _ in models]
+    inputs = [_on_model_device(model, example_inputs) for model in models]
     with torch.inference_mode():
-        for model in models:
+        for model, model_inputs in zip(models, inputs, strict=True):
             model.eval()
             for _ in range(warmup):
-                _call(model, example_inputs)
+                _call(model, model_inputs)
         for _ in range(rounds):
             for index, model in enumerate(models):
                 start = time.perf_counter()
-                _call(model, example_inputs)
+                _call(model, inputs[index])
                 timings[index].append((time.perf_counter() - start) * 1000.0)
     return [statistics.median(t) for t in timings]
 

@@ -13,7 +13,6 @@ Kwon et al.'s mask rearrangement lives in `hfprune.structured.rearrange_` and ru
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +26,9 @@ class _Stop(Exception):
     """Raised from a hook to end a forward pass once the needed activation is captured."""
 
 
-def _capture(model: nn.Module, consumer: nn.Module, norm: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+def _capture(
+    model: nn.Module, consumer: nn.Module, norm: nn.Module, batch: dict[str, Tensor]
+) -> tuple[Tensor, Tensor]:
     """For ``batch``: the input of the output projection ``consumer``, and the residual added to its output (the
     input of the following LayerNorm ``norm`` minus the projection's output). The forward pass stops at ``norm``."""
     captured: dict[str, Tensor] = {}

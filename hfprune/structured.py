@@ -45,8 +45,7 @@ class EncoderDims:
         return 2 * 2 * seq_len * self.hidden_size
 
     def total_flops(self, seq_len: int) -> int:
-        per_layer = self.num_heads * self.head_flops(seq_len) + self.intermediate_size * self.neuron_flops(seq_len)
-        return self.num_layers * per_layer
+        return int(self.total(self.head_flops(seq_len), self.neuron_flops(seq_len)))
 
     def head_params(self) -> int:
         """Parameters of one head: its q/k/v rows and biases and its columns of the output projection."""
@@ -55,6 +54,10 @@ class EncoderDims:
     def neuron_params(self) -> int:
         """Parameters of one FFN neuron: its input row and bias and its output column."""
         return 2 * self.hidden_size + 1
+
+    def total(self, head_cost: float, neuron_cost: float) -> float:
+        """Cost of every head and neuron of the encoder, given the cost of one of each."""
+        return self.num_layers * (self.num_heads * head_cost + self.intermediate_size * neuron_cost)
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,6 @@ class Budget:
 
 def budget_of(config: PruningConfig, dims: EncoderDims) -> Budget | None:
     """The FLOPs (at ``flops_seq_len``) or parameter target of ``config``; ``None`` when it sets neither."""
-    per_layer = dims.num_layers
     if config.target_params is not None:
         head, neuron, fraction = dims.head_params(), dims.neuron_params(), config.target_params
         option, unit = "target_params", "head/FFN parameters"
@@ -85,8 +87,7 @@ def budget_of(config: PruningConfig, dims: EncoderDims) -> Budget | None:
         option, unit = "target_flops", "encoder FLOPs"
     else:
         return None
-    total = per_layer * (dims.num_heads * head + dims.intermediate_size * neuron)
-    return Budget(option, unit, head, neuron, total, fraction)
+    return Budget(option, unit, head, neuron, dims.total(head, neuron), fraction)
 
 
 def encoder_dims(model: nn.Module) -> EncoderDims:
@@ -102,11 +103,19 @@ def encoder_dims(model: nn.Module) -> EncoderDims:
     )
 
 
+def _plan_cost(plan: PruningPlan, head_cost: float, neuron_cost: float) -> float:
+    return sum(map(len, plan.heads)) * head_cost + sum(map(len, plan.neurons)) * neuron_cost
+
+
 def plan_flops(plan: PruningPlan, dims: EncoderDims, seq_len: int) -> int:
     """Encoder FLOPs of the heads and neurons ``plan`` keeps."""
-    kept_heads = sum(map(len, plan.heads))
-    kept_neurons = sum(map(len, plan.neurons))
-    return kept_heads * dims.head_flops(seq_len) + kept_neurons * dims.neuron_flops(seq_len)
+    return int(_plan_cost(plan, dims.head_flops(seq_len), dims.neuron_flops(seq_len)))
+
+
+def plan_params_fraction(plan: PruningPlan, dims: EncoderDims) -> float:
+    """Fraction of the encoder's head and FFN parameters that ``plan`` keeps."""
+    head, neuron = dims.head_params(), dims.neuron_params()
+    return _plan_cost(plan, head, neuron) / dims.total(head, neuron)
 
 
 @dataclass(frozen=True)
@@ -133,7 +142,9 @@ def unit_targets(model: nn.Module, kinds: tuple[str, ...]) -> dict[str, UnitTarg
     for index, layer in enumerate(layers):
         for kind in kinds:
             path, size = paths[kind]
-            targets[f"{layer_names[id(layer)]}.{path}"] = UnitTarget(kind, index, _get(layer, path), ColumnGroups(size))
+            targets[f"{layer_names[id(layer)]}.{path}"] = UnitTarget(
+                kind, index, _get(layer, path), ColumnGroups(size)
+            )
     return targets
 
 
@@ -330,7 +341,9 @@ def _fisher_search(scores: dict[str, Tensor], budget: Budget, kinds: tuple) -> t
     return best
 
 
-def _uniform_fisher_search(scores: dict[str, Tensor], dims: EncoderDims, budget: Budget, kinds: tuple) -> tuple[int, int]:
+def _uniform_fisher_search(
+    scores: dict[str, Tensor], dims: EncoderDims, budget: Budget, kinds: tuple
+) -> tuple[int, int]:
     """The mask search with one (heads, neurons) count for every layer: maximise the importance kept over all
     layers when each layer keeps its best ``heads`` heads and ``neurons`` neurons within its share of the budget."""
     per_layer = {}
@@ -495,9 +508,7 @@ def plan_structured(
     plan.extra["encoder_flops_fraction"] = plan_flops(plan, dims, config.flops_seq_len) / dims.total_flops(
         config.flops_seq_len
     )
-    kept_params = sum(map(len, plan.heads)) * dims.head_params() + sum(map(len, plan.neurons)) * dims.neuron_params()
-    total_params = dims.num_layers * (dims.num_heads * dims.head_params() + dims.intermediate_size * dims.neuron_params())
-    plan.extra["encoder_params_fraction"] = kept_params / total_params
+    plan.extra["encoder_params_fraction"] = plan_params_fraction(plan, dims)
     return plan
 
 

@@ -166,6 +166,23 @@ def evaluate_images(
     return {"top1": correct1 / total, "top5": correct5 / total, "num_images": total}
 
 
+def image_card_evaluation(after: dict[str, float], before: dict[str, float] | None, dataset_name: str) -> Any:
+    """A model card's `CardEvaluation` (top-1 as ``accuracy``, top-5 as ``top_5_accuracy``) from two
+    `evaluate_images` results: the pruned model's and the dense model's."""
+    from .hub import CardEvaluation
+
+    def card_metrics(measured: dict[str, float]) -> dict[str, float]:
+        return {"accuracy": measured["top1"], "top_5_accuracy": measured["top5"]}
+
+    return CardEvaluation(
+        task_type="image-classification",
+        dataset_type="imagefolder",
+        dataset_name=f"{dataset_name} ({int(after['num_images'])} images)",
+        metrics=card_metrics(after),
+        base_metrics=card_metrics(before) if before else {},
+    )
+
+
 class ImageClassifier(nn.Module):
     """Wraps a timm/torchvision classifier for `transformers.Trainer`: ``forward(pixel_values, labels)`` returns a
     dict with ``loss`` (cross-entropy when labels are given) and ``logits``."""

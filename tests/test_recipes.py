@@ -75,8 +75,8 @@ def test_accelerate_two_processes_agree_and_report_once(tmp_path, tiny_sst2_clas
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     # accelerate's --cpu flag uses its single-process launcher unless MPI is installed; --multi_gpu launches
     # torchrun, which on a machine without GPUs runs the ranks on the CPU with the gloo backend.
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--main_process_port", str(free_port()),
-               "--num_processes", "2",
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+               "--main_process_port", str(free_port()), "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                str(REPO / "scripts" / "run_glue.py"), str(path)]  # fmt: skip
     completed = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)

@@ -349,7 +349,9 @@ def test_bad_unit_pruning_configs_are_clear():
     only_layer_1 = Pruner(_student(), PruningConfig(structure="neurons", exclude_modules=["layer.0.output.dense"]))
     assert list(only_layer_1.modules) == ["bert.encoder.layer.1.output.dense"]
     with pytest.raises(ConfigError, match="fraction of the whole encoder"):
-        Pruner(_student(), PruningConfig(structure="neurons", target_flops=0.5, exclude_modules=["layer.0.output.dense"]))
+        Pruner(
+            _student(), PruningConfig(structure="neurons", target_flops=0.5, exclude_modules=["layer.0.output.dense"])
+        )
     with pytest.raises(ConfigError, match="soft_movement keeps what its threshold keeps"):
         Pruner(_student(), PruningConfig(importance="soft_movement", structure="heads", target_params=0.5))
     with pytest.raises(ConfigError, match="scope='local'"):
