@@ -18,7 +18,9 @@ from typing import Any, ClassVar, Literal
 import yaml
 
 from .errors import ConfigError, HfPruneWarning
+from .field_types import coerce_fields
 from .importance import IMPORTANCES, Importance
+from .registry import check_unknown_keys, tolerate_unknown_keys
 from .schedules import SCHEDULES, Schedule
 from .structures import STRUCTURES, Structure
 
@@ -52,18 +54,16 @@ class ConfigMixin:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):  # noqa: ANN206 - returns cls
-        """Build from a dict; unknown keys are dropped with a warning (files from newer versions still load)."""
+        """Build from a dict. Unknown keys, here or in nested sections, are errors with a did-you-mean, except in
+        a file written by a newer ``config_version``, whose unknown keys are dropped with a warning."""
         if not isinstance(data, dict):
             raise ConfigError(f"{cls.__name__}.from_dict expects a mapping; got {type(data).__name__}.")
         known = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - known)
-        if unknown:
-            warnings.warn(
-                f"Ignoring unknown {cls.__name__} keys {unknown}. Known keys: {sorted(known)}.",
-                HfPruneWarning,
-                stacklevel=2,
-            )
-        return cls(**{k: v for k, v in data.items() if k in known})
+        version = data.get("config_version", CONFIG_VERSION)
+        newer = isinstance(version, int) and not isinstance(version, bool) and version > CONFIG_VERSION
+        with tolerate_unknown_keys(newer):
+            unknown = check_unknown_keys(f"the {cls.__name__} section", data, known)
+            return cls(**{k: v for k, v in data.items() if k not in unknown})
 
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -196,6 +196,7 @@ class PruningConfig(ConfigMixin):
     hfprune_version: str | None = field(default=None, metadata={"help": "hfprune version that wrote the config."})
 
     def __post_init__(self) -> None:
+        coerce_fields(self, skip=("importance", "structure", "schedule"))
         self.importance = IMPORTANCES.resolve(self.importance)
         self.structure = STRUCTURES.resolve(self.structure)
         self.schedule = SCHEDULES.resolve(self.schedule)
@@ -260,10 +261,16 @@ class PruningConfig(ConfigMixin):
         return float(value)
 
     def __eq__(self, other: object) -> bool:
-        # The writing version does not change what the config means.
+        # Field by field (not through to_dict, which could hide a field it fails to write); the writing version
+        # does not change what the config means.
         if not isinstance(other, PruningConfig):
             return NotImplemented
-        mine, theirs = self.to_dict(), other.to_dict()
-        mine.pop("hfprune_version")
-        theirs.pop("hfprune_version")
-        return mine == theirs
+        return not self.differences(other)
+
+    def differences(self, other: PruningConfig) -> dict[str, tuple[Any, Any]]:
+        """``{field: (mine, theirs)}`` for every field that differs, ``hfprune_version`` aside."""
+        return {
+            f.name: (getattr(self, f.name), getattr(other, f.name))
+            for f in dataclasses.fields(self)
+            if f.name != "hfprune_version" and getattr(self, f.name) != getattr(other, f.name)
+        }

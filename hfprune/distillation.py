@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .config import ConfigMixin
 from .errors import ConfigError
+from .field_types import coerce_fields
 
 
 @dataclass
@@ -37,14 +38,13 @@ class DistillationConfig(ConfigMixin):
     hidden_layers: list[int] | None = field(default=None, metadata={"help": "hidden_states indices to match."})
 
     def __post_init__(self) -> None:
+        coerce_fields(self)  # hidden_layers [1.5] is refused, temperature "2" becomes 2.0
         if not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0; got {self.temperature!r}.")
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"alpha (weight of the KD term) must be in [0, 1]; got {self.alpha!r}.")
         if self.hidden_weight < 0:
             raise ConfigError(f"hidden_weight must be >= 0; got {self.hidden_weight!r}.")
-        if self.hidden_layers is not None:
-            self.hidden_layers = [int(i) for i in self.hidden_layers]
 
     @property
     def needs_hidden_states(self) -> bool:

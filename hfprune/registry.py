@@ -6,16 +6,52 @@ That makes them an allow-list: loading JSON never imports arbitrary code.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import difflib
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
 from .errors import ConfigError, HfPruneWarning
+from .field_types import coerce_fields, coerce_mapping
 
 
 T = TypeVar("T")
+
+#: True while loading a file written by a newer hfprune: unknown keys are then dropped with a warning instead of
+#: refused (they are probably fields this version does not know, not typos).
+_TOLERATE_UNKNOWN_KEYS = contextvars.ContextVar("hfprune_tolerate_unknown_keys", default=False)
+
+
+@contextmanager
+def tolerate_unknown_keys(enabled: bool = True) -> Iterator[None]:
+    """Within the block, unknown config keys warn instead of raising (for files from newer versions)."""
+    token = _TOLERATE_UNKNOWN_KEYS.set(enabled)
+    try:
+        yield
+    finally:
+        _TOLERATE_UNKNOWN_KEYS.reset(token)
+
+
+def check_unknown_keys(where: str, given: Mapping[str, Any], known: set[str] | list[str]) -> list[str]:
+    """Raise a `ConfigError` with a did-you-mean for keys of ``given`` not in ``known``; return them.
+
+    Inside `tolerate_unknown_keys` they are only warned about, so a file from a newer version still loads.
+    """
+    unknown = sorted(set(given) - set(known))
+    if not unknown:
+        return []
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), sorted(known), n=1)
+        hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    message = f"Unknown key{'s' if len(unknown) > 1 else ''} {', '.join(hints)} in {where}. Known: {sorted(known)}."
+    if _TOLERATE_UNKNOWN_KEYS.get():
+        warnings.warn(f"Ignoring: {message} (the file comes from a newer hfprune).", HfPruneWarning, stacklevel=3)
+        return unknown
+    raise ConfigError(message)
 
 
 class Registry(Generic[T]):
@@ -68,23 +104,32 @@ class Registry(Generic[T]):
                     f"A serialized {self.kind} needs a 'type' key naming one of {self.names()}; got {dict(spec)}."
                 )
             fields = dict(spec)
-            cls = self.get(str(fields.pop("type")))
-            known = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set(fields)
-            unknown = sorted(set(fields) - known)
-            if unknown:
-                warnings.warn(
-                    f"Ignoring unknown {self.kind} fields {unknown} for {cls.__name__}.", HfPruneWarning, stacklevel=2
-                )
+            name = str(fields.pop("type"))
+            cls = self.get(name)
+            where = f"the {self.kind} section ({name})"
+            if dataclasses.is_dataclass(cls):
+                known = {f.name for f in dataclasses.fields(cls) if f.init}
+                unknown = check_unknown_keys(where, fields, known)
+                fields = coerce_mapping({k: v for k, v in fields.items() if k not in unknown}, cls, self.kind)
             try:
-                return cls(**{k: v for k, v in fields.items() if k in known})
+                return self.check(cls(**fields))
             except TypeError as err:
                 raise ConfigError(f"Invalid fields for {self.kind} {cls.__name__}: {err}") from err
         if any(isinstance(spec, cls) for cls in self._entries.values()):
-            return spec
+            return self.check(spec)
         raise ConfigError(
             f"Expected a {self.kind} name, dict or object (one of {self.names()}); got "
             f"{type(spec).__name__}: {spec!r}."
         )
+
+    def check(self, component: T) -> T:
+        """Coerce a component's fields to their declared types (``every: 2.0`` -> 2); refuse ``every: 2.5``."""
+        if dataclasses.is_dataclass(component):
+            coerce_fields(component, prefix=f"{self.kind}.")
+            post_init = getattr(component, "__post_init__", None)
+            if post_init is not None:
+                post_init()  # re-validate with the coerced values
+        return component
 
     def names(self) -> list[str]:
         """All registered names, sorted."""

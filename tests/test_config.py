@@ -78,9 +78,14 @@ def test_initial_above_final_rejected():
         PruningConfig(sparsity=0.2, schedule=CubicSchedule(initial=0.5))
 
 
-def test_unknown_keys_warn_and_are_dropped():
+def test_unknown_keys_are_errors_with_a_suggestion():
+    with pytest.raises(ConfigError, match=r"'sparsty' \(did you mean 'sparsity'\?\)"):
+        PruningConfig.from_dict({"sparsty": 0.4})
+
+
+def test_unknown_keys_of_a_newer_config_version_warn_and_are_dropped():
     with pytest.warns(HfPruneWarning, match="future_key"):
-        config = PruningConfig.from_dict({"sparsity": 0.4, "future_key": 1})
+        config = PruningConfig.from_dict({"sparsity": 0.4, "future_key": 1, "config_version": 99})
     assert config.sparsity == 0.4
 
 

@@ -1,0 +1,158 @@
+"""Checking and coercing config values against their dataclass field types.
+
+Values reach configs from YAML, JSON and the command line, where ``5e-5`` is a string (YAML 1.1), ``2.5`` can land
+in an integer field and ``"false"`` in a boolean one. `coerce` turns what a user plainly meant into the field's
+type and refuses the rest with a message that names the key, so nothing is silently truncated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import types
+import typing
+from typing import Any, Literal, Union
+
+from .errors import ConfigError
+
+
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _fail(name: str, value: Any, expected: str) -> ConfigError:
+    return ConfigError(f"{name} must be {expected}; got {value!r} ({type(value).__name__}).")
+
+
+def _coerce_scalar(value: Any, annotation: type, name: str) -> Any:
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise _fail(name, value, "true or false")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise _fail(name, value, "an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise _fail(name, value, "an integer (no fraction)")
+    if annotation is float:
+        if isinstance(value, bool):
+            raise _fail(name, value, "a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                number = float(value.strip())  # "5e-5": YAML 1.1 reads exponents without a dot as strings
+            except ValueError:
+                pass
+            else:
+                if math.isfinite(number):
+                    return number
+        raise _fail(name, value, "a number")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise _fail(name, value, "a string")
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        try:
+            return annotation(value)
+        except ValueError:
+            raise _fail(name, value, f"one of {[member.value for member in annotation]}") from None
+    return value  # not a type this module knows: the config's own validation has the last word
+
+
+class _NoMatch(Exception):
+    pass
+
+
+def coerce(value: Any, annotation: Any, name: str) -> Any:
+    """Return ``value`` as the type ``annotation`` describes, or raise a `ConfigError` naming ``name``.
+
+    Handles ``bool``, ``int``, ``float``, ``str``, enums, ``Literal``, ``X | None``, unions of those and
+    ``list[X]``/``dict[str, X]``; any other annotation (component objects, classes) passes the value through.
+    """
+    origin = typing.get_origin(annotation)
+    if annotation is Any or annotation is object:
+        return value
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if any(value == option and type(value) is type(option) for option in allowed):
+            return value
+        raise _fail(name, value, f"one of {list(allowed)}")
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None:
+            if type(None) in options:
+                return None
+            raise _fail(name, value, " or ".join(_type_name(option) for option in options))
+        concrete = [option for option in options if option is not type(None)]
+        # An exact type match first, so that a str in "str | int" stays a str.
+        for option in concrete:
+            if isinstance(option, type) and type(value) is option:
+                return value
+        errors = []
+        for option in concrete:
+            try:
+                return coerce(value, option, name)
+            except ConfigError as err:
+                errors.append(err)
+        if len(errors) == 1:
+            raise errors[0]
+        raise _fail(name, value, " or ".join(_type_name(option) for option in concrete))
+    if origin in (list, tuple, set, frozenset) or annotation in (list, tuple):
+        args = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple, set, frozenset)):
+            raise _fail(name, value, "a list")
+        if not args or origin is tuple and (len(args) != 2 or args[1] is not Ellipsis):
+            return value  # fixed-length tuples are left to the config's own checks
+        item = args[0]
+        converted = [coerce(element, item, f"{name}[{index}]") for index, element in enumerate(value)]
+        return type(value)(converted) if not isinstance(value, list) else converted
+    if origin is dict or annotation is dict:
+        args = typing.get_args(annotation)
+        if not isinstance(value, dict):
+            raise _fail(name, value, "a mapping")
+        if len(args) != 2:
+            return value
+        return {coerce(key, args[0], f"{name} key"): coerce(item, args[1], f"{name}[{key!r}]")
+                for key, item in value.items()}  # fmt: skip
+    if isinstance(annotation, type):
+        return _coerce_scalar(value, annotation, name)
+    return value
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """``{field name: resolved annotation}`` of a dataclass (string annotations resolved)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
+
+
+def coerce_fields(instance: Any, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
+    """Coerce every init field of a (possibly frozen) dataclass instance in place; raise on a wrong type."""
+    for name, annotation in field_types(type(instance)).items():
+        if name in skip:
+            continue
+        value = getattr(instance, name)
+        converted = coerce(value, annotation, f"{prefix}{name}")
+        if converted is not value:
+            object.__setattr__(instance, name, converted)
+
+
+def coerce_mapping(data: dict[str, Any], cls: type, where: str) -> dict[str, Any]:
+    """``data`` with each key coerced to the type of ``cls``'s field of that name (unknown keys kept as they are)."""
+    types_ = field_types(cls)
+    return {key: coerce(value, types_[key], f"{where}.{key}") if key in types_ else value
+            for key, value in data.items()}  # fmt: skip
