@@ -8,6 +8,7 @@ architecture from ``config.json``, applies the plan (`compact_`) and then loads 
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -17,12 +18,12 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 from torch import nn
-from transformers.pytorch_utils import prune_linear_layer
 
 from .adapters.base import get_adapter
 from .adapters.bert import BertFamilyAdapter, EncoderLayout
 from .errors import ConfigError, HfPruneError, UnsupportedArchitectureError
 from .masks import remove_mask_
+from .targets import require_real_weights
 
 
 PLAN_NAME = "pruning_plan.json"
@@ -55,23 +56,44 @@ class PruningPlan:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if len(self.heads) != len(self.neurons):
-            raise PlanMismatchError(f"Plan has {len(self.heads)} head lists but {len(self.neurons)} neuron lists.")
-        self.heads = [sorted(int(h) for h in layer) for layer in self.heads]
-        self.neurons = [sorted(int(n) for n in layer) for layer in self.neurons]
-        for name, lists, limit in (
-            ("head", self.heads, self.num_heads),
-            ("neuron", self.neurons, self.intermediate_size),
-        ):
-            for layer, kept in enumerate(lists):
-                if len(set(kept)) != len(kept) or any(not 0 <= i < limit for i in kept):
-                    raise PlanMismatchError(
-                        f"Layer {layer}: {name} indices {kept[:8]}... must be distinct and in [0, {limit})."
-                    )
+        self.validate()
         if self.hfprune_version is None:
             from . import __version__
 
             self.hfprune_version = __version__
+
+    def validate(self) -> None:
+        """Check every field's type and every index (sorting the index lists); called on construction and again
+        by `compact_`, since a plan's lists can be edited after it was built.
+
+        Raises:
+            PlanMismatchError: naming the field or the layer and what is wrong with it.
+        """
+        if not isinstance(self.model_type, str) or not self.model_type:
+            raise PlanMismatchError(f"Plan field model_type must be a non-empty string; got {self.model_type!r}.")
+        for name in ("num_heads", "intermediate_size"):
+            value = getattr(self, name)
+            if not _is_integer(value) or value < 1:
+                raise PlanMismatchError(f"Plan field {name} must be a positive integer; got {value!r}.")
+        for name in ("heads", "neurons"):
+            if not isinstance(getattr(self, name), (list, tuple)):
+                raise PlanMismatchError(
+                    f"Plan field {name} must be a list with one list of kept indices per layer; got "
+                    f"{type(getattr(self, name)).__name__}."
+                )
+        if len(self.heads) != len(self.neurons):
+            raise PlanMismatchError(
+                f"Plan has {len(self.heads)} head lists but {len(self.neurons)} neuron lists: it needs one of each "
+                "per encoder layer."
+            )
+        if not _is_integer(self.plan_version):
+            raise PlanMismatchError(f"Plan field plan_version must be an integer; got {self.plan_version!r}.")
+        if not isinstance(self.extra, dict):
+            raise PlanMismatchError(f"Plan field extra must be a dict; got {type(self.extra).__name__}.")
+        self.heads = [checked_indices(kept, f"Layer {layer}: kept heads", self.num_heads)
+                      for layer, kept in enumerate(self.heads)]  # fmt: skip
+        self.neurons = [checked_indices(kept, f"Layer {layer}: kept neurons", self.intermediate_size)
+                        for layer, kept in enumerate(self.neurons)]  # fmt: skip
 
     @property
     def num_layers(self) -> int:
@@ -121,7 +143,16 @@ class PruningPlan:
     def from_config(cls, config: Any) -> PruningPlan | None:
         """The plan stored in a model config by `compact_` (``config.hfprune_plan``), if any."""
         entry = getattr(config, "hfprune_plan", None)
-        return None if entry is None else cls(model_type=config.model_type, **entry)
+        if entry is None:
+            return None
+        if not isinstance(entry, dict):
+            raise PlanMismatchError(
+                f"config.hfprune_plan must be a dict (written by hfprune.compact_); got {type(entry).__name__}."
+            )
+        try:
+            return cls.from_dict({**entry, "model_type": config.model_type})
+        except PlanMismatchError as err:
+            raise PlanMismatchError(f"config.hfprune_plan: {err}") from err
 
     def remaining_fraction(self) -> dict[str, float]:
         """Fraction of heads and of neurons kept over all layers."""
@@ -135,9 +166,25 @@ class PruningPlan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruningPlan:
+        """Build and validate a plan from `to_dict`'s output (e.g. parsed ``pruning_plan.json``).
+
+        Raises:
+            PlanMismatchError: the data is not a plan (wrong types, missing fields, bad indices) or is too new.
+        """
+        if not isinstance(data, dict):
+            raise PlanMismatchError(f"A pruning plan must be a JSON object (dict); got {type(data).__name__}.")
         version = data.get("plan_version", PLAN_VERSION)
+        if not _is_integer(version):
+            raise PlanMismatchError(f"Plan field plan_version must be an integer; got {version!r}.")
         if version > PLAN_VERSION:
             raise PlanMismatchError(f"Plan version {version} is newer than this hfprune understands ({PLAN_VERSION}).")
+        required = ("model_type", "num_heads", "intermediate_size", "heads", "neurons")
+        missing = [key for key in required if key not in data]
+        if missing:
+            raise PlanMismatchError(
+                f"The pruning plan lacks the fields {missing} (it has {sorted(data)}): it is not a head/neuron plan "
+                "written by hfprune, or it is truncated."
+            )
         known = set(cls.__dataclass_fields__)
         return cls(**{key: value for key, value in data.items() if key in known})
 
@@ -151,7 +198,53 @@ class PruningPlan:
         path = Path(directory) / PLAN_NAME
         if not path.is_file():
             raise PlanMismatchError(f"No {PLAN_NAME} in {directory}: it is not a structurally pruned hfprune model.")
-        return cls.from_dict(json.loads(path.read_text()))
+        try:
+            return cls.from_dict(read_plan_json(path))
+        except PlanMismatchError as err:
+            raise PlanMismatchError(f"{path}: {err}") from err
+
+
+def read_plan_json(path: Path) -> Any:
+    """The parsed contents of a plan file; corrupt JSON is a `PlanMismatchError` naming the file."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PlanMismatchError(
+            f"{path} is not valid JSON ({err}). The plan file is corrupt or was cut short: copy it again from where "
+            "the pruned model was saved, or prune the base model again."
+        ) from err
+
+
+def _is_integer(value: Any) -> bool:
+    """A whole number given as one (an ``int``, numpy integers included), not a float such as 1.0 or a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def checked_indices(kept: Any, where: str, limit: int) -> list[int]:
+    """``kept`` as a sorted list of ints, after checking that it is a list of distinct integers in [0, limit).
+
+    Floats are refused rather than truncated: ``2.5`` in a plan is corruption, and keeping unit 2 instead would
+    load a model that silently differs from the one that was saved.
+
+    Raises:
+        PlanMismatchError: naming ``where`` and the offending values.
+    """
+    if not isinstance(kept, (list, tuple)):
+        raise PlanMismatchError(f"{where} must be a list of integer indices; got {type(kept).__name__} {kept!r}.")
+    not_integers = [index for index in kept if not _is_integer(index)]
+    if not_integers:
+        raise PlanMismatchError(
+            f"{where} must be integer indices; got {not_integers[:5]} "
+            f"({', '.join(sorted({type(i).__name__ for i in not_integers}))}). The plan is corrupt or was edited."
+        )
+    indices = sorted(int(index) for index in kept)
+    outside = [index for index in indices if not 0 <= index < limit]
+    if outside:
+        raise PlanMismatchError(f"{where}: indices must be in [0, {limit}); got {outside[:5]}.")
+    duplicated = sorted({a for a, b in zip(indices, indices[1:], strict=False) if a == b})
+    if duplicated:
+        raise PlanMismatchError(f"{where}: indices {duplicated[:5]} appear more than once.")
+    return indices
 
 
 def _get(module: nn.Module, path: str) -> nn.Module:
@@ -230,9 +323,17 @@ def compact_(model: nn.Module, plan: PruningPlan | None = None) -> PruningPlan:
     Raises:
         PlanMismatchError: the plan was made for another architecture or size, or the model is already compacted.
     """
+    require_real_weights(model, "compact_")
     adapter, layout, layers = _encoder(model)
     if plan is None:
         plan = PruningPlan.from_zeros(model)
+    elif not isinstance(plan, PruningPlan):
+        raise PlanMismatchError(
+            f"compact_ needs a PruningPlan; got {type(plan).__name__}. Build one with PruningPlan.from_dict(...) or "
+            "PruningPlan.from_pretrained(folder)."
+        )
+    # The plan's lists may have been edited since it was built: check them again before indexing weights.
+    plan.validate()
     model_type = model.config.model_type  # type: ignore[attr-defined]
     if plan.model_type != model_type or plan.num_layers != len(layers):
         raise PlanMismatchError(
@@ -289,12 +390,32 @@ def _replace(layer: nn.Module, name: str, dim: int, index: torch.Tensor) -> None
     _unmask_(linear)
     parent_name, _, child = name.rpartition(".")
     parent = _get(layer, parent_name) if parent_name else layer
-    with warnings.catch_warnings():
-        # Removing every unit builds a zero-width Linear, whose (no-op) initialization warns.
-        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-        new = prune_linear_layer(linear, index.to(linear.weight.device), dim=dim)
+    new = _select_linear(linear, dim, index)
     new.train(linear.training)
     setattr(parent, child, new)
+
+
+def _select_linear(linear: nn.Linear, dim: int, index: torch.Tensor) -> nn.Linear:
+    """A copy of ``linear`` keeping only the output rows (``dim=0``) or input columns (``dim=1``) in ``index``.
+
+    The new layer has the old one's dtype, device and ``requires_grad`` (transformers' ``prune_linear_layer``
+    builds float32 layers, which breaks half-precision models). It is built on the meta device and given the
+    selected weights, so no random initialization runs (nor warns for a zero-width layer).
+    """
+    weight = linear.weight.detach()
+    index = index.to(weight.device)
+    kept_weight = weight.index_select(dim, index).clone()
+    out_features, in_features = kept_weight.shape
+    with warnings.catch_warnings():
+        # A zero-width Linear (every unit removed) warns that initializing it is a no-op.
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+        new = nn.Linear(in_features, out_features, bias=linear.bias is not None, device="meta")
+    new.weight = nn.Parameter(kept_weight, requires_grad=linear.weight.requires_grad)
+    if linear.bias is not None:
+        bias = linear.bias.detach()
+        kept_bias = bias.index_select(0, index).clone() if dim == 0 else bias.clone()
+        new.bias = nn.Parameter(kept_bias, requires_grad=linear.bias.requires_grad)
+    return new
 
 
 def _local_folder(name_or_path: str | os.PathLike) -> Path:
@@ -337,16 +458,25 @@ def load_pruned(directory: str | os.PathLike, **model_kwargs: Any) -> nn.Module:
     model_class = getattr(transformers, architectures[0], None) if architectures else None
     if model_class is None:
         raise ConfigError(f"{directory}/config.json names no known architecture ({architectures}).")
+    # dtype is not a config attribute: like from_pretrained's default ("auto"), the model gets the weights' dtype.
+    dtype = model_kwargs.pop("dtype", model_kwargs.pop("torch_dtype", "auto"))
     for key, value in model_kwargs.items():
         setattr(config, key, value)
     config.__dict__.pop("hfprune_plan", None)  # the base architecture is built full size, then compacted
-    model = model_class(config)
-    compact_(model, plan)
     weights = directory / "model.safetensors"
     if not weights.is_file():
         raise HfPruneError(f"{weights} is missing.")
+    model = model_class(config)
+    compact_(model, plan)
     state = load_file(weights)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    model.to(_saved_dtype(state) if dtype == "auto" else _as_dtype(dtype))
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches: the weights were saved with another plan
+        raise PlanMismatchError(
+            f"Weights in {weights} do not fit the model the plan builds ({err}). The plan and the weights come from "
+            "different pruning runs: save them together with hfprune.hub.save_pruned."
+        ) from err
     # Non-persistent buffers (position ids) are rebuilt by the model itself.
     missing = [key for key in missing if not key.endswith("position_ids")]
     if missing or unexpected:
@@ -354,3 +484,21 @@ def load_pruned(directory: str | os.PathLike, **model_kwargs: Any) -> nn.Module:
             f"Weights in {weights} do not fit the planned model: missing {missing[:5]}, unexpected {unexpected[:5]}."
         )
     return model.eval()
+
+
+def _saved_dtype(state: dict[str, torch.Tensor]) -> torch.dtype:
+    """The floating dtype holding most of the saved weights (float32 when there are none)."""
+    sizes: dict[torch.dtype, int] = {}
+    for tensor in state.values():
+        if tensor.is_floating_point():
+            sizes[tensor.dtype] = sizes.get(tensor.dtype, 0) + tensor.numel()
+    return max(sizes, key=sizes.__getitem__) if sizes else torch.float32
+
+
+def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    resolved = getattr(torch, str(dtype), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ConfigError(f"dtype={dtype!r} is not a torch dtype; use e.g. torch.bfloat16, 'float16' or 'auto'.")
+    return resolved

@@ -31,7 +31,9 @@ class _StraightThroughScores(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[None, Tensor, None]:  # noqa: ANN001
-        return None, ctx.reduce(grad).reshape(ctx.scores_shape), None
+        # Sum per unit in float32 (the scores' dtype): in a half-precision model ``grad`` is bf16/fp16, and a
+        # head's sum runs over thousands of elements.
+        return None, ctx.reduce(grad.float()).reshape(ctx.scores_shape), None
 
 
 class WeightMask(nn.Module):

@@ -27,7 +27,7 @@ from .importance import (
 from .masks import find_mask, get_raw_weight, merge_masks_, remove_mask_, set_mask_
 from .selection import select_global, select_local
 from .structures import EncoderUnits
-from .targets import resolve_overrides, resolve_targets
+from .targets import require_real_weights, resolve_overrides, resolve_targets
 
 
 if TYPE_CHECKING:
@@ -56,6 +56,7 @@ class Pruner:
     def __init__(self, model: nn.Module, config: PruningConfig) -> None:
         if not isinstance(config, PruningConfig):
             raise ConfigError(f"config must be a PruningConfig; got {type(config).__name__}.")
+        require_real_weights(model, "Pruner")
         self.model = model
         self.config = config
         #: Heads/neurons pruning: kind ("heads"/"neurons") and layer index of each masked consumer projection.
@@ -497,9 +498,22 @@ def take_batches(dataloader: Iterable[Any], num_batches: int | None = None) -> l
     return batches
 
 
+def _like_model(value: Any, model: nn.Module) -> Any:
+    """A floating-point input tensor in the dtype (and on the device) of ``model``'s weights; anything else as is.
+
+    Calibration images come as float32 whatever the model's precision, and a bf16/fp16 convolution refuses them.
+    """
+    if not isinstance(value, Tensor) or not value.is_floating_point():
+        return value
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return value if weight is None else value.to(device=weight.device, dtype=weight.dtype)
+
+
 def _calibration_loss(model: nn.Module, batch: Any, loss_fn: Callable[..., Tensor] | None) -> Tensor:
     if isinstance(batch, Mapping):
-        outputs = model(**batch)
+        # Labels keep their dtype (regression targets stay float32); floating inputs follow the model.
+        outputs = model(**{key: value if key == "labels" else _like_model(value, model)
+                           for key, value in batch.items()})  # fmt: skip
         loss = (
             outputs["loss"] if isinstance(outputs, Mapping) and "loss" in outputs else getattr(outputs, "loss", None)
         )
@@ -510,9 +524,10 @@ def _calibration_loss(model: nn.Module, batch: Any, loss_fn: Callable[..., Tenso
         return loss
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         inputs, targets = batch
-        logits = model(inputs)
+        logits = model(_like_model(inputs, model))
         logits = getattr(logits, "logits", logits)
-        return (loss_fn or nn.functional.cross_entropy)(logits, targets)
+        # The loss in float32: a half-precision log-softmax over many classes loses the small probabilities.
+        return (loss_fn or nn.functional.cross_entropy)(logits.float(), targets)
     raise MissingDataError(
         f"Calibration batches must be dicts of model inputs with labels, or (inputs, targets) pairs; got "
         f"{type(batch).__name__}."
@@ -550,6 +565,7 @@ def prune_(
         hfprune.prune_(model, hfprune.PruningConfig(sparsity=0.5, scope="global"))
         ```
     """
+    require_real_weights(model, "prune_")
     if isinstance(config.structure, EncoderUnits):
         # Heads/neurons: plan, zero the removed units; `compact_(model)` then removes them physically.
         from .structured import apply_plan_masks_, plan_structured

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from .compaction import _encoder, _get, current_plan_shape
 from .errors import ConfigError
 from .pruner import take_batches
+from .targets import require_real_weights
 
 
 class _Stop(Exception):
@@ -37,7 +38,8 @@ def _capture(
         captured["input"], captured["output"] = inputs[0].detach(), output.detach()
 
     def norm_hook(_: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-        captured["residual"] = inputs[0].detach() - captured["output"]
+        # In float32: in a half-precision model the difference of two large activations loses most digits.
+        captured["residual"] = inputs[0].detach().float() - captured["output"].float()
         raise _Stop
 
     handles = [consumer.register_forward_hook(consumer_hook), norm.register_forward_pre_hook(norm_hook)]
@@ -72,6 +74,11 @@ def _dense_targets(
         for handle in handles:
             handle.remove()
     return outputs
+
+
+def _exact_dtype(device: torch.device) -> torch.dtype:
+    """float64 for the normal equations where the device has it (Apple's MPS does not)."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def _relative_error(scales: Tensor, gram: Tensor, target_dot: Tensor, target_norm: float) -> float:
@@ -113,6 +120,8 @@ def reconstruct_(
         `dict`: the relative reconstruction error of each sublayer before and after (``"before"``, ``"after"``;
         a sublayer left unchanged reports its ``before`` error as ``after``).
     """
+    require_real_weights(pruned, "reconstruct_ (the pruned model)")
+    require_real_weights(dense, "reconstruct_ (the dense model)")
     _, layout, layers = _encoder(pruned)
     _, dense_layout, dense_layers = _encoder(dense)
     if len(layers) != len(dense_layers):
@@ -135,8 +144,10 @@ def reconstruct_(
         consumer = _get(layers[index], name)
         norm = _get(layers[index], norm_name)
         dense_norm = dense_layout.attention_norm if kind == "heads" else dense_layout.ffn_norm
-        weight = consumer.weight.float()
-        bias = consumer.bias.float() if consumer.bias is not None else 0.0
+        # Least squares in float32/float64 whatever the model's dtype; only the solved scales return to it.
+        weight = consumer.weight.detach().float()
+        bias = consumer.bias.detach().float() if consumer.bias is not None else 0.0
+        exact = _exact_dtype(weight.device)
         gram = torch.zeros(width, width, dtype=torch.float64)
         target_dot = torch.zeros(width, dtype=torch.float64)
         target_norm = 0.0
@@ -145,22 +156,22 @@ def reconstruct_(
             # target is the dense residual stream: the kept units also make up for the drift of the pruned
             # model's residual input (what the following LayerNorm sees is what matters).
             activation, residual = _capture(pruned, consumer, norm, batch)
-            dense_stream = dense_targets[(index, dense_norm)][batch_index]
+            dense_stream = dense_targets[(index, dense_norm)][batch_index].float().to(residual.device)
             activation = activation.reshape(-1, activation.shape[-1]).float()
-            target = (dense_stream - residual).reshape(-1, dense_stream.shape[-1]).float() - bias
+            target = (dense_stream - residual).reshape(-1, dense_stream.shape[-1]) - bias
             if "attention_mask" in batch:  # padding tokens are not part of the objective
-                keep = batch["attention_mask"].reshape(-1).bool()
+                keep = batch["attention_mask"].reshape(-1).bool().to(activation.device)
                 activation, target = activation[keep], target[keep]
             if kind == "neurons":
                 projected = target @ weight  # [tokens, units]: <W[:, u], T_token>
-                gram += ((activation.t() @ activation) * (weight.t() @ weight)).double()
-                target_dot += (activation * projected).sum(0).double()
+                gram += ((activation.t() @ activation) * (weight.t() @ weight)).cpu().double()
+                target_dot += (activation * projected).sum(0).cpu().double()
             else:
                 contributions = _contributions(kind, activation, weight, head_size)
-                flat = contributions.reshape(contributions.shape[0], -1).double()
-                gram += flat @ flat.t()
-                target_dot += flat @ target.reshape(-1).double()
-            target_norm += float(target.double().pow(2).sum())
+                flat = contributions.reshape(contributions.shape[0], -1).to(exact)
+                gram += (flat @ flat.t()).cpu().double()
+                target_dot += (flat @ target.reshape(-1).to(exact)).cpu().double()
+            target_norm += float(target.to(exact).pow(2).sum())
         ones = torch.ones(width, dtype=torch.float64)
         regularized = gram + damping * gram.diagonal().mean() * torch.eye(width, dtype=torch.float64)
         scales = torch.linalg.solve(regularized, target_dot)
@@ -171,7 +182,9 @@ def reconstruct_(
         # Scales far from 1 fit calibration noise rather than a lost signal (Kwon et al. stop at |scale| > 10).
         applied = after < before and float(scales.abs().max()) <= max_scale
         if applied:
-            columns = scales.float() if kind == "neurons" else scales.float().repeat_interleave(head_size)
-            consumer.weight.mul_(columns.to(consumer.weight.dtype)[None, :])
+            columns = scales if kind == "neurons" else scales.repeat_interleave(head_size)
+            # Scale in float32, round once to the model's dtype, on the weight's device.
+            scaled = consumer.weight.detach().float() * columns.to(device=consumer.weight.device, dtype=torch.float32)
+            consumer.weight.copy_(scaled.to(consumer.weight.dtype))
         errors["after"].append(after if applied else before)
     return errors

@@ -14,13 +14,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .compaction import PruningPlan, _encoder, _get
+from .compaction import PlanMismatchError, PruningPlan, _encoder, _get
 from .config import PruningConfig
 from .errors import ConfigError, MissingDataError
 from .importance import FisherImportance, MagnitudeImportance, RandomImportance, TaylorImportance
 from .masks import set_mask_
 from .pruner import _calibration_loss
 from .structures import ColumnGroups, EncoderUnits
+from .targets import require_real_weights
 
 
 KINDS = ("heads", "neurons")
@@ -218,19 +219,21 @@ def _gradient_scores(
                 return
 
             def backward_hook(grad: Tensor) -> None:
-                per_token = (activation.detach() * grad).float()  # [batch, seq, width]
+                # Half-precision models: multiply and sum over tokens in float32 (a bf16 sum of hundreds of
+                # products keeps ~3 significant digits); the totals are float64 on the CPU, whatever the device.
+                per_token = activation.detach().float() * grad.float()  # [batch, seq, width]
                 per_example = per_token.sum(1)
                 if kind == "heads":
                     per_example = per_example.reshape(per_example.shape[0], dims.num_heads, dims.head_size).sum(-1)
+                per_example = per_example.cpu().double()
                 if fisher:
-                    per_example = per_example.double().cpu()
                     totals[kind][index] += per_example.pow(2).sum(0)
                     if matrices is not None:
                         # Block-diagonal (per-layer) Fisher for mask rearrangement.
                         key = (kind, index)
                         matrices[key] = matrices.get(key, 0) + per_example.t() @ per_example
                 else:
-                    totals[kind][index] += per_example.sum(0).double().cpu()
+                    totals[kind][index] += per_example.sum(0)
 
             activation.register_hook(backward_hook)
 
@@ -272,6 +275,7 @@ def score_units(
     matrices: dict[tuple[str, int], Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Importance of every head (``[layers, heads]``) and FFN neuron (``[layers, neurons]``); higher = keep."""
+    require_real_weights(model, "score_units")
     importance = config.importance
     if importance.requires_grad and dataloader is None:  # type: ignore[union-attr]
         raise MissingDataError(
@@ -496,6 +500,7 @@ def plan_structured(
         compact_(model, plan)
         ```
     """
+    require_real_weights(model, "plan_structured")
     importance = config.importance
     rearrange = isinstance(importance, FisherImportance) and importance.rearrange
     matrices: dict[tuple[str, int], Tensor] | None = {} if rearrange else None
@@ -515,8 +520,18 @@ def plan_structured(
 @torch.no_grad()
 def apply_plan_masks_(model: nn.Module, plan: PruningPlan) -> None:
     """Zero the removed heads and neurons with masks instead of removing them (dense shapes, same outputs)."""
+    require_real_weights(model, "apply_plan_masks_")
     _, layout, layers = _encoder(model)
+    plan.validate()
     dims = encoder_dims(model)
+    if (plan.num_layers, plan.num_heads, plan.intermediate_size) != (
+        dims.num_layers, dims.num_heads, dims.intermediate_size
+    ):
+        raise PlanMismatchError(
+            f"The plan is for {plan.num_layers} layers of {plan.num_heads} heads and {plan.intermediate_size} "
+            f"neurons; this model has {dims.num_layers} layers of {dims.num_heads} heads and "
+            f"{dims.intermediate_size} neurons. Apply a plan only to the model it was made for."
+        )
     for index, layer in enumerate(layers):
         heads = torch.zeros(dims.num_heads, dtype=torch.bool)
         heads[plan.heads[index]] = True

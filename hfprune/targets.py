@@ -95,3 +95,26 @@ def resolve_overrides(names: Iterable[str], overrides: Mapping[str, float]) -> d
                 result[name] = value
                 break
     return result
+
+
+def require_real_weights(model: nn.Module, action: str) -> None:
+    """Refuse a model whose weights are on the ``meta`` device: they have shapes but no values, so scores, masks
+    and plans computed from them would be meaningless (and would be returned without any error).
+
+    Args:
+        model (`nn.Module`): The model an entry point was given.
+        action (`str`): What was asked, for the message (e.g. ``"prune_"``).
+
+    Raises:
+        ConfigError: some parameter or buffer is on the meta device.
+    """
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    on_meta = [name for name, tensor in tensors if tensor.is_meta]
+    if on_meta:
+        raise ConfigError(
+            f"{action} needs the model's weights, but {len(on_meta)} of its {len(tensors)} parameters and buffers "
+            f"(e.g. {', '.join(on_meta[:3])}) are on the meta device: they have shapes but no values, as when a "
+            "model is built under accelerate's init_empty_weights or loaded with device_map='meta'. Load the real "
+            "weights first (from_pretrained without device_map='meta', or load_state_dict(..., assign=True)), then "
+            f"call {action} again."
+        )
