@@ -12,7 +12,8 @@ import copy
 import json
 import os
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,13 @@ import torch_pruning as tp
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .compaction import PLAN_NAME, PlanMismatchError
+from .compaction import PLAN_NAME, PlanMismatchError, _is_integer, checked_indices, read_plan_json
 from .config import PruningConfig
 from .errors import ConfigError, HfPruneError, MissingDataError, UnsupportedArchitectureError
 from .importance import APoZImportance, BNScaleImportance, MagnitudeImportance, RandomImportance, TaylorImportance
-from .pruner import _calibration_loss, take_batches
+from .pruner import _calibration_loss, _like_model, take_batches
 from .structures import Channels
+from .targets import require_real_weights
 
 
 CHANNEL_PLAN_VERSION = 1
@@ -49,24 +51,67 @@ class ChannelPlan:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field's type and every group's kept indices (sorting them); called on construction and
+        again by `apply_channel_plan_`, since a plan can be edited after it was built.
+
+        Raises:
+            PlanMismatchError: naming the group or field and what is wrong with it.
+        """
+        for field_name in ("num_channels", "kept"):
+            if not isinstance(getattr(self, field_name), dict):
+                raise PlanMismatchError(
+                    f"Channel plan field {field_name} must map convolution names to "
+                    f"{'channel counts' if field_name == 'num_channels' else 'kept channel indices'}; got "
+                    f"{type(getattr(self, field_name)).__name__}."
+                )
+        for name, count in self.num_channels.items():
+            if not isinstance(name, str) or not _is_integer(count) or count < 1:
+                raise PlanMismatchError(
+                    f"Channel plan num_channels[{name!r}] must be a positive integer channel count; got {count!r}."
+                )
+        if self.kind != "channels":
+            raise PlanMismatchError(f"Not a channel plan (kind={self.kind!r}).")
+        if not _is_integer(self.plan_version):
+            raise PlanMismatchError(f"Channel plan field plan_version must be an integer; got {self.plan_version!r}.")
+        if not isinstance(self.extra, dict):
+            raise PlanMismatchError(f"Channel plan field extra must be a dict; got {type(self.extra).__name__}.")
         for name, kept in self.kept.items():
             if name not in self.num_channels:
                 raise PlanMismatchError(f"Plan keeps channels of {name!r} but does not say how many it had.")
-            kept = sorted(int(i) for i in kept)
-            if not kept or len(set(kept)) != len(kept) or not all(0 <= i < self.num_channels[name] for i in kept):
+            indices = checked_indices(kept, f"Group {name!r}: kept channels", self.num_channels[name])
+            if not indices:
                 raise PlanMismatchError(
-                    f"{name}: kept channels must be distinct, non-empty and in [0, {self.num_channels[name]}); got "
-                    f"{kept[:8]}."
+                    f"Group {name!r}: kept channels are empty; a convolution must keep at least one channel."
                 )
-            self.kept[name] = kept
+            self.kept[name] = indices
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ChannelPlan:
+        """Build and validate a plan from `to_dict`'s output (e.g. parsed ``pruning_plan.json``).
+
+        Raises:
+            PlanMismatchError: the data is not a channel plan (wrong kind or types, missing fields, bad indices).
+        """
+        if not isinstance(data, dict):
+            raise PlanMismatchError(f"A channel plan must be a JSON object (dict); got {type(data).__name__}.")
         if data.get("kind") != "channels":
             raise PlanMismatchError(f"Not a channel plan (kind={data.get('kind')!r}).")
+        version = data.get("plan_version", CHANNEL_PLAN_VERSION)
+        if not _is_integer(version):
+            raise PlanMismatchError(f"Channel plan field plan_version must be an integer; got {version!r}.")
+        if version > CHANNEL_PLAN_VERSION:
+            raise PlanMismatchError(
+                f"Channel plan version {version} is newer than this hfprune understands ({CHANNEL_PLAN_VERSION})."
+            )
+        missing = [key for key in ("num_channels", "kept") if key not in data]
+        if missing:
+            raise PlanMismatchError(f"The channel plan lacks the fields {missing} (it has {sorted(data)}).")
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
@@ -79,7 +124,10 @@ class ChannelPlan:
         path = Path(directory) / PLAN_NAME
         if not path.is_file():
             raise PlanMismatchError(f"No {PLAN_NAME} in {directory}.")
-        return cls.from_dict(json.loads(path.read_text()))
+        try:
+            return cls.from_dict(read_plan_json(path))
+        except PlanMismatchError as err:
+            raise PlanMismatchError(f"{path}: {err}") from err
 
 
 def default_ignored_layers(model: nn.Module) -> list[str]:
@@ -117,6 +165,7 @@ def channel_groups(
     model: nn.Module, example_inputs: Tensor, structure: Channels, ignored_layers: list[str] | None = None
 ) -> tuple[tp.DependencyGraph, dict[str, Any]]:
     """The dependency graph and the prunable channel groups of ``model``, keyed by root convolution name."""
+    require_real_weights(model, "channel_groups")
     names = {module: name for name, module in model.named_modules()}
     ignored_names = default_ignored_layers(model) if ignored_layers is None else ignored_layers
     for name in ignored_names:
@@ -125,7 +174,7 @@ def channel_groups(
     ignored = [model.get_submodule(name) for name in ignored_names]
     try:
         with torch.enable_grad():
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=_like_model(example_inputs, model))
     except Exception as err:  # torch_pruning raises plain exceptions on ops it cannot trace
         raise UnsupportedArchitectureError(
             f"Could not trace {type(model).__name__} to find coupled channels ({type(err).__name__}: {err}). "
@@ -146,12 +195,49 @@ def channel_groups(
     return graph, groups
 
 
-def _inputs_of(batch: Any) -> Tensor:
+def _inputs_of(batch: Any, model: nn.Module) -> Tensor:
+    """The images of ``batch``, in the model's dtype and on its device."""
     if isinstance(batch, (tuple, list)):
-        return batch[0]
-    if isinstance(batch, dict):
-        return batch["pixel_values"]
-    return batch
+        images = batch[0]
+    elif isinstance(batch, dict):
+        images = batch["pixel_values"]
+    else:
+        images = batch
+    return _like_model(images, model)
+
+
+@contextmanager
+def _half_weights_in_float32(model: nn.Module) -> Iterator[None]:
+    """Hold ``model``'s bf16/fp16 parameters, gradients and buffers in float32 for the duration, then round back.
+
+    Torch-Pruning's criteria compute in the weights' dtype (a bf16 sum of a filter's 2,304 squares keeps ~3
+    significant digits, enough to reorder close channels); upcasting is exact, and so is rounding the unchanged
+    weights back. Buffers updated meanwhile (adaptive BN statistics) are rounded once, at the end.
+    """
+    half = (torch.float16, torch.bfloat16)
+    changed: list[tuple[nn.Module, str, str, torch.dtype]] = []
+    for module in model.modules():
+        for name, param in module._parameters.items():
+            if param is not None and param.dtype in half:
+                changed.append((module, "param", name, param.dtype))
+                param.data = param.data.float()
+                if param.grad is not None:
+                    param.grad = param.grad.float()
+        for name, buffer in module._buffers.items():
+            if buffer is not None and buffer.dtype in half:
+                changed.append((module, "buffer", name, buffer.dtype))
+                module._buffers[name] = buffer.float()
+    try:
+        yield
+    finally:
+        for module, kind, name, dtype in changed:
+            if kind == "param":
+                param = module._parameters[name]
+                param.data = param.data.to(dtype)  # type: ignore[union-attr]
+                if param.grad is not None:  # type: ignore[union-attr]
+                    param.grad = param.grad.to(dtype)  # type: ignore[union-attr]
+            else:
+                module._buffers[name] = module._buffers[name].to(dtype)  # type: ignore[union-attr]
 
 
 @torch.no_grad()
@@ -174,7 +260,7 @@ def _apoz_scores(model: nn.Module, groups: dict[str, Any], batches: list[Any]) -
     model.eval()
     try:
         for batch in batches:
-            model(_inputs_of(batch))
+            model(_inputs_of(batch, model))
     finally:
         for handle in handles:
             handle.remove()
@@ -200,10 +286,12 @@ def score_channels(
         )
     if isinstance(importance, MagnitudeImportance):
         criterion = tp.importance.GroupMagnitudeImportance(p=importance.p, normalizer=None)
-        return {name: criterion(group).detach().float() for name, group in groups.items()}
+        with _half_weights_in_float32(model):
+            return {name: criterion(group).detach().float() for name, group in groups.items()}
     if isinstance(importance, BNScaleImportance):
         criterion = tp.importance.BNScaleImportance(normalizer=None)
-        scores = {name: criterion(group) for name, group in groups.items()}
+        with _half_weights_in_float32(model):
+            scores = {name: criterion(group) for name, group in groups.items()}
         missing = [name for name, value in scores.items() if value is None]
         if missing:
             raise ConfigError(f"bn_scale needs a BatchNorm after each pruned conv; none follows {missing[:3]}.")
@@ -220,7 +308,10 @@ def score_channels(
         for batch in take_batches(dataloader, num_batches):  # type: ignore[arg-type]
             _calibration_loss(model, batch, loss_fn).backward()  # gradients accumulate over the batches
         criterion = tp.importance.GroupTaylorImportance(normalizer=None)
-        scores = {name: criterion(group).detach().float().abs() for name, group in groups.items()}
+        # The backward ran in the model's dtype (that is the network being pruned); weight x gradient is summed
+        # per channel in float32.
+        with _half_weights_in_float32(model):
+            scores = {name: criterion(group).detach().float().abs() for name, group in groups.items()}
         model.zero_grad(set_to_none=True)
         model.train(was_training)
         return scores
@@ -251,25 +342,43 @@ def count_flops(model: nn.Module, example_inputs: Tensor) -> int:
     was_training = model.training
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(example_inputs)
+        model(_like_model(example_inputs, model))
     model.train(was_training)
     return int(counter.get_total_flops())
 
 
 def apply_channel_plan_(model: nn.Module, plan: ChannelPlan, example_inputs: Tensor) -> nn.Module:
-    """Physically remove the channels ``plan`` drops (and everything coupled to them), in place."""
-    # Tracing needs autograd on; the pruning itself only rewrites parameters.
-    with torch.enable_grad():
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
-    for name, kept in plan.kept.items():
+    """Physically remove the channels ``plan`` drops (and everything coupled to them), in place.
+
+    Raises:
+        PlanMismatchError: the plan is invalid, or names a layer the model lacks or with another width.
+    """
+    require_real_weights(model, "apply_channel_plan_")
+    if not isinstance(plan, ChannelPlan):
+        raise PlanMismatchError(
+            f"apply_channel_plan_ needs a ChannelPlan; got {type(plan).__name__}. Build one with "
+            "ChannelPlan.from_dict(...) or ChannelPlan.from_pretrained(folder)."
+        )
+    plan.validate()  # its lists may have been edited since it was built
+    for name, count in plan.num_channels.items():
         if not _has_module(model, name):
             raise PlanMismatchError(f"The plan prunes {name!r}, which this {type(model).__name__} does not have.")
         module = model.get_submodule(name)
-        if getattr(module, "out_channels", None) != plan.num_channels[name]:
+        if not isinstance(module, nn.Conv2d):
             raise PlanMismatchError(
-                f"{name} has {getattr(module, 'out_channels', None)} output channels; the plan was made for "
-                f"{plan.num_channels[name]}. Apply a plan only to the unpruned base model."
+                f"The plan prunes output channels of {name!r}, but that is a {type(module).__name__}, not a Conv2d: "
+                "the plan was made for another architecture."
             )
+        if module.out_channels != count:
+            raise PlanMismatchError(
+                f"{name} has {module.out_channels} output channels; the plan was made for {count}. Apply a plan only "
+                "to the unpruned base model."
+            )
+    # Tracing needs autograd on; the pruning itself only rewrites parameters.
+    with torch.enable_grad():
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=_like_model(example_inputs, model))
+    for name, kept in plan.kept.items():
+        module = model.get_submodule(name)
         removed = sorted(set(range(plan.num_channels[name])) - set(kept))
         if removed:
             graph.get_pruning_group(module, tp.prune_conv_out_channels, idxs=removed).prune()
@@ -295,7 +404,7 @@ def _check_forward(model: nn.Module, example_inputs: Tensor, pruned: list[str]) 
     was_training = model.training
     model.eval()
     try:
-        model(example_inputs)
+        model(_like_model(example_inputs, model))
     except RuntimeError as err:
         if "out of memory" in str(err):  # not a graph problem
             raise
@@ -370,6 +479,7 @@ def plan_channels(
     With ``target_flops`` every group is pruned at the same ratio, chosen so the measured FLOPs meet the target.
     The model is not modified.
     """
+    require_real_weights(model, "plan_channels")
     structure = config.structure
     if not isinstance(structure, Channels):
         raise ConfigError("plan_channels needs structure='channels'.")
@@ -396,7 +506,12 @@ def plan_channels(
 
 @torch.no_grad()
 def adaptive_bn_(model: nn.Module, batches: Iterable[Any]) -> nn.Module:
-    """Re-estimate BatchNorm statistics on ``batches`` (EagleEye's adaptive BN): reset, then cumulative average."""
+    """Re-estimate BatchNorm statistics on ``batches`` (EagleEye's adaptive BN): reset, then cumulative average.
+
+    A half-precision model runs these passes in float32, so the averages accumulate in float32 and are rounded to
+    the model's dtype once (a bf16 running mean over many batches drifts).
+    """
+    require_real_weights(model, "adaptive_bn_")
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [(m, m.momentum) for m in norms]
     for norm in norms:
@@ -404,8 +519,9 @@ def adaptive_bn_(model: nn.Module, batches: Iterable[Any]) -> nn.Module:
         norm.momentum = None
     model.train()
     try:
-        for batch in batches:
-            model(_inputs_of(batch))
+        with _half_weights_in_float32(model):
+            for batch in batches:
+                model(_inputs_of(batch, model))
     finally:
         for norm, momentum in saved:
             norm.momentum = momentum
@@ -421,8 +537,8 @@ def top1(model: nn.Module, batches: Iterable[Any]) -> float:
     for batch in batches:
         images, labels = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch["pixel_values"],
                                                                                          batch["labels"])  # fmt: skip
-        logits = model(images)
-        correct += int((getattr(logits, "logits", logits).argmax(-1) == labels).sum())
+        logits = model(_like_model(images, model))
+        correct += int((getattr(logits, "logits", logits).argmax(-1).cpu() == labels.cpu()).sum())
         total += int(labels.numel())
     return correct / max(total, 1)
 
@@ -445,6 +561,7 @@ def eagleeye_search(
     ``config.target_flops``; the pruned copy's BN statistics are re-estimated on ``bn_batches`` and its top-1 is
     measured on ``eval_batches``. The best candidate's plan is returned with all candidates' results.
     """
+    require_real_weights(model, "eagleeye_search")
     if config.target_flops is None:
         raise ConfigError("EagleEye searches under a FLOPs constraint: set target_flops.")
     structure = config.structure
@@ -508,7 +625,8 @@ def save_channel_pruned(
         example = torch.zeros(1, *(pretrained_cfg.get("input_size") or (3, 224, 224)))
         # The base model's size comes from the same architecture with the plan's full widths.
         dense = create_base_model(architecture, num_classes)
-        after, before = (report(m, example, measure_latency=False, target_modules=r".*") for m in (model, dense))
+        after, before = (report(m, _like_model(example, m), measure_latency=False, target_modules=r".*")
+                         for m in (model, dense))  # fmt: skip
         write_model_card(staging, model, base_model or architecture, pruning_config, report=after, base_report=before,
                          plan=plan, evaluation=evaluation, method_notes=method_notes, library="timm",
                          model_name=Path(directory).name)  # fmt: skip
@@ -541,9 +659,31 @@ def load_channel_pruned(directory: str | os.PathLike) -> nn.Module:
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise HfPruneError(f"{config_path} is missing.")
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise HfPruneError(f"{config_path} is not valid JSON ({err}); the saved folder is corrupt.") from err
+    missing = [key for key in ("architecture", "num_classes") if key not in (config if isinstance(config, dict) else {})]
+    if missing:
+        raise HfPruneError(
+            f"{config_path} lacks {missing}: it was not written by hfprune's save_channel_pruned (or was edited)."
+        )
+    plan = ChannelPlan.from_pretrained(directory)
+    weights = directory / "model.safetensors"
+    if not weights.is_file():
+        raise HfPruneError(f"{weights} is missing.")
     model = create_base_model(config["architecture"], config["num_classes"])
     size = (config.get("pretrained_cfg") or {}).get("input_size") or [3, 224, 224]
-    apply_channel_plan_(model, ChannelPlan.from_pretrained(directory), torch.zeros(1, *size))
-    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    apply_channel_plan_(model, plan, torch.zeros(1, *size))
+    state = load_file(str(weights))
+    from .compaction import _saved_dtype
+
+    model.to(_saved_dtype(state))  # a bf16/fp16 model reloads in its own dtype
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # shape mismatches or missing keys: weights and plan do not belong together
+        raise PlanMismatchError(
+            f"Weights in {weights} do not fit the model {PLAN_NAME} builds ({str(err)[:500]}). The plan and the "
+            "weights come from different runs: save them together with save_channel_pruned."
+        ) from err
     return model.eval()
