@@ -43,6 +43,11 @@ def _auto_class(architecture: str) -> str:
     raise ConfigError(f"No transformers auto class is known for {architecture!r}.")
 
 
+def _source_folder(model: nn.Module) -> str:
+    """The folder the model was loaded from (an export never replaces it)."""
+    return str(getattr(getattr(model, "config", None), "_name_or_path", "") or "")
+
+
 def export_remote_code(
     model: nn.Module, plan: PruningPlan, directory: str | os.PathLike, tokenizer: Any = None, overwrite: bool = False
 ) -> Path:
@@ -54,7 +59,7 @@ def export_remote_code(
     code = code.replace("{layout}", repr(dataclasses.asdict(layout)))
     code = code.replace("{base_class}", base_class).replace("{class_name}", class_name)
     config = model.config  # type: ignore[attr-defined]
-    with atomic_directory(directory, overwrite=overwrite) as staging:
+    with atomic_directory(directory, overwrite=overwrite, inputs=(_source_folder(model),)) as staging:
         (staging / "modeling_hfprune.py").write_text(code)
         previous_plan = getattr(config, "hfprune_plan", None)
         config.hfprune_plan = plan.config_entry()  # what the remote code's apply_plan reads
@@ -89,7 +94,7 @@ def export_plain(
         )
     config = model.config  # type: ignore[attr-defined]
     original = config.intermediate_size
-    with atomic_directory(directory, overwrite=overwrite) as staging:
+    with atomic_directory(directory, overwrite=overwrite, inputs=(_source_folder(model),)) as staging:
         config.intermediate_size = widths.pop()
         # An ordinary checkpoint: its config describes the shapes by itself, so it must not carry a plan.
         plan_entry = config.__dict__.pop("hfprune_plan", None)

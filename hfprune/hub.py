@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,7 +22,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from torch import nn
 
 from .config import PruningConfig
-from .errors import ConfigError, HfPruneError
+from .errors import ConfigError, HfPruneError, HfPruneWarning
 from .masks import merged_state_dict
 from .reporting import PruningReport, compare_reports
 
@@ -26,31 +31,222 @@ TEMPLATE_PATH = Path(__file__).parent / "model_cards" / "pruned_model.md"
 STRUCTURE_PLOT_NAME = "kept_structure.png"
 #: Where the card's loading snippets say the model is; `hfprune push` replaces it with the repository id.
 CARD_PLACEHOLDER_PATH = "path/to/this/folder"
+#: Written last into every folder hfprune saves: the entries it wrote, so that ``overwrite`` replaces only
+#: folders that hold nothing else (no checkpoints, no user files).
+MANIFEST_NAME = "hfprune_manifest.json"
+#: Folders written before the manifest existed are recognised by these names (hfprune's own files and the
+#: tokenizer files transformers writes); anything else in them makes the folder "not ours".
+_LEGACY_OUTPUT_NAMES = frozenset({
+    "config.json", "model.safetensors", "model.safetensors.index.json", "generation_config.json",
+    "pruning_config.json", "pruning_plan.json", "distillation_config.json", "report.json", "README.md",
+    STRUCTURE_PLOT_NAME, "eval_results.json", "modeling_hfprune.py", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt", "added_tokens.json", "spm.model",
+    "sentencepiece.bpe.model", "chat_template.jinja",
+})  # fmt: skip
+_OUTPUT_MARKERS = ("pruning_config.json", "pruning_plan.json", MANIFEST_NAME)
+
+
+class OutputDirectoryError(HfPruneError, ValueError):
+    """The output folder cannot receive a model without losing something (or is not a folder)."""
+
+
+def _written_by_hfprune(folder: Path) -> list[str]:
+    """Entries of ``folder`` that hfprune did not write (empty: the folder is an earlier hfprune output)."""
+    entries = sorted(entry.name for entry in folder.iterdir())
+    manifest = folder / MANIFEST_NAME
+    if manifest.is_file():
+        try:
+            owned = set(json.loads(manifest.read_text())["files"]) | {MANIFEST_NAME, "eval_results.json"}
+        except (ValueError, KeyError, TypeError):
+            owned = set()  # a damaged manifest proves nothing: fall back to the strict legacy rule
+    else:
+        owned = set()
+    if not owned:
+        if not any((folder / marker).is_file() for marker in _OUTPUT_MARKERS):
+            return entries
+        owned = set(_LEGACY_OUTPUT_NAMES)
+    return [name for name in entries if name not in owned]
+
+
+def check_output_directory(
+    path: str | os.PathLike, *, overwrite: bool, inputs: Sequence[str | os.PathLike | None] = ()
+) -> Path:
+    """Raise `OutputDirectoryError` unless a model can be written to ``path`` without losing anything.
+
+    Refused: an existing file; a folder that is, or contains, one of ``inputs`` (the model being pruned, a
+    teacher, a data folder); a non-empty folder without ``overwrite``; and, even with ``overwrite``, a folder
+    holding anything hfprune did not write there (training checkpoints, earlier runs, the user's own files).
+    Call it before loading or calibrating, so a doomed run fails at once; the savers call it again.
+    """
+    final = Path(path).expanduser().resolve()
+    if final.exists() and not final.is_dir():
+        raise OutputDirectoryError(f"Output {final} exists and is a file, not a folder. Choose a folder path.")
+    for source in inputs:
+        if source is None or not str(source) or not Path(str(source)).expanduser().exists():
+            continue  # hub ids and absent inputs cannot be overwritten
+        source_path = Path(str(source)).expanduser().resolve()
+        if source_path == final or final in source_path.parents:
+            raise OutputDirectoryError(
+                f"Output {final} is or contains the input {source_path}; writing there would replace it. "
+                "Choose an output folder outside the input."
+            )
+    if not final.is_dir() or not any(final.iterdir()):
+        return final
+    foreign = _written_by_hfprune(final)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputDirectoryError(
+            f"Output {final} is not empty and holds files hfprune did not write ({shown}); hfprune replaces only "
+            "its own earlier outputs. Choose a new or empty folder (e.g. a sub-folder of it)."
+        )
+    if not overwrite:
+        raise OutputDirectoryError(
+            f"Output {final} already holds an hfprune model. Pass overwrite=True (--overwrite) to replace it, "
+            "or choose another folder."
+        )
+    return final
+
+
+def _exchange_function() -> Any:
+    """``renameat2(..., RENAME_EXCHANGE)`` from libc (Linux >= 3.15, glibc >= 2.28), else ``None``."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        function = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return function
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _swap_directories(staging: Path, final: Path) -> Path | None:
+    """Put ``staging`` at ``final``; return where the previous ``final`` now is (``None`` if there was none).
+
+    One atomic exchange where the OS offers it, so that at every instant ``final`` holds either the old or the new
+    model. Elsewhere two renames; a crash between them leaves the old folder in ``.NAME.old-*``, which the next save
+    to ``final`` restores (`recover_interrupted_save`).
+    """
+    if not final.exists():
+        staging.rename(final)
+        return None
+    exchange = _exchange_function()
+    if exchange is not None:
+        result = exchange(_AT_FDCWD, os.fsencode(staging), _AT_FDCWD, os.fsencode(final), _RENAME_EXCHANGE)
+        if result == 0:
+            return staging  # staging now holds the old folder
+        # EINVAL/ENOSYS: this filesystem or kernel cannot exchange; fall through to two renames.
+    backup = final.with_name(f".{final.name}.old-{os.getpid()}")
+    final.rename(backup)
+    try:
+        staging.rename(final)
+    except BaseException:
+        backup.rename(final)
+        raise
+    return backup
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_interrupted_save(path: str | os.PathLike) -> None:
+    """Finish what a killed save to ``path`` left: restore ``.NAME.old-*`` when ``path`` is gone, drop leftovers.
+
+    A folder whose writer process is still alive is left alone (another save may be under way).
+    """
+    final = Path(path).expanduser().resolve()
+    if not final.parent.is_dir():
+        return
+    for kind in ("old", "tmp"):
+        prefix = f".{final.name}.{kind}-"
+        for leftover in sorted(final.parent.glob(f"{prefix}*")):
+            writer = leftover.name[len(prefix):].split("-")[0]  # .NAME.old-<pid>, .NAME.tmp-<pid>-<random>
+            if writer.isdigit() and int(writer) != os.getpid() and _pid_alive(int(writer)):
+                continue
+            if kind == "old" and not final.exists():
+                leftover.rename(final)
+                warnings.warn(
+                    f"Restored {final} from {leftover.name}: an earlier save was interrupted while replacing it.",
+                    HfPruneWarning,
+                    stacklevel=3,
+                )
+            else:
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+class _TerminatedError(BaseException):
+    """SIGTERM turned into an exception, so a save being killed by ``kill``/a scheduler cleans up like Ctrl-C."""
 
 
 @contextmanager
-def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def _signals_handled() -> Iterator[dict[str, Any]]:
+    """Inside: SIGTERM raises like Ctrl-C. ``state["defer"] = True`` holds SIGTERM/SIGINT until the block ends."""
+    state: dict[str, Any] = {"defer": False, "pending": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield state  # handlers can only be installed from the main thread
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if state["defer"]:
+            state["pending"] = signum
+            return
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise _TerminatedError(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield state
+    except _TerminatedError as err:
+        aborted = err.args[0]  # the caller has cleaned up; now let the process end as SIGTERM asks
+    else:
+        aborted = None
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    if aborted is not None:
+        os.kill(os.getpid(), aborted)  # delivered to the handler that was there before (default: exit)
+        raise SystemExit(128 + aborted)  # that handler returned: the save still did not happen
+    if state["pending"] is not None:
+        os.kill(os.getpid(), state["pending"])  # arrived during the swap, which completed: deliver it now
+
+
+@contextmanager
+def atomic_directory(
+    path: str | os.PathLike, overwrite: bool = False, inputs: Sequence[str | os.PathLike | None] = ()
+) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``path`` only if the block finishes without error.
 
-    A crash or Ctrl-C inside the block leaves ``path`` untouched (and no half-written model behind).
+    - A crash, Ctrl-C or SIGTERM inside the block leaves ``path`` untouched and removes the temporary folder.
+    - The swap is atomic where the OS allows it (Linux); elsewhere a kill between its two renames is repaired by
+      the next save to ``path``.
+    - ``path`` must pass `check_output_directory` (never an input, never a folder holding others' files).
+    - A manifest of the written entries goes in last, so a later ``overwrite`` knows the folder is hfprune's.
     """
-    final = Path(path).resolve()
-    if final.exists() and any(final.iterdir()) and not overwrite:
-        raise HfPruneError(f"Output directory {final} exists and is not empty. Pass overwrite=True (--overwrite).")
+    recover_interrupted_save(path)
+    final = check_output_directory(path, overwrite=overwrite, inputs=inputs)
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    backup = None
-    if final.exists():
-        backup = final.with_name(f".{final.name}.old-{os.getpid()}")
-        final.rename(backup)
-    staging.rename(final)
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
+    with _signals_handled() as signals:
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
+        try:
+            yield staging
+            manifest = {"files": sorted(entry.name for entry in staging.iterdir())}
+            (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+            signals["defer"] = True
+            previous = _swap_directories(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
 
 
 def load_model(name_or_path: str | os.PathLike, **kwargs: Any) -> nn.Module:
@@ -310,8 +506,9 @@ def save_pruned(
     """
     if not hasattr(model, "save_pretrained"):
         raise ConfigError(f"{type(model).__name__} has no save_pretrained(); save_pruned needs a transformers model.")
-    base_model = base_model or str(getattr(getattr(model, "config", None), "_name_or_path", "") or "unknown")
-    with atomic_directory(save_directory, overwrite=overwrite) as staging:
+    source = str(getattr(getattr(model, "config", None), "_name_or_path", "") or "")
+    base_model = base_model or source or "unknown"
+    with atomic_directory(save_directory, overwrite=overwrite, inputs=(source, base_model)) as staging:
         model.save_pretrained(staging, state_dict=merged_state_dict(model))
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,11 +18,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 from .config import PruningConfig
 from .distillation import DistillationConfig, distillation_loss
-from .errors import ConfigError, HfPruneError
+from .errors import ConfigError, HfPruneError, HfPruneWarning
 from .pruner import Pruner
 
 
@@ -32,8 +32,10 @@ class PruningCallback(TrainerCallback):
     """Drives a `Pruner` from the Trainer's events.
 
     - ``on_pre_optimizer_step`` (after gradient clipping): fold gradients into importance statistics;
-    - ``on_step_end``: advance the schedule and update masks;
-    - ``on_save``: write the pruner state next to the checkpoint.
+    - ``on_step_end``: advance the schedule and update masks.
+
+    The pruner state is written into each checkpoint by `PruningTrainer._save_checkpoint`, before transformers
+    deletes older checkpoints (``save_total_limit``): ``on_save`` comes after that deletion, too late.
     """
 
     def __init__(self, pruner: Pruner) -> None:
@@ -45,16 +47,55 @@ class PruningCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
         self.pruner.step(state.global_step)
 
-    def on_save(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
-        if state.is_world_process_zero:
-            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            checkpoint.mkdir(parents=True, exist_ok=True)
-            # Write then rename, so an interrupt never leaves a truncated pruner state in a checkpoint.
-            partial = checkpoint / f"{PRUNER_STATE_NAME}.partial"
-            torch.save(self.pruner.state_dict(), partial)
-            os.replace(partial, checkpoint / PRUNER_STATE_NAME)
 
 
+def write_pruner_state(pruner: Pruner, checkpoint: Path) -> None:
+    """Write the pruner state into ``checkpoint`` (write then rename: an interrupt never leaves a truncated file)."""
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    partial = checkpoint / f"{PRUNER_STATE_NAME}.partial"
+    torch.save(pruner.state_dict(), partial)
+    os.replace(partial, checkpoint / PRUNER_STATE_NAME)
+
+
+def checkpoint_is_complete(checkpoint: Path, needs_pruner_state: bool) -> bool:
+    """Whether ``checkpoint`` holds everything a resume reads: trainer state, weights and (pruning) pruner state.
+
+    transformers writes ``trainer_state.json`` after the weights, optimizer and RNG states, so its presence means
+    those are complete.
+    """
+    has_weights = any(checkpoint.glob("*.safetensors")) or any(checkpoint.glob("pytorch_model*.bin"))
+    has_state = (checkpoint / "trainer_state.json").is_file()
+    return has_weights and has_state and (not needs_pruner_state or (checkpoint / PRUNER_STATE_NAME).is_file())
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike, needs_pruner_state: bool) -> tuple[Path | None, list[Path]]:
+    """The newest complete ``checkpoint-N`` in ``output_dir`` and the newer, incomplete ones it skipped."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None, []
+    steps = []
+    for entry in folder.iterdir():
+        prefix, _, number = entry.name.partition("-")
+        if prefix == "checkpoint" and number.isdigit() and entry.is_dir():
+            steps.append((int(number), entry))
+    skipped = []
+    for _, checkpoint in sorted(steps, reverse=True):
+        if checkpoint_is_complete(checkpoint, needs_pruner_state):
+            return checkpoint, skipped
+        skipped.append(checkpoint)
+    return None, skipped
+
+
+def load_pruner_state(path: Path) -> dict[str, Any]:
+    """``torch.load`` of a pruner state with tensors only; a damaged file gets an error that says so."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError or EOFError for damaged files
+        raise HfPruneError(
+            f"{path} is damaged or not a pruner state written by hfprune ({type(err).__name__}). Resume from an "
+            "earlier checkpoint (resume_from_checkpoint=<output_dir>/checkpoint-N), or delete this checkpoint "
+            "folder and resume with resume_from_checkpoint=True to use the newest complete one."
+        ) from None
 def check_teacher_compatible(student: nn.Module, teacher: nn.Module) -> None:
     """Raise a `ConfigError` if teacher and student predict different labels or read different vocabularies."""
     student_config, teacher_config = getattr(student, "config", None), getattr(teacher, "config", None)
@@ -229,30 +270,84 @@ class PruningTrainer(Trainer):
                     logs[f"pruning/{name}"] = round(value, 6) if math.isfinite(value) else value
         super().log(logs, start_time)
 
+    # --------------------------------------------------------------------------------------------- checkpoints
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        # The pruner state goes in first: transformers deletes older checkpoints (save_total_limit) at the end of
+        # _save_checkpoint, so a kill after that must find it in the new one. A kill before trainer_state.json is
+        # written leaves the new checkpoint incomplete, and resuming falls back to the previous complete one.
+        if self.pruner is not None and self.args.should_save:
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            write_pruner_state(self.pruner, folder)
+        super()._save_checkpoint(model, trial)
+
     # --------------------------------------------------------------------------------------------- resume
-    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):  # noqa: ANN201
-        """`Trainer.train`, restoring the pruner's masks, scores, statistics and schedule step when resuming."""
-        if self.pruner is not None and resume_from_checkpoint not in (None, False):
-            checkpoint = resume_from_checkpoint
-            if checkpoint is True:
-                checkpoint = get_last_checkpoint(self.args.output_dir)
-                if checkpoint is None:
-                    raise HfPruneError(f"No checkpoint found in {self.args.output_dir} to resume from.")
-            state_path = Path(checkpoint) / PRUNER_STATE_NAME
-            if not state_path.is_file():
-                raise HfPruneError(
-                    f"Checkpoint {checkpoint} has no {PRUNER_STATE_NAME}: it was not written by a PruningTrainer with "
-                    "a pruning_config, so masks and schedule cannot be restored."
+    def _resolve_checkpoint(self, resume_from_checkpoint: str | bool) -> str:
+        needs_state = self.pruner is not None
+        if resume_from_checkpoint is True:
+            checkpoint, skipped = last_complete_checkpoint(self.args.output_dir, needs_state)
+            if checkpoint is None:
+                found = f" (incomplete: {', '.join(p.name for p in skipped)})" if skipped else ""
+                raise HfPruneError(f"No complete checkpoint found in {self.args.output_dir} to resume from{found}.")
+            if skipped:
+                warnings.warn(
+                    f"Resuming from {checkpoint.name}: the newer {', '.join(p.name for p in skipped)} "
+                    "are incomplete (the run was stopped while saving them).",
+                    HfPruneWarning,
+                    stacklevel=3,
                 )
-            self.pruner.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
+            return str(checkpoint)
+        checkpoint = Path(resume_from_checkpoint)
+        if not checkpoint.is_dir():
+            raise HfPruneError(f"Checkpoint {checkpoint} does not exist or is not a folder.")
+        if needs_state and not (checkpoint / PRUNER_STATE_NAME).is_file():
+            earlier, _ = last_complete_checkpoint(checkpoint.parent, needs_state)
+            hint = f" The newest complete checkpoint there is {earlier}." if earlier is not None else ""
+            raise HfPruneError(
+                f"Checkpoint {checkpoint} has no {PRUNER_STATE_NAME}: it was not written by a PruningTrainer with a "
+                f"pruning_config, or the run was stopped while saving it, so masks and schedule cannot be "
+                f"restored.{hint}"
+            )
+        return str(checkpoint)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):  # noqa: ANN201
+        """`Trainer.train`, restoring the pruner's masks, scores, statistics and schedule step when resuming.
+
+        ``resume_from_checkpoint=True`` takes the newest *complete* checkpoint (a run killed while saving leaves
+        an incomplete one, skipped with a warning). The checkpoint must have been written with the same
+        `PruningConfig`.
+        """
+        if resume_from_checkpoint not in (None, False):
+            resume_from_checkpoint = self._resolve_checkpoint(resume_from_checkpoint)
+            if self.pruner is not None:
+                state = load_pruner_state(Path(resume_from_checkpoint) / PRUNER_STATE_NAME)
+                self._check_same_config(state, resume_from_checkpoint)
+                self.pruner.load_state_dict(state)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _check_same_config(self, state: dict[str, Any], checkpoint: str) -> None:
+        saved = state.get("config")
+        if saved is None or self.pruning_config is None:
+            return
+        try:
+            differences = self.pruning_config.differences(PruningConfig.from_dict(saved))
+        except ConfigError as err:
+            raise HfPruneError(f"The pruning config saved in {checkpoint} cannot be read: {err}") from None
+        if differences:
+            listed = "; ".join(f"{name}: checkpoint {theirs!r}, now {mine!r}" for name, (mine, theirs) in
+                               sorted(differences.items()))  # fmt: skip
+            raise ConfigError(
+                f"Checkpoint {checkpoint} was written with a different pruning config ({listed}). Resume with the "
+                "config it was written with, or start a new run in a new output_dir."
+            )
 
     # --------------------------------------------------------------------------------------------- export
     def save_pruned_model(  # noqa: ANN201
         self,
         output_dir: str | os.PathLike,
         example_inputs: Any = None,
-        overwrite: bool = True,
+        overwrite: bool = False,
         evaluation: Any = None,
         method_notes: Sequence[str] = (),
     ):
@@ -263,12 +358,18 @@ class PruningTrainer(Trainer):
         structure the model is compacted first and ``pruning_plan.json`` is written: reload with
         `hfprune.load_pruned`. ``evaluation`` (a `hfprune.hub.CardEvaluation`) and ``method_notes`` go into the
         model card. Every process makes the masks permanent; only the main process writes.
+
+        ``output_dir`` must be new, empty, or (with ``overwrite=True``) an earlier hfprune output: a folder holding
+        anything else, such as ``args.output_dir`` with its checkpoints, is refused before anything changes. Save
+        next to the checkpoints instead, e.g. ``f"{args.output_dir}/pruned"``.
         """
-        from .hub import save_pruned
+        from .compaction import compact_
+        from .hub import check_output_directory, save_pruned
         from .reporting import report
 
-        from .compaction import compact_
-
+        if self.is_world_process_zero():
+            # Before the masks are merged: a refused folder must leave the trainer able to save elsewhere.
+            check_output_directory(output_dir, overwrite=overwrite)
         model = self.accelerator.unwrap_model(self.model)
         plan = None
         if self.pruner is not None:

@@ -71,13 +71,15 @@ def test_interrupted_save_leaves_no_folder(tmp_path):
 
 
 def test_existing_output_needs_overwrite(tmp_path):
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "keep.txt").write_text("x")
-    with pytest.raises(HfPruneError, match="exists and is not empty.*--overwrite"), atomic_directory(tmp_path / "out"):
+    with atomic_directory(tmp_path / "out") as staging:
+        (staging / "old.txt").write_text("x")
+    with pytest.raises(HfPruneError, match="already holds an hfprune model.*--overwrite"), atomic_directory(
+        tmp_path / "out"
+    ):
         pass
     with atomic_directory(tmp_path / "out", overwrite=True) as staging:
         (staging / "new.txt").write_text("y")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["hfprune_manifest.json", "new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
