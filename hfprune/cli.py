@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
+import re
 import sys
 import time
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +58,12 @@ def default_model_path() -> Path:
 
 def load_recipe(path: str | None) -> dict[str, Any]:
     """Read a YAML recipe; unknown top-level or ``pruning`` keys are errors that name the key."""
+    from .recipes import read_yaml_recipe
+
     if path is None:
         return {}
     recipe_path = Path(path)
-    if not recipe_path.is_file():
-        raise ConfigError(f"Recipe {recipe_path} does not exist.")
-    recipe = yaml.safe_load(recipe_path.read_text()) or {}
-    if not isinstance(recipe, dict):
-        raise ConfigError(f"Recipe {recipe_path} must be a YAML mapping with keys {sorted(RECIPE_KEYS)}.")
+    recipe = read_yaml_recipe(recipe_path)
     unknown = sorted(set(recipe) - RECIPE_KEYS)
     if unknown:
         raise ConfigError(
@@ -82,7 +83,11 @@ def load_recipe(path: str | None) -> dict[str, Any]:
             raise ConfigError(
                 f"Recipe {recipe_path}: calibration.{key} must be of type {kind.__name__}; got {value!r}."
             )
+        if kind is int and value is not None and value < 1:
+            raise ConfigError(f"Recipe {recipe_path}: calibration.{key} must be a positive integer; got {value!r}.")
     pruning = recipe.get("pruning") or {}
+    if not isinstance(pruning, dict):
+        raise ConfigError(f"Recipe {recipe_path}: pruning must be a section of PruningConfig fields; got {pruning!r}.")
     known = set(PruningConfig.__dataclass_fields__)
     unknown = sorted(set(pruning) - known)
     if unknown:
@@ -123,7 +128,77 @@ def build_config(args: argparse.Namespace, recipe: dict[str, Any]) -> PruningCon
         "target_params": args.target_params,
     }
     values.update({key: value for key, value in overrides.items() if value is not None})
+    for key in ("target_modules", "exclude_modules"):
+        _check_patterns(key, values.get(key))
     return PruningConfig(**values)
+
+
+def _check_patterns(key: str, value: Any) -> None:
+    """A target/exclude regex that does not compile is an error naming the flag, the pattern and the problem."""
+    patterns = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else []
+    flag = "--" + key.replace("_", "-")
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            continue
+        text = pattern[3:] if pattern.startswith("re:") else pattern
+        try:
+            re.compile(text)
+        except re.error as err:
+            raise ConfigError(
+                f"{flag} (pruning.{key}) {pattern!r} is not a valid regular expression: {err}. Escape special "
+                r"characters with a backslash (e.g. '\[' for a literal '['), or use e.g. '.*attention.*'."
+            ) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (1 or more), got {value}")
+    return value
+
+
+def _check_model(name: str | os.PathLike | None, flag: str = "--model") -> None:
+    from .recipes import check_model_source
+
+    check_model_source(name, flag)
+    if name is not None and Path(str(name)).is_dir():
+        _check_json_files(Path(str(name)))
+
+
+def _check_json_files(folder: Path) -> None:
+    """Every JSON file of a model folder parses; a damaged one is named before any loader trips over it."""
+    for path in sorted(folder.glob("*.json")):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as err:
+            raise HfPruneError(
+                f"{path} is damaged (not valid JSON: {' '.join(str(err).split())}). Restore it from the model's "
+                "source (re-save or re-download the model), or save the model again."
+            ) from None
+
+
+def _structure_support(model_path: str | Path, config: PruningConfig) -> None:
+    """Refuse heads/neurons pruning of an architecture without a structured adapter, from config.json alone."""
+    from transformers import AutoConfig
+
+    from .adapters.base import ADAPTERS
+    from .adapters.bert import BertFamilyAdapter
+
+    try:
+        model_type = getattr(AutoConfig.from_pretrained(model_path), "model_type", None)
+    except (OSError, ValueError):
+        return  # the loader reports an unreadable config with its own message
+    supported = sorted(name for name, adapter in ADAPTERS.items() if isinstance(adapter, BertFamilyAdapter))
+    if model_type not in supported:
+        raise ConfigError(
+            f"{model_path} is a {model_type!r} model; structured pruning (--structure "
+            f"{getattr(config.structure, 'registered_name', config.structure)}) supports the BERT-family encoders "
+            f"only: model types {', '.join(supported)}. Choose such a model, or prune this one unstructured "
+            "(--structure unstructured with --target-modules, a regex of its nn.Linear layers)."
+        )
 
 
 def _tokenizer_or_none(path: str | Path) -> Any:
@@ -136,11 +211,28 @@ def _tokenizer_or_none(path: str | Path) -> Any:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    from .hub import check_output_directory
+
     recipe = load_recipe(args.config)
     config = build_config(args, recipe)
     args = resolve_calibration(args, recipe)
+    if recipe.get("model") is not None and not isinstance(recipe["model"], str):
+        raise ConfigError(f"Recipe {args.config}: model must be a folder or Hub id; got {recipe['model']!r}.")
     model_path = args.model or recipe.get("model") or default_model_path()
     base_model = DEFAULT_MODEL_ID if not (args.model or recipe.get("model")) else str(model_path)
+    # Everything the user's input decides is checked before the model loads and calibration runs.
+    if args.task is not None:
+        from .glue import get_task, glue_files
+
+        get_task(args.task)
+        needs_train = config.importance.requires_grad  # type: ignore[union-attr]
+        splits = (["train"] if needs_train else []) + (["validation"] if args.eval else [])
+        if args.data_dir is not None and splits:
+            glue_files(args.task, args.data_dir, splits)
+    _check_model(model_path)
+    check_output_directory(args.output, overwrite=args.overwrite, inputs=[model_path, args.data_dir])
+    if isinstance(config.structure, EncoderUnits):
+        _structure_support(model_path, config)
     structured = isinstance(config.structure, EncoderUnits)
     needs_data = config.importance.requires_grad  # type: ignore[union-attr]
     if config.importance.learned:  # type: ignore[union-attr]
@@ -232,11 +324,22 @@ def _model_folder(name: str) -> Path | None:
 
 def _is_channel_model(folder: Path | None) -> bool:
     plan = folder / "pruning_plan.json" if folder is not None else None
-    return plan is not None and plan.is_file() and json.loads(plan.read_text()).get("kind") == "channels"
+    if plan is None or not plan.is_file():
+        return False
+    _check_json_files(folder)  # type: ignore[arg-type]
+    content = json.loads(plan.read_text(encoding="utf-8"))
+    return isinstance(content, dict) and content.get("kind") == "channels"
+
+
+def _check_output_file(path: str | None, flag: str = "--output") -> None:
+    if path is not None and Path(path).is_dir():
+        raise ConfigError(f"{flag} {path} is a folder; pass a file path (e.g. {Path(path) / 'report.json'}).")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     targets: dict[str, Any] = {}
+    _check_model(args.model)
+    _check_output_file(args.output)
     folder = _model_folder(args.model)
     if _is_channel_model(folder):
         import torch
@@ -265,11 +368,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .recipes import GlueRecipe, ImageRecipe, read_yaml_recipe, train_glue, train_image
+
     recipe_path = Path(args.recipe)
-    if not recipe_path.is_file():
-        raise ConfigError(f"Recipe {recipe_path} does not exist.")
-    data = yaml.safe_load(recipe_path.read_text()) or {}
-    from .recipes import GlueRecipe, ImageRecipe, train_glue, train_image
+    data = read_yaml_recipe(recipe_path)
 
     if "task" in data:
         train_glue(GlueRecipe.from_yaml(recipe_path, overrides=args.overrides))
@@ -286,28 +388,76 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     if (args.task is None) == (args.images is None):
         raise ConfigError("Pass either --task (a GLUE task) or --images (an image folder or zip), not both.")
-    if args.images is not None:
-        from .channels import create_base_model, load_channel_pruned
-        from .vision import LabelledImages, eval_transform, evaluate_images
+    if args.images is None:
+        for flag, value in (("--labels", args.labels), ("--classes", args.classes), ("--checkpoint", args.checkpoint),
+                            ("--num-classes", args.num_classes)):  # fmt: skip
+            if value is not None:
+                raise ConfigError(f"{flag} belongs to image evaluation (--images); it means nothing with --task.")
+        from .glue import get_task, glue_files
 
-        folder = _model_folder(args.model)
-        if folder is not None:
-            model = load_channel_pruned(folder)
-        else:
-            if args.num_classes is None:
-                raise ConfigError("Evaluating a timm architecture by name needs --num-classes.")
-            model = create_base_model(args.model, args.num_classes)
-            if args.checkpoint:
-                from .models.cifar_resnet import load_cifar_checkpoint
-
-                load_cifar_checkpoint(model, args.checkpoint)
-        classes = getattr(model, "num_classes", None)
-        data = LabelledImages(args.images, args.labels, transform=eval_transform(model), num_classes=classes)
-        result = evaluate_images(model, data, batch_size=args.batch_size)
-    else:
+        get_task(args.task)
+        if args.data_dir is not None:
+            glue_files(args.task, args.data_dir, "validation")
+        _check_model(args.model)
         result = _eval_glue(args)
+    else:
+        if args.data_dir is not None:
+            raise ConfigError("--data-dir is the GLUE data folder (--task); for images pass the folder as --images.")
+        result = _eval_images(args)
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0
+
+
+def _eval_images(args: argparse.Namespace) -> dict[str, Any]:
+    from .channels import create_base_model, load_channel_pruned
+    from .recipes import _class_list
+    from .vision import LabelledImages, eval_transform, evaluate_images, model_class_names
+
+    if not Path(args.images).exists():
+        raise ConfigError(
+            f"--images {args.images} does not exist. Pass an ImageFolder tree, or a folder/zip with --labels."
+        )
+    if args.labels is not None and not Path(args.labels).is_file():
+        raise ConfigError(f"--labels {args.labels} does not exist (or is a folder). Pass a CSV of image path,label.")
+    if Path(args.model).exists() or "/" in args.model and not args.model.startswith("torchvision:"):
+        _check_model(args.model)
+    folder = _model_folder(args.model)
+    if folder is not None:
+        if args.checkpoint is not None:
+            raise ConfigError("--checkpoint loads weights into a timm architecture given by name; a saved folder "
+                              f"({args.model}) has its own weights.")  # fmt: skip
+        model = load_channel_pruned(folder)
+    else:
+        if args.num_classes is None:
+            raise ConfigError("Evaluating a timm architecture by name needs --num-classes.")
+        if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+            raise ConfigError(f"--checkpoint {args.checkpoint} does not exist (or is a folder).")
+        model = create_base_model(args.model, args.num_classes)
+        if args.checkpoint:
+            from .models.cifar_resnet import load_cifar_checkpoint
+
+            try:
+                load_cifar_checkpoint(model, args.checkpoint)
+            except Exception as err:  # noqa: BLE001 - unreadable or mismatched weights; the type says which
+                raise HfPruneError(
+                    f"--checkpoint {args.checkpoint} cannot be loaded into {args.model} ({type(err).__name__}: "
+                    f"{_first_line(err)}). Pass an intact state-dict file for this architecture and --num-classes."
+                ) from None
+    classes = getattr(model, "num_classes", None)
+    class_names = _class_list(_split_classes(args.classes), classes) if args.classes else model_class_names(model)
+    data = LabelledImages(args.images, args.labels, transform=eval_transform(model), class_names=class_names,
+                          num_classes=classes)  # fmt: skip
+    return evaluate_images(model, data, batch_size=args.batch_size)
+
+
+def _split_classes(text: str) -> list[str] | str:
+    """``--classes``: a file with one class name per line, or names separated by commas."""
+    return text if Path(text).is_file() else [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 def _eval_glue(args: argparse.Namespace) -> dict[str, Any]:
@@ -327,6 +477,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .compaction import PruningPlan
     from .export import export_plain, export_remote_code
 
+    from .hub import check_output_directory
+
+    _check_model(args.model)
+    check_output_directory(args.output, overwrite=args.overwrite, inputs=[args.model])
     folder = _model_folder(args.model) or Path(args.model)
     model = load_pruned(folder)
     plan = PruningPlan.from_config(model.config)
@@ -342,6 +496,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_push(args: argparse.Namespace) -> int:
     from .push import push_folder
 
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        what = "is a file" if folder.exists() else "does not exist"
+        raise ConfigError(f"{folder} {what}; pass the folder hfprune wrote (with config.json and the weights).")
+    _check_json_files(folder)
     url = push_folder(args.folder, args.repo_id, private=args.private, revision=args.revision)
     print(f"Pushed {args.folder} to {url}")
     return 0
@@ -350,6 +509,17 @@ def cmd_push(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from .plotting import TRADEOFF_AXES, load_operating_points, plot_tradeoff
 
+    for result in args.results:
+        path = Path(result)
+        if not path.exists():
+            raise ConfigError(f"Result file {path} does not exist. Pass benchmark result JSON files or folders.")
+        for file in sorted(path.glob("*.json")) if path.is_dir() else [path]:
+            try:
+                json.loads(file.read_text(encoding="utf-8"))
+            except (ValueError, OSError) as err:
+                raise HfPruneError(f"Result file {file} is damaged or not JSON ({_first_line(err)}). Re-run its "
+                                   "benchmark, or leave the file out.") from None  # fmt: skip
+    _check_output_file(args.output)
     points = load_operating_points(args.results)
     output = Path(args.output)
     axes = list(TRADEOFF_AXES) if args.x == "both" else [args.x]
@@ -362,9 +532,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _add_shape_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-size", type=int, default=1, help="Batch size of the FLOPs/latency input (default 1).")
-    parser.add_argument("--seq-len", type=int, default=128, help="Sequence length of that input (default 128).")
-    parser.add_argument("--latency-runs", type=int, default=10, help="Timed forward passes (default 10).")
+    parser.add_argument("--batch-size", type=_positive_int, default=1,
+                        help="Batch size of the FLOPs/latency input (default 1).")  # fmt: skip
+    parser.add_argument("--seq-len", type=_positive_int, default=128,
+                        help="Sequence length of that input (default 128).")  # fmt: skip
+    parser.add_argument("--latency-runs", type=_positive_int, default=10, help="Timed forward passes (default 10).")
     parser.add_argument("--no-latency", action="store_true", help="Skip the latency measurement.")
 
 
@@ -410,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "key calibration.data_dir).")  # fmt: skip
     prune.add_argument(
         "--num-calibration",
-        type=int,
+        type=_positive_int,
         help="Calibration examples, a seeded random draw from the train split (default 512; recipe key "
         "calibration.num_examples).",
     )
@@ -428,7 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune.add_argument(
         "--max-seq-length",
-        type=int,
+        type=_positive_int,
         help="Truncation length of calibration and dev examples (recipe key calibration.max_seq_length; default "
         "128). --seq-len is only the shape FLOPs and latency are measured at.",
     )
@@ -462,10 +634,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-dir", help="Folder of original GLUE TSVs (default: the Hub).")
     evaluate.add_argument("--images", help="ImageFolder tree, or folder/zip of images with --labels.")
     evaluate.add_argument("--labels", help="CSV of image path,label for --images.")
-    evaluate.add_argument("--num-classes", type=int, help="Classes of a timm model given by name.")
+    evaluate.add_argument("--num-classes", type=_positive_int, help="Classes of a timm model given by name.")
     evaluate.add_argument("--checkpoint", help="Weights for a timm model given by name.")
-    evaluate.add_argument("--batch-size", type=int, default=64, help="Evaluation batch size (default 64).")
-    evaluate.add_argument("--seq-len", type=int, default=128, help="GLUE truncation length (default 128).")
+    evaluate.add_argument("--classes", help="ImageFolder class names in label order: comma-separated, or a text file "
+                          "with one per line (default: the model's label names, else all class folders sorted).")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=64, help="Evaluation batch size (default 64).")
+    evaluate.add_argument("--seq-len", type=_positive_int, default=128, help="GLUE truncation length (default 128).")
     evaluate.set_defaults(func=cmd_eval)
 
     export = commands.add_parser("export", help="Export a compacted transformer for plain transformers.")
@@ -497,20 +671,79 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--x", choices=["flops", "latency", "both"], default="flops",
                       help="x axis: FLOPs fraction, measured latency fraction (pruned / dense), or both: two files, "
                            "OUTPUT with _flops and _latency before the suffix (default flops).")  # fmt: skip
-    plot.add_argument("--latency-batch-size", type=int,
+    plot.add_argument("--latency-batch-size", type=_positive_int,
                       help="Batch size of the latency measurement to plot (default: the largest).")  # fmt: skip
     plot.add_argument("--title", help="Figure title.")
     plot.set_defaults(func=cmd_plot)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+#: Set (to anything but 0/empty) to see the full traceback of an error instead of its one-line message.
+DEBUG_ENV = "HFPRUNE_DEBUG"
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def describe_error(err: BaseException) -> tuple[str, int] | None:
+    """``(message, exit code)`` for an error the user's input or environment caused, ``None`` for anything else.
+
+    hfprune's own errors carry their fix; the well-defined builtin ones (a file that cannot be read, bad YAML or
+    JSON, text that is not UTF-8, a damaged zip, a bad regex) are described here."""
+    if isinstance(err, HfPruneError):
+        return _one_line(err), 2
+    if isinstance(err, yaml.YAMLError):
+        from .recipes import _yaml_problem
+
+        return f"invalid YAML: {_yaml_problem(err)}. Fix the syntax of the recipe.", 2
+    if isinstance(err, json.JSONDecodeError):
+        return f"a JSON file is damaged ({_one_line(err)}). Restore or re-create it.", 2
+    if isinstance(err, UnicodeDecodeError):
+        return f"a file is not UTF-8 text ({_one_line(err)}). Save it as UTF-8.", 2
+    if isinstance(err, zipfile.BadZipFile):
+        return f"a zip file is damaged or not a zip ({_one_line(err)}). Copy or download it again.", 2
+    if isinstance(err, re.error):
+        return f"invalid regular expression {err.pattern!r}: {_one_line(err)}. Escape special characters.", 2
+    if isinstance(err, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)):
+        where = f" ({err.filename})" if err.filename and str(err.filename) not in str(err) else ""
+        return f"{_one_line(err)}{where}. Check the path and its permissions.", 2
+    if isinstance(err, OSError):  # disk full, network down, Hub errors: the environment, not a bug
+        return f"{type(err).__name__}: {_one_line(err)}", 2
+    return None
+
+
+def run_reporting_errors(prog: str, function: Callable[..., int | None], *args: Any) -> int:
+    """``function(*args)``; a user error ends in one line ``<prog>: error: ...`` on stderr and exit code 2, an
+    unexpected one in a line with its text, a hint and exit code 1. ``HFPRUNE_DEBUG=1`` re-raises instead."""
     try:
-        return args.func(args)
-    except HfPruneError as err:
-        print(f"hfprune: error: {err}", file=sys.stderr)
-        return 2
+        return function(*args) or 0
+    except KeyboardInterrupt:
+        if _debug():
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the one place errors become messages
+        if _debug():
+            raise
+        described = describe_error(err)
+        if described is not None:
+            message, code = described
+            print(f"{prog}: error: {message}", file=sys.stderr)
+            return code
+        print(f"{prog}: error: unexpected {type(err).__name__}: {_one_line(err)} (this may be a bug in hfprune; "
+              f"rerun with {DEBUG_ENV}=1 for the traceback and report it)", file=sys.stderr)  # fmt: skip
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; errors are reported as described in `run_reporting_errors`."""
+    args = build_parser().parse_args(argv)
+    return run_reporting_errors("hfprune", args.func, args)
 
 
 if __name__ == "__main__":

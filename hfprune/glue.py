@@ -18,12 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, HfPruneWarning, MissingDataError
+from .errors import ConfigError, HfPruneError, HfPruneWarning, MissingDataError
 
 
 if TYPE_CHECKING:
     import datasets
     import evaluate
+
+
+class GlueDataError(HfPruneError, ValueError):
+    """A GLUE TSV file cannot be read as the original GLUE file (empty, no header, wrong encoding, bad label)."""
 
 
 GLUE_HUB_ID = "nyu-mll/glue"
@@ -237,6 +241,21 @@ def load_glue(
 
     import datasets
 
+    paths = glue_files(task, data_dir, resolved)
+    return datasets.DatasetDict({split: _read_tsv(task, path, split, max_samples) for split, path in paths.items()})
+
+
+def glue_files(
+    task: str | GlueTask, data_dir: str | os.PathLike, splits: str | Sequence[str] = ("train", "validation")
+) -> dict[str, Path]:
+    """The original GLUE TSV file of each split, checked to exist (nothing is read): call it to fail early.
+
+    Raises:
+        `ConfigError`: Unknown task or split.
+        `MissingDataError`: ``data_dir``, the task folder or a split file does not exist.
+    """
+    task = get_task(task)
+    resolved = _resolve_splits(task, splits, local=True)
     folder = _task_folder(task, Path(data_dir).expanduser())
     paths = {split: folder / _split_file(split) for split in resolved}
     # Check every file before reading any, so a missing dev file fails at once instead of after the train file.
@@ -248,7 +267,7 @@ def load_glue(
                 f"(download_glue_data.py output): {_expected_layout(task, folder)}. TSV files found in {folder}: "
                 f"{present or 'none'}."
             )
-    return datasets.DatasetDict({split: _read_tsv(task, path, split, max_samples) for split, path in paths.items()})
+    return paths
 
 
 def _expected_layout(task: GlueTask, folder: Path) -> str:
@@ -304,7 +323,7 @@ def _parse_label(task: GlueTask, raw: str, where: str) -> int | float:
         try:
             return float(raw)
         except ValueError:
-            raise ValueError(f"{where}: the {task.name} score {raw!r} is not a number.") from None
+            raise GlueDataError(f"{where}: the {task.name} score {raw!r} is not a number.") from None
     if raw in task.label_names:
         # RTE/QNLI/MNLI store class names; their id is the position in nyu-mll/glue's ClassLabel (entailment=0).
         return task.label_names.index(raw)
@@ -313,7 +332,7 @@ def _parse_label(task: GlueTask, raw: str, where: str) -> int | float:
     except ValueError:
         label = -1
     if not 0 <= label < task.num_labels:
-        raise ValueError(
+        raise GlueDataError(
             f"{where}: label {raw!r} is neither a class id in 0..{task.num_labels - 1} nor one of "
             f"{list(task.label_names)}. Is this the original GLUE {_TSV_LAYOUTS[task.name].folder} file?"
         )
@@ -321,6 +340,28 @@ def _parse_label(task: GlueTask, raw: str, where: str) -> int | float:
 
 
 def _read_tsv(task: GlueTask, path: Path, split: str, max_samples: int | None) -> datasets.Dataset:
+    """`_read_tsv_rows` with the ways a user's file can be broken turned into `GlueDataError`s that say so."""
+    layout = _TSV_LAYOUTS[task.name]
+    original = f"the original GLUE {layout.folder}/{path.name} (download_glue_data.py output)"
+    if path.stat().st_size == 0:
+        raise GlueDataError(f"{path} is empty. Replace it with {original}.")
+    try:
+        dataset = _read_tsv_rows(task, path, split, max_samples)
+    except UnicodeDecodeError as err:
+        raise GlueDataError(
+            f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at position {err.start}); GLUE files are "
+            f"UTF-8. Re-save it as UTF-8, or replace it with {original}."
+        ) from None
+    except csv.Error as err:
+        raise GlueDataError(f"{path} is not a tab-separated text file ({err}). Replace it with {original}.") from None
+    if len(dataset) == 0:
+        raise GlueDataError(
+            f"{path} has no data rows{' after its header' if layout.has_header else ''}. Replace it with {original}."
+        )
+    return dataset
+
+
+def _read_tsv_rows(task: GlueTask, path: Path, split: str, max_samples: int | None) -> datasets.Dataset:
     import datasets
 
     layout = _TSV_LAYOUTS[task.name]
@@ -332,10 +373,13 @@ def _read_tsv(task: GlueTask, path: Path, split: str, max_samples: int | None) -
         needed = [c for c in (*layout.text_columns, layout.label_column) if isinstance(c, str)]
         missing = [c for c in needed if c not in header]
         if missing:
-            raise ValueError(
-                f"{path} has no column(s) {missing}; its header is {header}. Expected the original GLUE "
-                f"{layout.folder} file, whose header names {needed}."
-            )
+            headerless = header and not any(c in header for c in needed)
+            raise GlueDataError(
+                f"{path} has no column(s) {missing}; its "
+                + (f"first line {header[:4]} is not a header (a file without its header row?)" if headerless
+                   else f"header is {header}")
+                + f". Expected the original GLUE {layout.folder} file, whose header names {needed}."
+            )  # fmt: skip
         positions = [header.index(c) if isinstance(c, str) else c for c in layout.text_columns]
         label_position = layout.label_column
         if isinstance(label_position, str):

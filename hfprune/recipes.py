@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
+import math
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,196 @@ def _check_keys(where: str, given: dict[str, Any], allowed: list[str]) -> None:
             )
 
 
+def read_yaml_recipe(path: str | os.PathLike, what: str = "Recipe") -> dict[str, Any]:
+    """Read a YAML mapping; a missing file, a folder, non-UTF-8 bytes or a YAML syntax error is a `ConfigError`
+    that names the file (and the line) and says how to fix it."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{what} {path} does not exist. Check the path (it is relative to the working directory).")
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} is a folder, not a YAML file. Pass the path of a .yaml file.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{what} {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at position {err.start}). Save it "
+            "as UTF-8."
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what} {path} is not valid YAML: {_yaml_problem(err)}. Fix the syntax there.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{what} {path} must be a YAML mapping of `key: value` lines; it holds a {type(data).__name__}."
+        )
+    return data
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """``"line 3, column 5: mapping values are not allowed here"`` from a PyYAML error, on one line."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(problem).split())
+
+
+# ------------------------------------------------------------------------------------------------ value types
+_SCALARS = (bool, int, float, str)
+_EXPECTED = {
+    frozenset({float}): "a number (e.g. 5e-5)",
+    frozenset({int}): "an integer (e.g. 3)",
+    frozenset({int, float}): "a number (e.g. 3 or 0.5)",
+    frozenset({bool}): "true or false",
+    frozenset({str}): "a string",
+}
+
+
+def _simple_kinds(hint: Any) -> tuple[frozenset[type], bool] | None:
+    """``({int}, optional)`` for ``int`` / ``int | None`` and the other simple scalar hints; ``None`` for hints
+    left to the receiving class (enums, ``str | dict``, lists, ...)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+    else:
+        args = (hint,)
+    optional = type(None) in args
+    kinds = frozenset(arg for arg in args if arg is not type(None))
+    return (kinds, optional) if kinds in _EXPECTED else None
+
+
+def _parse_number(text: str) -> int | float | None:
+    text = text.strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def coerce_value(value: Any, hint: Any, key: str, where: str, strict: bool = True) -> Any:
+    """``value`` converted to the simple scalar type ``hint`` names, or a `ConfigError` naming ``key``, the value
+    and the expected type. Hints that are not simple scalars (see `_simple_kinds`) pass ``value`` through.
+
+    YAML reads ``5e-5`` as a string and ``3.0`` as a float: float fields accept numeric strings, int fields accept
+    integral values (``3``, ``"3"``, ``3.0``) and refuse ``2.5``, bool fields accept true/false (yes/no, 1/0).
+    With ``strict=False`` (TrainingArguments, whose ``str`` fields such as ``resume_from_checkpoint`` also take
+    ``true``) a bool given to a ``str`` field passes through."""
+    simple = _simple_kinds(hint)
+    if simple is None:
+        return value
+    kinds, optional = simple
+
+    def refuse() -> ConfigError:
+        shown = "nothing (an empty value)" if value is None else f"{value!r} ({type(value).__name__})"
+        return ConfigError(f"{where}: {key} must be {_EXPECTED[kinds]}; got {shown}.")
+
+    if value is None:
+        if optional:
+            return None
+        raise refuse()
+    if kinds == {str}:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, bool) and not strict:
+            return value
+        raise refuse()
+    if kinds == {bool}:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return value.strip().lower() in ("true", "yes", "on", "1")
+        raise refuse()
+    # numbers
+    if isinstance(value, bool):
+        raise refuse()
+    number = _parse_number(value) if isinstance(value, str) else value
+    if not isinstance(number, (int, float)):
+        raise refuse()
+    if kinds == {int}:
+        if isinstance(number, float):
+            if not (math.isfinite(number) and number.is_integer()):
+                raise refuse()
+            number = int(number)
+        return number
+    return number  # float fields keep ints as ints: TrainingArguments tells 100 steps from a 0.1 ratio
+
+
+def coerce_mapping(value: Any, key: str, where: str, optional: bool) -> dict[str, Any] | None:
+    """A section (``training:``, ``pruning:``) must be a mapping; an empty one is ``{}`` or ``None``."""
+    if value is None:
+        return None if optional else {}
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{where}: {key} must be a section of `key: value` lines; got {value!r} ({type(value).__name__})."
+        )
+    return value
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - a hint that does not resolve: leave every value to the class itself
+        return {}
+
+
+def coerce_fields(cls: type, values: dict[str, Any], where: str, strict: bool = True) -> dict[str, Any]:
+    """``values`` (keywords of dataclass ``cls``) with simple scalar values converted to their field's type."""
+    hints = _type_hints(cls)
+    return {key: coerce_value(value, hints[key], key, where, strict) if key in hints else value
+            for key, value in values.items()}  # fmt: skip
+
+
+def _coerce_own_fields(recipe: Any, where: str) -> None:
+    """Coerce a recipe dataclass's own fields in place: scalars to their type, sections to mappings."""
+    hints = _type_hints(type(recipe))
+    for item in dataclasses.fields(recipe):
+        value = getattr(recipe, item.name)
+        hint = hints.get(item.name)
+        origin = typing.get_origin(hint)
+        args = typing.get_args(hint)
+        if hint is dict or origin is dict:
+            setattr(recipe, item.name, coerce_mapping(value, item.name, where, optional=False))
+        elif origin in (typing.Union, types.UnionType) and any(typing.get_origin(a) is dict for a in args):
+            setattr(recipe, item.name, coerce_mapping(value, item.name, where, optional=True))
+        elif hint is not None:
+            setattr(recipe, item.name, coerce_value(value, hint, item.name, where))
+
+
+def _check_positive(where: str, **values: Any) -> None:
+    for key, value in values.items():
+        if value is not None and value <= 0:
+            raise ConfigError(f"{where}: {key} must be positive; got {value!r}.")
+
+
+def coerce_training_arguments(training: dict[str, Any], where: str = "the training section") -> dict[str, Any]:
+    """``training:`` values converted to the simple scalar types of `transformers.TrainingArguments` fields."""
+    from transformers import TrainingArguments
+
+    return coerce_fields(TrainingArguments, training, where, strict=False)
+
+
+def build_training_arguments(training: dict[str, Any]) -> Any:
+    """`transformers.TrainingArguments` from a recipe's ``training:`` section; its own validation errors (an unknown
+    strategy, inconsistent options) become a `ConfigError` that says where they come from."""
+    from transformers import TrainingArguments
+
+    try:
+        return TrainingArguments(**coerce_training_arguments(training))
+    except (ValueError, TypeError) as err:
+        message = " ".join(str(err).split())
+        raise ConfigError(f"The training section is not valid TrainingArguments: {message}") from None
+
+
 def set_dotted(data: dict[str, Any], assignment: str) -> None:
     """Apply ``"a.b=value"`` (value parsed as YAML) to a nested dict, creating sections as needed."""
     if "=" not in assignment:
@@ -47,7 +241,15 @@ def set_dotted(data: dict[str, Any], assignment: str) -> None:
         node = node[key]
         if not isinstance(node, dict):
             raise ConfigError(f"Override {assignment!r}: {key!r} is not a section.")
-    node[keys[-1]] = yaml.safe_load(raw)
+    if not all(keys):
+        raise ConfigError(f"Override {assignment!r} has an empty key; write section.key=value.")
+    try:
+        node[keys[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(
+            f"Override {assignment!r}: the value is not valid YAML ({_yaml_problem(err)}). Quote it, e.g. "
+            f"{path}='\"{raw}\"'."
+        ) from None
 
 
 @dataclass
@@ -86,10 +288,15 @@ class GlueRecipe:
 
         from .glue import get_task
 
+        _coerce_own_fields(self, "GLUE recipe")
         get_task(self.task)
+        _check_positive("GLUE recipe", max_seq_length=self.max_seq_length,
+                        max_train_samples=self.max_train_samples, max_eval_samples=self.max_eval_samples,
+                        score_learning_rate=self.score_learning_rate)  # fmt: skip
         allowed = [f.name for f in dataclasses.fields(TrainingArguments) if f.init]
         _check_keys("the training section (TrainingArguments)", self.training, allowed)
-        if "output_dir" not in self.training:
+        self.training = coerce_training_arguments(self.training)
+        if self.training.get("output_dir") is None:
             raise ConfigError("The training section needs output_dir (where checkpoints go).")
         if self.pruning is not None:
             _check_keys("the pruning section", self.pruning, [f.name for f in dataclasses.fields(PruningConfig)])
@@ -103,11 +310,7 @@ class GlueRecipe:
     def from_yaml(cls, path: str | os.PathLike, overrides: list[str] | None = None) -> GlueRecipe:
         """Read a recipe; ``overrides`` are ``section.key=value`` strings applied on top."""
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"Recipe {path} does not exist.")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"Recipe {path} must be a YAML mapping.")
+        data = read_yaml_recipe(path)
         for assignment in overrides or []:
             set_dotted(data, assignment)
         _check_keys(f"recipe {path}", data, [f.name for f in dataclasses.fields(cls)])
@@ -123,6 +326,118 @@ class GlueRecipe:
         if self.teacher is None:
             return None
         return DistillationConfig.from_dict(self.distillation or {})
+
+
+def check_model_source(name: str | os.PathLike | None, what: str = "model") -> None:
+    """Refuse a local model path that does not exist (or is a file) before anything is loaded; Hub ids
+    (``user/name``) pass, the loader reports those. Without this, a mistyped folder reads as a bad repo id."""
+    if name is None:
+        return
+    text = str(name)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return
+    if path.exists():
+        raise ConfigError(f"{what} {text} is a file; pass the model's folder (the one holding config.json).")
+    if _looks_like_hub_id(text):
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(text, "config.json"), str):
+            raise ConfigError(
+                f"{what} {text} is not an existing folder, and the Hub is off (HF_HUB_OFFLINE=1) with no cached copy "
+                "of a Hub model of that name. Check the folder path, or allow Hub access to download it."
+            )
+        return
+    raise ConfigError(
+        f"{what} folder {text} does not exist. Check the path (relative paths start from the working directory), "
+        "or pass a Hub id such as user/model-name."
+    )
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    import re
+
+    if text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1:
+        return False
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", text) is not None and ".." not in text
+
+
+def check_resume_checkpoint(
+    resume: str | bool | None, output_dir: str | os.PathLike | None, needs_pruner_state: bool = True
+) -> Path | None:
+    """Check a checkpoint to resume from before any model is loaded: it exists, and its files are readable.
+
+    A damaged file (a crash while saving, a partial copy) is a `HfPruneError` that names the file and the earlier
+    checkpoint to resume from instead; hfprune never suggests loading it with ``weights_only=False``."""
+    if resume in (None, False, "") or str(resume).lower() == "false":
+        return None
+    from .trainer import last_complete_checkpoint
+
+    if resume is True or str(resume).lower() == "true":
+        # The checkpoint `PruningTrainer.train` will pick: the newest complete one.
+        folder = Path(str(output_dir)) if output_dir else None
+        checkpoint = last_complete_checkpoint(folder, needs_pruner_state)[0] if folder is not None else None
+        if checkpoint is None:
+            raise ConfigError(f"resume_from_checkpoint is true but {folder} holds no complete checkpoint-N folder; "
+                              "drop resume_from_checkpoint to train from the start, or name a checkpoint.")
+        checkpoint_path = Path(checkpoint)
+    else:
+        checkpoint_path = Path(str(resume))
+        if not checkpoint_path.is_dir():
+            raise ConfigError(f"resume_from_checkpoint {checkpoint_path} is not a folder; pass a checkpoint-N folder "
+                              "the Trainer wrote (or true for the last one in training.output_dir).")  # fmt: skip
+
+    def step(path: Path) -> int:
+        suffix = path.name.rsplit("-", 1)[-1]
+        return int(suffix) if suffix.isdigit() else -1
+
+    earlier = sorted((p for p in checkpoint_path.parent.glob("checkpoint-*") if p.is_dir()
+                      and -1 < step(p) < step(checkpoint_path)), key=step, reverse=True)  # fmt: skip
+    for file in sorted(checkpoint_path.iterdir()):
+        problem = _damaged(file)
+        if problem is None:
+            continue
+        if earlier:
+            fix = (f"Resume from the earlier checkpoint {earlier[0]} (training.resume_from_checkpoint={earlier[0]}), "
+                   f"and delete {checkpoint_path}.")  # fmt: skip
+        else:
+            fix = f"There is no earlier checkpoint: delete {checkpoint_path} and train from the start."
+        raise HfPruneError(f"Checkpoint file {file} is damaged ({problem}). {fix}")
+    return checkpoint_path
+
+
+def _damaged(file: Path) -> str | None:
+    """Why ``file`` (a checkpoint entry) cannot be read, or ``None``; checks without building a model."""
+    import zipfile
+
+    from .trainer import PRUNER_STATE_NAME
+
+    if not file.is_file():
+        return None
+    try:
+        if file.suffix == ".json":
+            json.loads(file.read_text(encoding="utf-8"))
+        elif file.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        elif file.name == PRUNER_STATE_NAME:
+            import torch
+
+            state = torch.load(file, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict):
+                return "it does not hold a pruner state"
+        elif file.suffix in (".pt", ".pth", ".bin"):
+            if not zipfile.is_zipfile(file):
+                return "not a PyTorch zip archive"
+            with zipfile.ZipFile(file) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                return f"entry {bad} fails its checksum"
+    except Exception as err:  # noqa: BLE001 - any failure to read is the diagnosis; the text is not advice
+        return f"cannot be read: {type(err).__name__}"
+    return None
 
 
 def mask_digest(masks: dict[str, Any]) -> str:
@@ -146,19 +461,25 @@ def train_glue(recipe: GlueRecipe) -> dict[str, Any]:
     """
     import numpy as np
     from accelerate.utils import gather_object
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        TrainingArguments,
-        set_seed,
-    )
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed
 
     from .glue import compute_glue_metrics, get_task, glue_card_evaluation, load_glue
     from .trainer import PruningTrainer
 
+    from .hub import check_output_directory
+
     task = get_task(recipe.task)
-    args = TrainingArguments(**recipe.training)
+    args = build_training_arguments(recipe.training)
+    # Everything that can fail on the user's input fails here, before models load and data is tokenized.
+    check_model_source(recipe.model, "model")
+    check_model_source(recipe.teacher, "teacher")
+    check_resume_checkpoint(args.resume_from_checkpoint, args.output_dir, recipe.pruning is not None)
+    if recipe.data_dir is not None:
+        from .glue import glue_files
+
+        glue_files(task, recipe.data_dir)
+    check_output_directory(recipe.output_dir or Path(args.output_dir) / "final", overwrite=True,
+                           inputs=[recipe.model, recipe.teacher, recipe.data_dir])  # fmt: skip
     set_seed(args.seed)
     pruning_config = recipe.pruning_config()
     distillation_config = recipe.distillation_config()
@@ -274,6 +595,9 @@ def glue_calibration_batches(
 
     from .glue import get_task, load_glue
 
+    for key, value in (("num_examples", num_examples), ("batch_size", batch_size), ("max_seq_length", max_seq_length)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"Calibration {key} must be a positive integer; got {value!r}.")
     glue_task = get_task(task)
     rows = load_glue(glue_task, data_dir, splits="train")["train"]
     rows = rows.shuffle(seed=seed).select(range(min(num_examples, len(rows))))
@@ -307,6 +631,8 @@ class ImageRecipe:
         distillation (`dict`, *optional*): `DistillationConfig` fields; the dense model is the teacher.
         training (`dict`, *optional*): `TrainingArguments` for fine-tuning; ``None`` skips fine-tuning.
         output_dir (`str`): Where the pruned model and results go.
+        classes (`list[str]` or `str`, *optional*): Class-folder names in label order (or a text file with one per
+            line) for ImageFolder data; default: the model's label names, else all class folders sorted.
     """
 
     model: str
@@ -320,35 +646,72 @@ class ImageRecipe:
     train_indices: str | None = None
     eval_indices: str | None = None
     batch_size: int = 64
+    classes: list[str] | str | None = None
     pruning: dict[str, Any] | None = None
     eagleeye: dict[str, Any] | None = None
     distillation: dict[str, Any] | None = None
     training: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        _coerce_own_fields(self, "Image recipe")
+        _check_positive("Image recipe", num_classes=self.num_classes, batch_size=self.batch_size)
+        self.classes = _class_list(self.classes, self.num_classes)
         if self.pruning is not None:
             _check_keys("the pruning section", self.pruning, [f.name for f in dataclasses.fields(PruningConfig)])
         if self.eagleeye is not None:
-            _check_keys("the eagleeye section", self.eagleeye,
-                        ["num_candidates", "max_ratio", "bn_batches", "eval_batches", "seed"])  # fmt: skip
+            _check_keys("the eagleeye section", self.eagleeye, list(EAGLEEYE_KEYS))
+            self.eagleeye = {key: coerce_value(value, EAGLEEYE_KEYS[key], key, "the eagleeye section")
+                             for key, value in self.eagleeye.items()}  # fmt: skip
+            _check_positive("the eagleeye section", **{key: self.eagleeye.get(key) for key in
+                                                        ("num_candidates", "max_ratio", "bn_batches", "eval_batches")})
         if self.training is not None:
             from transformers import TrainingArguments
 
             allowed = [f.name for f in dataclasses.fields(TrainingArguments) if f.init]
             _check_keys("the training section (TrainingArguments)", self.training, allowed)
+            self.training = coerce_training_arguments(self.training)
             if self.train_data is None:
                 raise ConfigError("A training section needs train_data (and usually train_labels).")
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, overrides: list[str] | None = None) -> ImageRecipe:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"Recipe {path} does not exist.")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml_recipe(path)
         for assignment in overrides or []:
             set_dotted(data, assignment)
         _check_keys(f"recipe {path}", data, [f.name for f in dataclasses.fields(cls)])
+        for required in ("model", "num_classes", "output_dir"):
+            if required not in data:
+                raise ConfigError(f"Recipe {path} needs a {required!r} key.")
         return cls(**data)
+
+
+#: Keys of an image recipe's ``eagleeye:`` section and their types.
+EAGLEEYE_KEYS: dict[str, Any] = {"num_candidates": int, "max_ratio": float, "bn_batches": int, "eval_batches": int,
+                                 "seed": int}  # fmt: skip
+
+
+def _class_list(classes: Any, num_classes: int | None) -> list[str] | None:
+    """A recipe's ``classes:``: a list of class-folder names in label order, or a text file with one per line."""
+    if classes is None:
+        return None
+    if isinstance(classes, str):
+        path = Path(classes)
+        if not path.is_file():
+            raise ConfigError(
+                f"classes: {classes!r} is not a file. Give the class-folder names in label order, as a YAML list or "
+                "a text file with one name per line."
+            )
+        classes = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not isinstance(classes, list) or not all(isinstance(name, (str, int)) and not isinstance(name, bool)
+                                                for name in classes):  # fmt: skip
+        raise ConfigError(f"classes must be a list of class-folder names in label order; got {classes!r}.")
+    names = [str(name) for name in classes]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"classes lists a name twice: {sorted(n for n in set(names) if names.count(n) > 1)}.")
+    if num_classes is not None and len(names) != num_classes:
+        raise ConfigError(f"classes has {len(names)} names but num_classes is {num_classes}; give one per class.")
+    return names
 
 
 def _subset(dataset: Any, indices_file: str | None) -> Any:
@@ -356,7 +719,20 @@ def _subset(dataset: Any, indices_file: str | None) -> Any:
         return dataset
     from torch.utils.data import Subset
 
-    indices = [int(line) for line in Path(indices_file).read_text().split()]
+    path = Path(indices_file)
+    if not path.is_file():
+        raise ConfigError(f"Indices file {path} does not exist (or is a folder). Pass a text file of row indices.")
+    try:
+        words = path.read_text(encoding="utf-8").split()
+    except UnicodeDecodeError:
+        raise ConfigError(f"Indices file {path} is not UTF-8 text; it must hold one row index per line.") from None
+    bad = [word for word in words if not word.isdigit()]
+    if bad or not words:
+        raise ConfigError(f"Indices file {path} must hold one non-negative integer per line; "
+                          + (f"found {bad[:3]}." if bad else "it is empty."))  # fmt: skip
+    indices = [int(word) for word in words]
+    if max(indices) >= len(dataset):
+        raise ConfigError(f"Indices file {path} selects row {max(indices)}, but the data has {len(dataset)} rows.")
     return Subset(dataset, indices)
 
 
@@ -381,7 +757,7 @@ def train_image(recipe: ImageRecipe) -> dict[str, Any]:
         plan_channels,
         save_channel_pruned,  # fmt: skip
     )
-    from .vision import ImageClassifier, LabelledImages, eval_transform, evaluate_images
+    from .vision import ImageClassifier, LabelledImages, eval_transform, evaluate_images, model_class_names
 
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list, gather_object
@@ -389,9 +765,12 @@ def train_image(recipe: ImageRecipe) -> dict[str, Any]:
 
     # Under `accelerate launch` every rank runs this function: the main process plans, evaluates and writes; the
     # others receive its plan and only take part in fine-tuning.
-    from transformers import TrainingArguments
+    from .hub import check_output_directory
 
-    training_args = TrainingArguments(**recipe.training) if recipe.training is not None else None
+    training_args = build_training_arguments(recipe.training) if recipe.training is not None else None
+    # Before the model is built: the saver at the end replaces only an earlier hfprune output (overwrite=True).
+    check_output_directory(recipe.output_dir, overwrite=True,
+                           inputs=[recipe.checkpoint_path, recipe.eval_data, recipe.train_data])  # fmt: skip
     # Without GPUs, torchrun ranks form a gloo group only when accelerate is told it runs on the CPU.
     state = PartialState(cpu=not torch.cuda.is_available())
     main = state.is_main_process
@@ -407,11 +786,14 @@ def train_image(recipe: ImageRecipe) -> dict[str, Any]:
     size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))
     example = torch.zeros(1, *size)
 
+    # One label mapping for every split: the recipe's classes, else the model's label names (else sorted folders).
+    class_names = recipe.classes or model_class_names(model)
+
     def dataset(root: str | None, labels: str | None, indices: str | None, as_dict: bool = False) -> Any:
         if root is None:
             return None
-        return _subset(LabelledImages(root, labels, transform, num_classes=recipe.num_classes, as_dict=as_dict),
-                       indices)  # fmt: skip
+        return _subset(LabelledImages(root, labels, transform, class_names=class_names,
+                                      num_classes=recipe.num_classes, as_dict=as_dict), indices)  # fmt: skip
 
     eval_set = dataset(recipe.eval_data, recipe.eval_labels, recipe.eval_indices)
     train_set = dataset(recipe.train_data, recipe.train_labels, recipe.train_indices)

@@ -1,7 +1,11 @@
 """Image data and evaluation: ImageNet-format folders (or a zip) with top-1/top-5, and a Trainer-ready wrapper.
 
 Layouts read by `LabelledImages`:
-- an ImageFolder tree (``root/<class name>/<image>``), class indices from ``class_names`` or sorted folder names;
+- an ImageFolder tree (``root/<class name>/<image>``). A folder's label is its index in the model's class list
+  (``class_names``, e.g. from `model_class_names`), never its position among the folders present: with one class
+  folder missing, positions would shift every later label. Without class names, folders named by integers are
+  those class indices, ImageNet synset folders (``n01440764``) of a 1000-class model follow timm's ImageNet-1k
+  order, and other folders must be all ``num_classes`` of them (sorted names = label order), else it is an error;
 - a folder or ``.zip`` of images plus a labels CSV whose first two columns are the image path and its class index
   (a header row is skipped), like ``ilsvrc2012_val_subset500_labels.csv`` or the CIFAR-10 JPEG zip's CSV.
 """
@@ -11,7 +15,9 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,9 +43,11 @@ class LabelledImages(Dataset):
         root (`str` or `os.PathLike`): Image folder, or a ``.zip`` of images.
         labels_csv (`str`, *optional*): CSV with image path (relative to ``root``) and class index columns.
         transform (`Callable`, *optional*): Applied to each PIL image (e.g. the model's timm eval transform).
-        class_names (`Sequence[str]`, *optional*): Class folder names in label order (ImageFolder layout); folders
-            not in it are an error. Default: sorted folder names.
-        num_classes (`int`, *optional*): Labels must be below it (checked at construction).
+        class_names (`Sequence[str]`, *optional*): Class folder names in label order (ImageFolder layout), e.g.
+            `model_class_names(model)` or a recipe's ``classes:``; folders not in it are an error, missing ones are
+            fine. Default: see the module docstring (integer names, ImageNet synsets, or all folders sorted).
+        num_classes (`int`, *optional*): The model's number of classes. Labels must be below it (checked at
+            construction), and without ``class_names`` an ImageFolder tree must have this many class folders.
         as_dict (`bool`, defaults to `False`): Yield ``{"pixel_values", "labels"}`` (for `transformers.Trainer`)
             instead of ``(image, label)``.
     """
@@ -59,14 +67,17 @@ class LabelledImages(Dataset):
         if not self.root.exists():
             raise MissingDataError(f"Image data {self.root} does not exist.")
         self._zip: zipfile.ZipFile | None = None
+        self._class_to_idx: dict[str, int] = {}
         if labels_csv is not None:
             self.samples = self._read_csv(Path(labels_csv))
         elif self.root.is_dir():
-            self.samples = self._read_folder(class_names)
+            self.samples = self._read_folder(class_names, num_classes)
         else:
             raise ConfigError(f"{self.root} is a file; images in a zip need labels_csv=<csv of path,label>.")
         if not self.samples:
-            raise MissingDataError(f"No images found in {self.root}.")
+            raise MissingDataError(
+                f"No images found in {self.root} (image files end in {', '.join(IMAGE_SUFFIXES[:5])}, ...)."
+            )
         if num_classes is not None:
             bad = [(path, label) for path, label in self.samples if not 0 <= label < num_classes]
             if bad:
@@ -76,15 +87,35 @@ class LabelledImages(Dataset):
                 )
 
     def _names_in_zip(self) -> set[str]:
-        with zipfile.ZipFile(self.root) as archive:
-            return set(archive.namelist())
+        try:
+            with zipfile.ZipFile(self.root) as archive:
+                return set(archive.namelist())
+        except (zipfile.BadZipFile, OSError) as err:
+            raise ImageDataError(
+                f"{self.root} is not a readable zip file ({err}). Pass a folder of images or an intact .zip "
+                "(download or copy it again)."
+            ) from None
 
     def _read_csv(self, path: Path) -> list[tuple[str, int]]:
         if not path.is_file():
-            raise MissingDataError(f"Labels CSV {path} does not exist.")
-        rows = list(csv.reader(path.read_text().splitlines()))
-        if rows and (len(rows[0]) < 2 or not rows[0][1].strip().lstrip("-").isdigit()):
+            raise MissingDataError(f"Labels CSV {path} does not exist (or is a folder).")
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise ImageDataError(
+                f"Labels CSV {path} is not UTF-8 text (byte {err.object[err.start]:#04x} at position {err.start}). "
+                "Save it as UTF-8 with rows '<image path>,<class index>'."
+            ) from None
+        try:
+            rows = [row for row in csv.reader(text.splitlines()) if row]
+        except csv.Error as err:
+            raise ImageDataError(f"Labels CSV {path} is not a CSV file ({err}).") from None
+        if not rows:
+            raise ImageDataError(f"Labels CSV {path} is empty; it needs rows '<image path>,<class index>'.")
+        if len(rows[0]) < 2 or not rows[0][1].strip().lstrip("-").isdigit():
             rows = rows[1:]  # header
+            if not rows:
+                raise ImageDataError(f"Labels CSV {path} has a header but no rows '<image path>,<class index>'.")
         samples = []
         for number, row in enumerate(rows, start=2):
             if len(row) < 2 or not row[1].strip().lstrip("-").isdigit():
@@ -100,16 +131,15 @@ class LabelledImages(Dataset):
             )
         return samples
 
-    def _read_folder(self, class_names: Sequence[str] | None) -> list[tuple[str, int]]:
-        folders = sorted(p.name for p in self.root.iterdir() if p.is_dir())
-        names = list(class_names) if class_names is not None else folders
-        index = {name: i for i, name in enumerate(names)}
-        unknown = [folder for folder in folders if folder not in index]
-        if unknown:
-            raise ImageDataError(
-                f"Class folders {unknown[:5]} in {self.root} are not among the model's {len(names)} classes "
-                f"(e.g. {names[:3]}). Rename them, or pass class_names in label order."
+    def _read_folder(self, class_names: Sequence[str] | None, num_classes: int | None) -> list[tuple[str, int]]:
+        folders = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not folders:
+            raise MissingDataError(
+                f"{self.root} has no class folders. Expected the ImageFolder layout <root>/<class name>/<image>, or "
+                "pass a labels CSV (--labels / eval_labels) for a flat folder of images."
             )
+        index = folder_label_index(folders, class_names, num_classes, where=str(self.root))
+        self._class_to_idx = dict(index)
         samples = []
         for folder in folders:
             for image in sorted((self.root / folder).rglob("*")):
@@ -119,6 +149,11 @@ class LabelledImages(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    @property
+    def class_to_idx(self) -> dict[str, int]:
+        """Class folder name -> label, for the folders present (ImageFolder layout; empty for a labels CSV)."""
+        return dict(self._class_to_idx)
 
     def _open(self, relative: str) -> Any:
         from PIL import Image, UnidentifiedImageError
@@ -130,7 +165,7 @@ class LabelledImages(Dataset):
                 data = io.BytesIO(self._zip.read(relative))
                 return Image.open(data).convert("RGB")
             return Image.open(self.root / relative).convert("RGB")
-        except (UnidentifiedImageError, OSError) as err:
+        except (UnidentifiedImageError, OSError, zipfile.BadZipFile, zlib.error, EOFError, KeyError) as err:
             raise ImageDataError(f"Cannot read image {self.root / relative}: {err}. Remove or replace it.") from err
 
     def __getitem__(self, index: int) -> Any:
@@ -138,6 +173,88 @@ class LabelledImages(Dataset):
         image = self._open(path)
         pixels = self.transform(image) if self.transform is not None else image
         return {"pixel_values": pixels, "labels": label} if self.as_dict else (pixels, label)
+
+
+_GENERIC_LABEL = re.compile(r"LABEL_\d+|\d+")
+_SYNSET = re.compile(r"n\d{8}")
+_FIX = ("pass the model's class list in label order (recipe key `classes:`, `hfprune eval --classes a,b,...` or "
+        "a file with one name per line, LabelledImages(class_names=...))")  # fmt: skip
+
+
+def model_class_names(model: nn.Module) -> list[str] | None:
+    """The model's class names by label index, when it has real ones; ``None`` for generic or absent names.
+
+    Looked up in order: a ``class_names`` attribute, timm's ``pretrained_cfg["label_names"]``, and a transformers
+    ``config.id2label`` (``LABEL_0``-style names are generic and ignored). Names for a different number of classes
+    than the model's head (a re-headed model) are ignored too."""
+    names = getattr(model, "class_names", None)
+    if names is None:
+        names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
+    if names is None:
+        id2label = getattr(getattr(model, "config", None), "id2label", None)
+        if id2label:
+            names = [id2label[i] for i in sorted(id2label)]
+    if not names:
+        return None
+    names = [str(name) for name in names]
+    if all(_GENERIC_LABEL.fullmatch(name) for name in names) or len(set(names)) != len(names):
+        return None
+    num_classes = getattr(model, "num_classes", None)
+    if isinstance(num_classes, int) and num_classes != len(names):
+        return None
+    return names
+
+
+def folder_label_index(
+    folders: Sequence[str], class_names: Sequence[str] | None, num_classes: int | None, where: str = "the data"
+) -> dict[str, int]:
+    """Label of each class folder: its index in ``class_names``; without names, the folder's integer name, its
+    ImageNet-1k synset index (1000 classes), or, when all ``num_classes`` folders are present, its sorted position.
+
+    Raises:
+        `ImageDataError`: A folder is not one of the classes, or folders are missing and nothing says which (their
+            sorted positions would shift the labels of every later class).
+    """
+    folders = sorted(folders)
+    if class_names is None and num_classes == 1000 and all(_SYNSET.fullmatch(f) for f in folders):
+        from timm.data import ImageNetInfo
+
+        class_names = list(ImageNetInfo().label_names())
+    if class_names is not None:
+        names = [str(name) for name in class_names]
+        if num_classes is not None and len(names) != num_classes:
+            raise ImageDataError(
+                f"{len(names)} class names were given for a model with {num_classes} classes; give one per class."
+            )
+        index = {name: i for i, name in enumerate(names)}
+        unknown = [folder for folder in folders if folder not in index]
+        if unknown:
+            raise ImageDataError(
+                f"Class folders {unknown[:5]} in {where} are not among the model's {len(names)} classes "
+                f"(e.g. {names[:3]}). Rename or remove them, or {_FIX}."
+            )
+        return {folder: index[folder] for folder in folders}
+    if all(folder.isdigit() for folder in folders):
+        labels = {folder: int(folder) for folder in folders}
+        if num_classes is not None and max(labels.values()) >= num_classes:
+            raise ImageDataError(
+                f"Class folder {max(labels, key=labels.get)!r} in {where} is not a class index of a model with "
+                f"{num_classes} classes (0..{num_classes - 1}). Remove it, or {_FIX}."
+            )
+        if len(set(labels.values())) != len(labels):
+            raise ImageDataError(f"Class folders in {where} name the same index twice ({folders}). Rename them.")
+        return labels
+    if num_classes is not None and len(folders) != num_classes:
+        relation = "fewer" if len(folders) < num_classes else "more"
+        change = "Remove the extra folders"
+        if relation == "fewer":
+            change = "Add the missing class folders (empty ones are fine)"
+        raise ImageDataError(
+            f"{where} has {len(folders)} class folders, {relation} than the model's {num_classes} classes, and the "
+            f"model has no class names to match them to: labels from the sorted folder names would be wrong. "
+            f"{change}, or {_FIX}."
+        )
+    return {folder: i for i, folder in enumerate(folders)}
 
 
 def eval_transform(model: nn.Module) -> Callable[[Any], Tensor]:
@@ -163,6 +280,8 @@ def evaluate_images(
         correct1 += int((top[:, 0] == labels).sum())
         correct5 += int((top == labels[:, None]).any(-1).sum())
         total += int(labels.numel())
+    if total == 0:
+        raise MissingDataError("The evaluation data holds no images; check its folder (or indices file).")
     return {"top1": correct1 / total, "top5": correct5 / total, "num_images": total}
 
 

@@ -7,7 +7,7 @@ accelerate launch scripts/run_glue.py configs/glue/sst2_movement_distil.yaml tra
 
 import sys
 
-from hfprune.errors import HfPruneError
+from hfprune.cli import run_reporting_errors
 from hfprune.recipes import GlueRecipe, train_glue
 
 
@@ -15,12 +15,12 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv else 2
-    try:
-        recipe = GlueRecipe.from_yaml(argv[0], overrides=argv[1:])
-        train_glue(recipe)
-    except HfPruneError as err:
-        print(f"run_glue: error: {err}", file=sys.stderr)
-        return 2
+    # One clear line on stderr for user errors (exit 2), no traceback unless HFPRUNE_DEBUG=1.
+    return run_reporting_errors("run_glue", _run, argv)
+
+
+def _run(argv: list[str]) -> int:
+    train_glue(GlueRecipe.from_yaml(argv[0], overrides=argv[1:]))
     return 0
 
 

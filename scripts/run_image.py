@@ -7,7 +7,7 @@ accelerate launch scripts/run_image.py configs/image/cifar_resnet56_eagleeye.yam
 
 import sys
 
-from hfprune.errors import HfPruneError
+from hfprune.cli import run_reporting_errors
 from hfprune.recipes import ImageRecipe, train_image
 
 
@@ -15,11 +15,12 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv else 2
-    try:
-        train_image(ImageRecipe.from_yaml(argv[0], overrides=argv[1:]))
-    except HfPruneError as err:
-        print(f"run_image: error: {err}", file=sys.stderr)
-        return 2
+    # One clear line on stderr for user errors (exit 2), no traceback unless HFPRUNE_DEBUG=1.
+    return run_reporting_errors("run_image", _run, argv)
+
+
+def _run(argv: list[str]) -> int:
+    train_image(ImageRecipe.from_yaml(argv[0], overrides=argv[1:]))
     return 0
 
 
