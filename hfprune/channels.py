@@ -663,7 +663,8 @@ def load_channel_pruned(directory: str | os.PathLike) -> nn.Module:
         config = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise HfPruneError(f"{config_path} is not valid JSON ({err}); the saved folder is corrupt.") from err
-    missing = [key for key in ("architecture", "num_classes") if key not in (config if isinstance(config, dict) else {})]
+    fields = config if isinstance(config, dict) else {}
+    missing = [key for key in ("architecture", "num_classes") if key not in fields]
     if missing:
         raise HfPruneError(
             f"{config_path} lacks {missing}: it was not written by hfprune's save_channel_pruned (or was edited)."
