@@ -25,10 +25,15 @@ def commit_operations(folder: str | os.PathLike, repo_id: str | None = None) -> 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise HfPruneError(f"{folder} has no config.json: push a folder written by `hfprune prune` or save_pruned.")
+    from .hub import MANIFEST_NAME
+
+    # The manifest is local bookkeeping (what `overwrite` may replace); a Hub repo has its own history.
     files = sorted(
         p
         for p in folder.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and p.relative_to(folder).as_posix() != MANIFEST_NAME
     )
     operations = []
     for path in files:

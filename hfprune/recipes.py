@@ -552,7 +552,8 @@ def train_glue(recipe: GlueRecipe) -> dict[str, Any]:
              + (f", distilled from `{recipe.teacher}`" if teacher is not None else "")]  # fmt: skip
     if distillation_config is not None:
         notes.append(f"Distillation: temperature {distillation_config.temperature}, alpha {distillation_config.alpha}")
-    trainer.save_pruned_model(output_dir, evaluation=evaluation, method_notes=notes)
+    # A rerun replaces its own earlier output only (checked before training): never checkpoints or user files.
+    trainer.save_pruned_model(output_dir, evaluation=evaluation, method_notes=notes, overwrite=True)
     result = {
         "task": task.name,
         "metrics": metrics,
