@@ -175,3 +175,35 @@ def test_sigterm_and_ctrl_c_during_a_save_leave_the_old_model_and_no_leftovers(t
     while _names(tmp_path) != ["out"] and time.time() < deadline:
         time.sleep(0.05)
     assert _names(tmp_path) == ["out"]
+
+
+def test_an_image_recipe_refuses_a_folder_holding_the_users_file_before_any_work(tmp_path):
+    from hfprune.recipes import ImageRecipe, train_image
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "my_notes.txt").write_text("mine")
+    recipe = ImageRecipe(model="cifar_resnet20", num_classes=10, output_dir=str(out), pruning={"sparsity": 0.5})
+    with pytest.raises(OutputDirectoryError, match=r"did not write \(my_notes.txt\)"):
+        train_image(recipe)
+    assert _names(out) == ["my_notes.txt"]
+
+
+def test_a_glue_recipe_refuses_its_training_folder_as_the_output_before_training(tmp_path, bert_folder):
+    from hfprune.recipes import GlueRecipe, train_glue
+
+    run = tmp_path / "run"
+    (run / "checkpoint-500").mkdir(parents=True)
+    recipe = GlueRecipe(model=str(bert_folder), task="sst2", output_dir=str(run),
+                        training={"output_dir": str(run), "max_steps": 1, "use_cpu": True})  # fmt: skip
+    with pytest.raises(OutputDirectoryError, match=r"did not write \(checkpoint-500\)"):
+        train_glue(recipe)
+    assert _names(run) == ["checkpoint-500"]
+
+
+@pytest.fixture
+def bert_folder(tmp_path):
+    from tests.models import tiny_bert
+
+    tiny_bert().save_pretrained(tmp_path / "bert")
+    return tmp_path / "bert"
