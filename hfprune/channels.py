@@ -27,7 +27,7 @@ from .compaction import PLAN_NAME, PlanMismatchError, _is_integer, checked_indic
 from .config import PruningConfig
 from .errors import ConfigError, HfPruneError, MissingDataError, UnsupportedArchitectureError
 from .importance import APoZImportance, BNScaleImportance, MagnitudeImportance, RandomImportance, TaylorImportance
-from .pruner import _calibration_loss, _like_model, take_batches
+from .pruner import _like_model, initial_loss_scale, scaled_backward, take_batches
 from .structures import Channels
 from .targets import require_real_weights
 
@@ -304,13 +304,13 @@ def score_channels(
     if isinstance(importance, TaylorImportance):
         was_training = model.training
         model.eval()
-        model.zero_grad(set_to_none=True)
-        for batch in take_batches(dataloader, num_batches):  # type: ignore[arg-type]
-            _calibration_loss(model, batch, loss_fn).backward()  # gradients accumulate over the batches
+        summed = _summed_gradients(model, take_batches(dataloader, num_batches), loss_fn)  # type: ignore[arg-type]
         criterion = tp.importance.GroupTaylorImportance(normalizer=None)
         # The backward ran in the model's dtype (that is the network being pruned); weight x gradient is summed
         # per channel in float32.
         with _half_weights_in_float32(model):
+            for param, grad in summed.items():
+                param.grad = grad
             scores = {name: criterion(group).detach().float().abs() for name, group in groups.items()}
         model.zero_grad(set_to_none=True)
         model.train(was_training)
@@ -319,6 +319,26 @@ def score_channels(
         f"Importance {importance.registered_name!r} cannot score CNN channels; use magnitude, l2, bn_scale, apoz, "  # type: ignore
         "taylor or random."
     )
+
+
+def _summed_gradients(
+    model: nn.Module, batches: list[Any], loss_fn: Callable[..., Tensor] | None
+) -> dict[nn.Parameter, Tensor]:
+    """Parameter gradients summed over ``batches``, in float32 for bf16/fp16 parameters.
+
+    fp16 models scale the loss (`initial_loss_scale`, halved and the batch redone on overflow), so that small
+    gradients do not round to zero; the sum is unscaled.
+    """
+    scale = initial_loss_scale(model)
+    summed: dict[nn.Parameter, Tensor] = {}
+    for batch in batches:
+        scale = scaled_backward(model, batch, loss_fn, scale, lambda: [param.grad for param in model.parameters()])
+        grads = [(param, param.grad) for param in model.parameters() if param.grad is not None]
+        for param, grad in grads:
+            grad = grad.to(torch.promote_types(grad.dtype, torch.float32)) / scale
+            summed[param] = summed[param] + grad if param in summed else grad
+    model.zero_grad(set_to_none=True)
+    return summed
 
 
 def _kept_count(num: int, ratio: float, round_to: int) -> int:

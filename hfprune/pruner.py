@@ -277,15 +277,21 @@ class Pruner:
         return self.config.importance.requires_grad  # type: ignore[union-attr]
 
     @torch.no_grad()
-    def accumulate(self) -> None:
-        """Fold the current gradients into the importance statistics (a no-op for data-free criteria)."""
+    def accumulate(self, loss_scale: float = 1.0) -> None:
+        """Fold the current gradients into the importance statistics (a no-op for data-free criteria).
+
+        Args:
+            loss_scale (`float`, defaults to 1.0): The factor the loss was multiplied by before ``backward()``
+                (fp16 loss scaling, e.g. ``GradScaler.get_scale()``); gradients are divided by it in float32.
+        """
         if not self.requires_grad:
             return
         for name, module in self.modules.items():
             raw = get_raw_weight(module)
             if raw.grad is None:
                 continue
-            self.config.importance.update(self.importance_state[name], module.weight, raw.grad)  # type: ignore
+            grad = raw.grad if loss_scale == 1.0 else raw.grad.float() / loss_scale
+            self.config.importance.update(self.importance_state[name], module.weight, grad)  # type: ignore
 
     @torch.no_grad()
     def scores(self) -> dict[str, Tensor]:
@@ -498,6 +504,36 @@ def take_batches(dataloader: Iterable[Any], num_batches: int | None = None) -> l
     return batches
 
 
+def initial_loss_scale(model: nn.Module) -> float:
+    """Factor on the calibration loss: fp16 gradients below ~6e-8 round to zero (small models and confident
+    predictions have many), so fp16 models start at 2**16 and halve it on overflow, as AMP's GradScaler does.
+    bf16 has float32's exponent range and needs no scaling."""
+    return 2.0**16 if any(param.dtype == torch.float16 for param in model.parameters()) else 1.0
+
+
+def scaled_backward(
+    model: nn.Module,
+    batch: Any,
+    loss_fn: Callable[..., Tensor] | None,
+    scale: float,
+    gradients: Callable[[], Iterable[Tensor | None]],
+    before: Callable[[], None] | None = None,
+) -> float:
+    """Backward of ``scale`` x the calibration loss of ``batch``; while a gradient that ``gradients()`` returns is
+    not finite (fp16 overflow), halve ``scale`` and redo the batch. Returns the scale the gradients carry.
+
+    ``before`` runs ahead of every attempt (to drop what a failed attempt's hooks collected).
+    """
+    while True:
+        if before is not None:
+            before()
+        model.zero_grad(set_to_none=True)
+        (_calibration_loss(model, batch, loss_fn) * scale).backward()
+        if scale <= 1.0 or all(grad is None or bool(torch.isfinite(grad).all()) for grad in gradients()):
+            return scale
+        scale /= 2
+
+
 def _like_model(value: Any, model: nn.Module) -> Any:
     """A floating-point input tensor in the dtype (and on the device) of ``model``'s weights; anything else as is.
 
@@ -591,12 +627,13 @@ def prune_(
         # Dropout off: scores should reflect the network that will be used, not a random sub-network.
         model.eval()
         seen = 0
+        scale = initial_loss_scale(model)
         for batch in dataloader:
             if num_batches is not None and seen >= num_batches:
                 break
-            model.zero_grad(set_to_none=True)
-            _calibration_loss(model, batch, loss_fn).backward()
-            pruner.accumulate()
+            scale = scaled_backward(model, batch, loss_fn, scale,
+                                    lambda: [get_raw_weight(m).grad for m in pruner.modules.values()])  # fmt: skip
+            pruner.accumulate(loss_scale=scale)
             seen += 1
         model.zero_grad(set_to_none=True)
         model.train(was_training)

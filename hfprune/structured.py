@@ -19,7 +19,7 @@ from .config import PruningConfig
 from .errors import ConfigError, MissingDataError
 from .importance import FisherImportance, MagnitudeImportance, RandomImportance, TaylorImportance
 from .masks import set_mask_
-from .pruner import _calibration_loss
+from .pruner import initial_loss_scale, scaled_backward
 from .structures import ColumnGroups, EncoderUnits
 from .targets import require_real_weights
 
@@ -211,6 +211,8 @@ def _gradient_scores(
         "neurons": torch.zeros(dims.num_layers, dims.intermediate_size, dtype=torch.float64),
     }
     handles = []
+    #: Per-example mask gradients of the current batch, kept until the batch's backward proved finite.
+    pending: list[tuple[str, int, Tensor]] = []
 
     def make_hook(kind: str, index: int) -> Callable:
         def forward_hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
@@ -225,15 +227,7 @@ def _gradient_scores(
                 per_example = per_token.sum(1)
                 if kind == "heads":
                     per_example = per_example.reshape(per_example.shape[0], dims.num_heads, dims.head_size).sum(-1)
-                per_example = per_example.cpu().double()
-                if fisher:
-                    totals[kind][index] += per_example.pow(2).sum(0)
-                    if matrices is not None:
-                        # Block-diagonal (per-layer) Fisher for mask rearrangement.
-                        key = (kind, index)
-                        matrices[key] = matrices.get(key, 0) + per_example.t() @ per_example
-                else:
-                    totals[kind][index] += per_example.sum(0)
+                pending.append((kind, index, per_example.cpu().double()))
 
             activation.register_hook(backward_hook)
 
@@ -245,12 +239,23 @@ def _gradient_scores(
     was_training = model.training
     model.eval()
     seen = 0
+    scale = initial_loss_scale(model)
     try:
         for batch in dataloader:
             if num_batches is not None and seen >= num_batches:
                 break
-            model.zero_grad(set_to_none=True)
-            _calibration_loss(model, batch, loss_fn).backward()
+            scale = scaled_backward(model, batch, loss_fn, scale, lambda: [value for *_, value in pending],
+                                    before=pending.clear)  # fmt: skip
+            for kind, index, per_example in pending:
+                per_example = per_example / scale
+                if fisher:
+                    totals[kind][index] += per_example.pow(2).sum(0)
+                    if matrices is not None:
+                        # Block-diagonal (per-layer) Fisher for mask rearrangement.
+                        key = (kind, index)
+                        matrices[key] = matrices.get(key, 0) + per_example.t() @ per_example
+                else:
+                    totals[kind][index] += per_example.sum(0)
             seen += 1
     finally:
         for handle in handles:

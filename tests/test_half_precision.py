@@ -12,14 +12,17 @@ from hfprune import ConfigError, PruningConfig, PruningPlan, Pruner, compact_, l
 from hfprune.channels import (
     adaptive_bn_,
     apply_channel_plan_,
+    channel_groups,
     eagleeye_search,
     load_channel_pruned,
     plan_channels,
     save_channel_pruned,
+    score_channels,
 )
 from hfprune.hub import save_pruned
 from hfprune.retraining_free import reconstruct_
 from hfprune.structured import apply_plan_masks_, score_units
+from hfprune.structures import Channels
 
 from .models import ConvNet, bert_batch, tiny_bert, tiny_encoder
 
@@ -112,6 +115,47 @@ def test_gradient_scores_of_half_model_are_float32_and_close_to_float32(dtype, i
         correlation = torch.corrcoef(torch.stack([scores[kind].reshape(-1), reference[kind].reshape(-1)]))[0, 1]
         assert float(correlation) > 0.95
     assert all(param.grad is None for param in model.parameters())  # calibration gradients are cleared
+
+
+def _scaled_classifier(model: nn.Module, factor: float) -> nn.Module:
+    """Small (large) classifier weights make every upstream gradient small (large): fp16 underflow (overflow)."""
+    with torch.no_grad():
+        model.classifier.weight.mul_(factor)
+    return model
+
+
+@pytest.mark.parametrize("factor", [1e-3, 1.0, 1e3])
+def test_fp16_calibration_scales_the_loss_so_gradients_neither_vanish_nor_overflow(factor):
+    model = _scaled_classifier(tiny_bert(), factor)
+    config = PruningConfig(importance="fisher", structure="heads_and_neurons", sparsity=0.5)
+    scores = score_units(copy.deepcopy(model).half(), config, [bert_batch()])
+    reference = score_units(model, config, [bert_batch()])
+    for kind in ("heads", "neurons"):  # without loss scaling, 40% of the neurons score 0 at factor 1e-3
+        assert bool((scores[kind] > 0).all()) and bool(torch.isfinite(scores[kind]).all())
+        correlation = torch.corrcoef(torch.stack([scores[kind].reshape(-1), reference[kind].reshape(-1)]))[0, 1]
+        assert float(correlation) > 0.99
+
+    config = PruningConfig(importance="taylor", sparsity=0.5)
+    half = prune_(copy.deepcopy(model).half(), config, [bert_batch()])
+    full = prune_(copy.deepcopy(model), config, [bert_batch()])
+    for (name, param), (_, ref) in zip(half.named_parameters(), full.named_parameters(), strict=True):
+        if name.startswith("bert.encoder") and param.dim() == 2:  # without loss scaling: 50-80% agreement
+            assert float(((param == 0) == (ref == 0)).float().mean()) > 0.97, name
+
+
+def test_fp16_channel_taylor_scales_the_loss():
+    model = ConvNet()
+    with torch.no_grad():
+        model.fc.weight.mul_(1e-5)  # fp16 gradients of conv2 would all round to zero
+    config = PruningConfig(importance="taylor", structure="channels", sparsity=0.5)
+    batches = _image_batches(1)
+    groups = channel_groups(model, X8, Channels(), ["fc"])[1]
+    reference = score_channels(model, groups, config, batches)
+    half = model.half()
+    scores = score_channels(half, channel_groups(half, X8, Channels(), ["fc"])[1], config, batches)
+    for name in ("conv1", "conv2"):
+        assert bool((scores[name] > 0).all())
+        assert float(torch.corrcoef(torch.stack([scores[name], reference[name]]))[0, 1]) > 0.99
 
 
 @pytest.mark.parametrize("dtype", HALF)
