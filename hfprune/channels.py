@@ -23,7 +23,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .compaction import PLAN_NAME, PlanMismatchError, _is_integer, checked_indices, read_plan_json
+from .compaction import PLAN_NAME, PlanMismatchError, _is_integer, _saved_dtype, checked_indices, read_plan_json
 from .config import PruningConfig
 from .errors import ConfigError, HfPruneError, MissingDataError, UnsupportedArchitectureError
 from .importance import APoZImportance, BNScaleImportance, MagnitudeImportance, RandomImportance, TaylorImportance
@@ -697,8 +697,6 @@ def load_channel_pruned(directory: str | os.PathLike) -> nn.Module:
     size = (config.get("pretrained_cfg") or {}).get("input_size") or [3, 224, 224]
     apply_channel_plan_(model, plan, torch.zeros(1, *size))
     state = load_file(str(weights))
-    from .compaction import _saved_dtype
-
     model.to(_saved_dtype(state))  # a bf16/fp16 model reloads in its own dtype
     try:
         model.load_state_dict(state)

@@ -240,10 +240,16 @@ def checked_indices(kept: Any, where: str, limit: int) -> list[int]:
     indices = sorted(int(index) for index in kept)
     outside = [index for index in indices if not 0 <= index < limit]
     if outside:
-        raise PlanMismatchError(f"{where}: indices must be in [0, {limit}); got {outside[:5]}.")
+        raise PlanMismatchError(
+            f"{where}: indices must be in [0, {limit}); got {outside[:5]}. The plan was made for a larger model, or "
+            "it was edited."
+        )
     duplicated = sorted({a for a, b in zip(indices, indices[1:], strict=False) if a == b})
     if duplicated:
-        raise PlanMismatchError(f"{where}: indices {duplicated[:5]} appear more than once.")
+        raise PlanMismatchError(
+            f"{where}: indices {duplicated[:5]} appear more than once; each unit is kept once. The plan is corrupt "
+            "or was edited."
+        )
     return indices
 
 

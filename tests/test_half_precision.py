@@ -10,6 +10,7 @@ from torch import nn
 import hfprune.models  # noqa: F401 - registers the CIFAR ResNets with timm
 from hfprune import ConfigError, PruningConfig, PruningPlan, Pruner, compact_, load_pruned, plan_structured, prune_
 from hfprune.channels import (
+    ChannelPlan,
     adaptive_bn_,
     apply_channel_plan_,
     channel_groups,
@@ -352,6 +353,13 @@ META_CALLS = {
     "compact_ with plan": lambda: compact_(_on_meta(tiny_bert), PruningPlan.dense(tiny_bert())),
     "reconstruct_": lambda: reconstruct_(_on_meta(tiny_bert), tiny_bert(), [bert_batch()]),
     "plan_channels": lambda: plan_channels(_on_meta(ConvNet), PruningConfig(structure="channels"), X32),
+    "apply_channel_plan_": lambda: apply_channel_plan_(
+        _on_meta(ConvNet), ChannelPlan(num_channels={"conv1": 8}, kept={"conv1": [0]}), X8
+    ),
+    "eagleeye_search": lambda: eagleeye_search(
+        _on_meta(ConvNet), PruningConfig(structure="channels", target_flops=0.5), X8, [], []
+    ),
+    "apply_plan_masks_": lambda: apply_plan_masks_(_on_meta(tiny_bert), PruningPlan.dense(tiny_bert())),
 }
 
 
