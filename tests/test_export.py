@@ -72,3 +72,19 @@ def test_plain_export_refuses_uneven_plans(tmp_path):
     with pytest.raises(ConfigError, match="Use export_remote_code"):
         export_plain(model, plan, tmp_path / "plain")
     assert not (tmp_path / "plain").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_remote_code_export_keeps_half_precision(tmp_path, dtype):
+    from transformers import AutoModelForSequenceClassification
+
+    model = tiny_bert().to(dtype).eval()
+    plan = PruningPlan.dense(model)
+    plan.heads = [[0, 3], [1]]
+    plan.neurons = [[1, 2, 3], list(range(20))]
+    compact_(model, plan)
+    expected = model(**_inputs()).logits
+    export_remote_code(model, plan, tmp_path / "export")
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "export", trust_remote_code=True).eval()
+    assert {p.dtype for p in reloaded.parameters()} == {dtype}
+    torch.testing.assert_close(reloaded(**_inputs()).logits, expected)
