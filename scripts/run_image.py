@@ -24,5 +24,22 @@ def _run(argv: list[str]) -> int:
     return 0
 
 
+def _close_process_group() -> None:
+    """Destroy the process group `accelerate launch` ranks joined, while the interpreter is still whole.
+
+    A gloo group left to interpreter shutdown aborts the rank now and then ("terminate called without an active
+    exception", exit -6; torchrun then kills the others): its C++ worker threads outlive Python's teardown.
+    """
+    if "torch" not in sys.modules:  # --help, or an error before anything was launched
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    # After main returns (reported errors included); an uncaught exception skips it, and torchrun stops the others.
+    _close_process_group()
+    raise SystemExit(code)
