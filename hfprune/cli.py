@@ -23,13 +23,13 @@ import yaml
 from .compaction import compact_, load_pruned
 from .config import PruningConfig
 from .errors import ConfigError, HfPruneError
+from .glue import evaluate_glue
 from .hub import load_model, load_pruning_config, save_pruned
 from .importance import IMPORTANCES, FisherImportance
 from .pruner import prune_
 from .reporting import compare_reports, device_description, paired_latency_ms, report
 from .retraining_free import reconstruct_
 from .schedules import SCHEDULES
-from .glue import evaluate_glue
 from .structured import plan_structured
 from .structures import STRUCTURES, EncoderUnits
 
@@ -476,7 +476,6 @@ def _eval_glue(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_export(args: argparse.Namespace) -> int:
     from .compaction import PruningPlan
     from .export import export_plain, export_remote_code
-
     from .hub import check_output_directory
 
     _check_model(args.model)

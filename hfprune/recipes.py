@@ -464,9 +464,8 @@ def train_glue(recipe: GlueRecipe) -> dict[str, Any]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed
 
     from .glue import compute_glue_metrics, get_task, glue_card_evaluation, load_glue
-    from .trainer import PruningTrainer
-
     from .hub import check_output_directory
+    from .trainer import PruningTrainer
 
     task = get_task(recipe.task)
     args = build_training_arguments(recipe.training)
@@ -747,7 +746,10 @@ def train_image(recipe: ImageRecipe) -> dict[str, Any]:
     import copy
 
     import torch
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list, gather_object
     from torch.utils.data import DataLoader
+    from transformers import set_seed
 
     from .channels import (
         ChannelPlan,
@@ -758,15 +760,11 @@ def train_image(recipe: ImageRecipe) -> dict[str, Any]:
         plan_channels,
         save_channel_pruned,  # fmt: skip
     )
-    from .vision import ImageClassifier, LabelledImages, eval_transform, evaluate_images, model_class_names
-
-    from accelerate import PartialState
-    from accelerate.utils import broadcast_object_list, gather_object
-    from transformers import set_seed
 
     # Under `accelerate launch` every rank runs this function: the main process plans, evaluates and writes; the
     # others receive its plan and only take part in fine-tuning.
     from .hub import check_output_directory
+    from .vision import ImageClassifier, LabelledImages, eval_transform, evaluate_images, model_class_names
 
     training_args = build_training_arguments(recipe.training) if recipe.training is not None else None
     # Before the model is built: the saver at the end replaces only an earlier hfprune output (overwrite=True).

@@ -68,7 +68,9 @@ def checkpoint_is_complete(checkpoint: Path, needs_pruner_state: bool) -> bool:
     return has_weights and has_state and (not needs_pruner_state or (checkpoint / PRUNER_STATE_NAME).is_file())
 
 
-def last_complete_checkpoint(output_dir: str | os.PathLike, needs_pruner_state: bool) -> tuple[Path | None, list[Path]]:
+def last_complete_checkpoint(
+    output_dir: str | os.PathLike, needs_pruner_state: bool
+) -> tuple[Path | None, list[Path]]:
     """The newest complete ``checkpoint-N`` in ``output_dir`` and the newer, incomplete ones it skipped."""
     folder = Path(output_dir)
     if not folder.is_dir():

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import hfprune.models  # noqa: F401 - registers the CIFAR ResNets with timm
-from hfprune import ConfigError, PruningConfig, PruningPlan, Pruner, compact_, load_pruned, plan_structured, prune_
+from hfprune import ConfigError, Pruner, PruningConfig, PruningPlan, compact_, load_pruned, plan_structured, prune_
 from hfprune.channels import (
     ChannelPlan,
     adaptive_bn_,

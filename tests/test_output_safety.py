@@ -1,7 +1,6 @@
 """Nothing is lost: overwrite replaces only hfprune's own outputs, never an input, and a kill at any moment of a
 save leaves the old or the new model at the destination (never neither, never a mix)."""
 
-import os
 import signal
 import subprocess
 import sys

@@ -140,7 +140,7 @@ def _complete_checkpoint(folder, step):
 
     folder.mkdir(parents=True)
     save_file({"w": torch.zeros(2)}, folder / "model.safetensors")
-    (folder / "trainer_state.json").write_text('{"global_step": %d}' % step)
+    (folder / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
     torch.save({"step": torch.tensor(step)}, folder / "hfprune_pruner.pt")
 
 
