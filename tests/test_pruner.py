@@ -265,11 +265,21 @@ def test_model_without_prunable_layers():
 
 
 def test_unknown_architecture_needs_explicit_targets():
-    with pytest.raises(UnsupportedArchitectureError, match="no adapter for a plain MLP.*Pass target_modules"):
+    with pytest.raises(UnsupportedArchitectureError, match="no adapter for a plain MLP.*pass target_modules"):
         Pruner(MLP(), PruningConfig())
     prune_(model := MLP(), PruningConfig(target_modules=r"fc\d"))
     assert _zero_fraction(model.fc1.weight) == pytest.approx(0.5)
     assert _zero_fraction(model.head.weight) == 0.0
+
+
+def test_gpt2_gets_advice_that_can_help():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=16,
+                                       bos_token_id=0, eos_token_id=0))  # fmt: skip
+    with pytest.raises(UnsupportedArchitectureError, match=r"model_type 'gpt2'.*Supported model types: bert.*"
+                       r"3 nn.Linear.*lm_head.*Conv1D layers \(GPT-2 style\) are not prunable"):  # fmt: skip
+        prune_(model, PruningConfig())
 
 
 def test_loading_state_from_another_model_fails_clearly(bert):

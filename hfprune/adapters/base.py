@@ -52,9 +52,23 @@ def get_adapter(model: nn.Module, required: bool = True) -> ArchAdapter | None:
     described = (
         f"model_type {model_type!r}" if model_type else f"a plain {type(model).__name__} (no config.model_type)"
     )
+    from ..targets import PRUNABLE_TYPES
+
+    prunable = [name for name, module in model.named_modules() if name and isinstance(module, PRUNABLE_TYPES)]
+    others = sorted({type(module).__name__ for module in model.modules() if type(module).__name__ == "Conv1D"})
+    if prunable:
+        shown = ", ".join(prunable[:3]) + (", ..." if len(prunable) > 3 else "")
+        advice = (
+            f"Unstructured or block pruning works on its {len(prunable)} nn.Linear/nn.Conv*/nn.Embedding layers "
+            f"({shown}): pass target_modules (a full-match regex or a list of module names)."
+        )
+    else:
+        advice = "It has no nn.Linear, nn.Conv* or nn.Embedding layer, so hfprune cannot prune it."
+    if others:
+        advice += " Its transformers Conv1D layers (GPT-2 style) are not prunable by hfprune."
     raise UnsupportedArchitectureError(
-        f"hfprune has no adapter for {described}. Supported model types: {', '.join(sorted(ADAPTERS))}. "
-        "Pass target_modules explicitly (a full-match regex or a list of module names) to prune it anyway."
+        f"hfprune has no adapter for {described}. Supported model types: {', '.join(sorted(ADAPTERS))} "
+        f"(structured head/neuron pruning needs one of them). {advice}"
     )
 
 
