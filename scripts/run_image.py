@@ -24,22 +24,30 @@ def _run(argv: list[str]) -> int:
     return 0
 
 
-def _close_process_group() -> None:
-    """Destroy the process group `accelerate launch` ranks joined, while the interpreter is still whole.
+def _exit(code: int) -> None:
+    """Exit; a rank of `accelerate launch` destroys its process group and leaves without interpreter teardown.
 
-    A gloo group left to interpreter shutdown aborts the rank now and then ("terminate called without an active
-    exception", exit -6; torchrun then kills the others): its C++ worker threads outlive Python's teardown.
+    Left to the normal exit, a gloo rank aborts now and then ("terminate called without an active exception",
+    exit -6, after which torchrun kills the other ranks): torch's C++ threads are still there when the process
+    tears down (pytorch/pytorch#190489). `destroy_process_group` alone does not prevent it; `os._exit` after
+    flushing does. Everything this script writes is closed by then.
     """
-    if "torch" not in sys.modules:  # --help, or an error before anything was launched
-        return
-    import torch.distributed as dist
+    if "torch" in sys.modules:  # not for --help, or an error before anything was launched
+        import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        if dist.is_available() and dist.is_initialized():
+            import logging
+            import os
+
+            dist.destroy_process_group()
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":
-    code = main(sys.argv[1:])
-    # After main returns (reported errors included); an uncaught exception skips it, and torchrun stops the others.
-    _close_process_group()
-    raise SystemExit(code)
+    # After main returns (reported errors included); an uncaught exception exits normally, and torchrun stops the
+    # other ranks.
+    _exit(main(sys.argv[1:]))
