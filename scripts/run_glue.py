@@ -7,7 +7,7 @@ accelerate launch scripts/run_glue.py configs/glue/sst2_movement_distil.yaml tra
 
 import sys
 
-from hfprune.cli import run_reporting_errors
+from hfprune.cli import exit_process, run_reporting_errors
 from hfprune.recipes import GlueRecipe, train_glue
 
 
@@ -25,4 +25,4 @@ def _run(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    exit_process(main(sys.argv[1:]))  # a distributed rank must not exit through interpreter teardown
