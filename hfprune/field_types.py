@@ -18,72 +18,76 @@ from .errors import ConfigError
 
 
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+#: How each simple type is described in errors.
+EXPECTED = {bool: "true or false", int: "an integer (e.g. 3)", float: "a number (e.g. 0.5 or 5e-5)", str: "a string"}
 
 
 def _type_name(annotation: Any) -> str:
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+    return EXPECTED.get(annotation) or getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
 def _fail(name: str, value: Any, expected: str) -> ConfigError:
-    return ConfigError(f"{name} must be {expected}; got {value!r} ({type(value).__name__}).")
+    shown = "nothing (an empty value)" if value is None else f"{value!r} ({type(value).__name__})"
+    return ConfigError(f"{name} must be {expected}; got {shown}.")
 
 
-def _coerce_scalar(value: Any, annotation: type, name: str) -> Any:
+def _number(text: str) -> int | float | None:
+    """``"3"`` -> 3, ``"5e-5"`` -> 5e-05 (YAML 1.1 reads exponents without a dot as strings), else ``None``."""
+    for parse in (int, float):
+        try:
+            number = parse(text.strip())
+        except ValueError:
+            continue
+        return number if math.isfinite(number) else None
+    return None
+
+
+def _coerce_scalar(value: Any, annotation: type, name: str, bool_as_str: bool) -> Any:
     if annotation is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
         if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
             return value.strip().lower() in _TRUE
-        raise _fail(name, value, "true or false")
-    if annotation is int:
-        if isinstance(value, bool):
-            raise _fail(name, value, "an integer")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise _fail(name, value, "an integer (no fraction)")
-    if annotation is float:
-        if isinstance(value, bool):
-            raise _fail(name, value, "a number")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                number = float(value.strip())  # "5e-5": YAML 1.1 reads exponents without a dot as strings
-            except ValueError:
-                pass
-            else:
-                if math.isfinite(number):
-                    return number
-        raise _fail(name, value, "a number")
+        raise _fail(name, value, EXPECTED[bool])
+    if annotation in (int, float):
+        number = _number(value) if isinstance(value, str) else value
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise _fail(name, value, EXPECTED[annotation])
+        if annotation is int and isinstance(number, float):
+            if not number.is_integer():
+                raise _fail(name, value, EXPECTED[int])
+            return int(number)
+        # A float field keeps an int as it is: TrainingArguments tells 100 warm-up steps from a 0.1 ratio.
+        return number
     if annotation is str:
         if isinstance(value, str):
             return value
-        raise _fail(name, value, "a string")
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        try:
-            return annotation(value)
-        except ValueError:
-            raise _fail(name, value, f"one of {[member.value for member in annotation]}") from None
-    return value  # not a type this module knows: the config's own validation has the last word
+        if isinstance(value, bool) and bool_as_str:
+            return value  # TrainingArguments' str fields such as resume_from_checkpoint also take true
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # run_name: 2026
+        raise _fail(name, value, EXPECTED[str])
+    return value
 
 
 class _NoMatch(Exception):
     pass
 
 
-def coerce(value: Any, annotation: Any, name: str) -> Any:
+def coerce(value: Any, annotation: Any, name: str, *, bool_as_str: bool = False) -> Any:
     """Return ``value`` as the type ``annotation`` describes, or raise a `ConfigError` naming ``name``.
 
     Handles ``bool``, ``int``, ``float``, ``str``, enums, ``Literal``, ``X | None``, unions of those and
     ``list[X]``/``dict[str, X]``; any other annotation (component objects, classes) passes the value through.
+    Integer fields take ``3``, ``"3"`` and ``3.0`` and refuse ``2.5``; float fields take numeric strings; bool
+    fields take true/false, yes/no, 1/0. ``bool_as_str`` lets a bool through to a ``str`` field.
     """
+    if isinstance(annotation, type) and annotation in EXPECTED:
+        if value is None:
+            raise _fail(name, value, EXPECTED[annotation])
+        return _coerce_scalar(value, annotation, name, bool_as_str)
     origin = typing.get_origin(annotation)
     if annotation is Any or annotation is object:
         return value
@@ -106,7 +110,7 @@ def coerce(value: Any, annotation: Any, name: str) -> Any:
         errors = []
         for option in concrete:
             try:
-                return coerce(value, option, name)
+                return coerce(value, option, name, bool_as_str=bool_as_str)
             except ConfigError as err:
                 errors.append(err)
         if len(errors) == 1:
@@ -129,9 +133,12 @@ def coerce(value: Any, annotation: Any, name: str) -> Any:
             return value
         return {coerce(key, args[0], f"{name} key"): coerce(item, args[1], f"{name}[{key!r}]")
                 for key, item in value.items()}  # fmt: skip
-    if isinstance(annotation, type):
-        return _coerce_scalar(value, annotation, name)
-    return value
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        try:
+            return annotation(value)
+        except ValueError:
+            raise _fail(name, value, f"one of {[member.value for member in annotation]}") from None
+    return value  # not a type this module knows: the receiving class's own validation has the last word
 
 
 def field_types(cls: type) -> dict[str, Any]:

@@ -10,7 +10,6 @@ import difflib
 import functools
 import hashlib
 import json
-import math
 import os
 import types
 import typing
@@ -23,6 +22,7 @@ import yaml
 from .config import PruningConfig
 from .distillation import DistillationConfig
 from .errors import ConfigError, HfPruneError
+from .field_types import coerce
 
 
 def _did_you_mean(key: str, options: list[str]) -> str:
@@ -76,89 +76,27 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
 
 # ------------------------------------------------------------------------------------------------ value types
 _SCALARS = (bool, int, float, str)
-_EXPECTED = {
-    frozenset({float}): "a number (e.g. 5e-5)",
-    frozenset({int}): "an integer (e.g. 3)",
-    frozenset({int, float}): "a number (e.g. 3 or 0.5)",
-    frozenset({bool}): "true or false",
-    frozenset({str}): "a string",
-}
+_SIMPLE_TYPES = (bool, int, float, str)
 
 
-def _simple_kinds(hint: Any) -> tuple[frozenset[type], bool] | None:
-    """``({int}, optional)`` for ``int`` / ``int | None`` and the other simple scalar hints; ``None`` for hints
-    left to the receiving class (enums, ``str | dict``, lists, ...)."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-    else:
-        args = (hint,)
-    optional = type(None) in args
-    kinds = frozenset(arg for arg in args if arg is not type(None))
-    return (kinds, optional) if kinds in _EXPECTED else None
-
-
-def _parse_number(text: str) -> int | float | None:
-    text = text.strip()
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        return None
+def _is_simple(hint: Any) -> bool:
+    """``int``, ``float | None``, ``int | float``...: scalar hints this module converts. Enums, lists and
+    ``str | dict`` (TrainingArguments has many) are left to the receiving class's own validation."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    concrete = [arg for arg in args if arg is not type(None)]
+    return bool(concrete) and all(arg in _SIMPLE_TYPES for arg in concrete) and not (str in concrete and
+                                                                                   len(concrete) > 1)  # fmt: skip
 
 
 def coerce_value(value: Any, hint: Any, key: str, where: str, strict: bool = True) -> Any:
-    """``value`` converted to the simple scalar type ``hint`` names, or a `ConfigError` naming ``key``, the value
-    and the expected type. Hints that are not simple scalars (see `_simple_kinds`) pass ``value`` through.
+    """``value`` converted to the simple scalar type ``hint`` names (`hfprune.field_types.coerce`), or a
+    `ConfigError` naming ``where``, ``key``, the value and the expected type; other hints pass ``value`` through.
 
-    YAML reads ``5e-5`` as a string and ``3.0`` as a float: float fields accept numeric strings, int fields accept
-    integral values (``3``, ``"3"``, ``3.0``) and refuse ``2.5``, bool fields accept true/false (yes/no, 1/0).
     With ``strict=False`` (TrainingArguments, whose ``str`` fields such as ``resume_from_checkpoint`` also take
     ``true``) a bool given to a ``str`` field passes through."""
-    simple = _simple_kinds(hint)
-    if simple is None:
+    if not _is_simple(hint):
         return value
-    kinds, optional = simple
-
-    def refuse() -> ConfigError:
-        shown = "nothing (an empty value)" if value is None else f"{value!r} ({type(value).__name__})"
-        return ConfigError(f"{where}: {key} must be {_EXPECTED[kinds]}; got {shown}.")
-
-    if value is None:
-        if optional:
-            return None
-        raise refuse()
-    if kinds == {str}:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        if isinstance(value, bool) and not strict:
-            return value
-        raise refuse()
-    if kinds == {bool}:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
-            return value.strip().lower() in ("true", "yes", "on", "1")
-        raise refuse()
-    # numbers
-    if isinstance(value, bool):
-        raise refuse()
-    number = _parse_number(value) if isinstance(value, str) else value
-    if not isinstance(number, (int, float)):
-        raise refuse()
-    if kinds == {int}:
-        if isinstance(number, float):
-            if not (math.isfinite(number) and number.is_integer()):
-                raise refuse()
-            number = int(number)
-        return number
-    return number  # float fields keep ints as ints: TrainingArguments tells 100 steps from a 0.1 ratio
+    return coerce(value, hint, f"{where}: {key}", bool_as_str=not strict)
 
 
 def coerce_mapping(value: Any, key: str, where: str, optional: bool) -> dict[str, Any] | None:
