@@ -19,7 +19,7 @@ import yaml
 
 from .errors import ConfigError, HfPruneWarning
 from .field_types import coerce_fields
-from .importance import IMPORTANCES, Importance
+from .importance import IMPORTANCES, Importance, unsupported_pair_message
 from .registry import check_unknown_keys, tolerate_unknown_keys
 from .schedules import SCHEDULES, Schedule
 from .structures import STRUCTURES, Structure
@@ -200,6 +200,9 @@ class PruningConfig(ConfigMixin):
         self.importance = IMPORTANCES.resolve(self.importance)
         self.structure = STRUCTURES.resolve(self.structure)
         self.schedule = SCHEDULES.resolve(self.schedule)
+        structure_name = self.structure.registered_name  # type: ignore[union-attr]
+        if structure_name not in self.importance.supported_structures:  # type: ignore[union-attr]
+            raise ConfigError(unsupported_pair_message(self.importance, structure_name))  # type: ignore[arg-type]
         self.sparsity = self._check_sparsity("sparsity", self.sparsity)
         if self.scope not in ("local", "global"):
             raise ConfigError(f"scope must be 'local' or 'global'; got {self.scope!r}.")

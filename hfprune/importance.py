@@ -19,6 +19,12 @@ from .registry import Registry, SerializableComponent
 
 IMPORTANCES: Registry[Importance] = Registry("importance")
 
+#: Structure names, grouped by the engine that runs them: per-tensor masks (`Pruner`), encoder units (heads and
+#: FFN neurons) and CNN channels.
+PER_TENSOR_STRUCTURES = ("unstructured", "blocks")
+UNIT_STRUCTURES = ("heads", "neurons", "heads_and_neurons")
+CHANNEL_STRUCTURES = ("channels",)
+
 
 @dataclass(frozen=True)
 class Importance(SerializableComponent):
@@ -30,6 +36,8 @@ class Importance(SerializableComponent):
     requires_grad: ClassVar[bool] = False
     #: Scores are trainable parameters (movement pruning) rather than statistics.
     learned: ClassVar[bool] = False
+    #: Structures some engine scores with this criterion; `PruningConfig` refuses any other pairing.
+    supported_structures: ClassVar[tuple[str, ...]] = PER_TENSOR_STRUCTURES + UNIT_STRUCTURES + CHANNEL_STRUCTURES
 
     def init_state(self, weight: Tensor, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Per-tensor state (accumulators, fixed random draws); empty for stateless criteria."""
@@ -132,6 +140,8 @@ class MovementImportance(Importance):
 
     learned: ClassVar[bool] = True
     requires_grad: ClassVar[bool] = True
+    # Learned scores live in masks, which channel pruning (a one-shot dependency-graph plan) does not have.
+    supported_structures: ClassVar[tuple[str, ...]] = PER_TENSOR_STRUCTURES + UNIT_STRUCTURES
 
     score_init: float = 0.0
     update_every: int = 1
@@ -199,6 +209,7 @@ class FisherImportance(Importance):
     """
 
     requires_grad: ClassVar[bool] = True
+    supported_structures: ClassVar[tuple[str, ...]] = UNIT_STRUCTURES
     rearrange: bool = True
 
     def score(self, state: dict[str, Tensor], weight: Tensor) -> Tensor:
@@ -216,6 +227,8 @@ class BNScaleImportance(Importance):
     Train with an L1 penalty on BN scales (``PruningTrainer(bn_l1=...)``) to push unimportant channels to zero.
     """
 
+    supported_structures: ClassVar[tuple[str, ...]] = CHANNEL_STRUCTURES
+
     def score(self, state: dict[str, Tensor], weight: Tensor) -> Tensor:
         raise ConfigError("bn_scale scores CNN channels: use structure='channels'.")
 
@@ -228,5 +241,19 @@ class APoZImportance(Importance):
     A channel that is almost always zero contributes little; scores are ``1 - APoZ``. CNN channels only.
     """
 
+    supported_structures: ClassVar[tuple[str, ...]] = CHANNEL_STRUCTURES
+
     def score(self, state: dict[str, Tensor], weight: Tensor) -> Tensor:
         raise ConfigError("apoz scores CNN channels: use structure='channels'.")
+
+
+def unsupported_pair_message(importance: Importance, structure_name: str) -> str:
+    """One message for every importance/structure pair no engine runs, generated from the registry."""
+    name = importance.registered_name
+    works_with = sorted(cls.registered_name for cls in IMPORTANCES.classes()  # type: ignore[attr-defined]
+                        if structure_name in cls.supported_structures)  # fmt: skip
+    return (
+        f"Importance {name!r} cannot prune structure {structure_name!r}. {name!r} works with structure "
+        f"{', '.join(repr(s) for s in sorted(importance.supported_structures))}; structure {structure_name!r} works "
+        f"with importance {', '.join(repr(n) for n in works_with)}."
+    )

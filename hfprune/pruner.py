@@ -26,7 +26,7 @@ from .importance import (
 )
 from .masks import find_mask, get_raw_weight, merge_masks_, remove_mask_, set_mask_
 from .selection import select_global, select_local
-from .structures import EncoderUnits
+from .structures import Channels, EncoderUnits
 from .targets import require_real_weights, resolve_overrides, resolve_targets
 
 
@@ -57,6 +57,13 @@ class Pruner:
         if not isinstance(config, PruningConfig):
             raise ConfigError(f"config must be a PruningConfig; got {type(config).__name__}.")
         require_real_weights(model, "Pruner")
+        if isinstance(config.structure, Channels):
+            raise ConfigError(
+                "Channel pruning removes channels physically and traces the model with example inputs, so it has no "
+                "masks for Pruner or prune_: use plan = hfprune.channels.plan_channels(model, config, example_inputs) "
+                "then hfprune.channels.apply_channel_plan_(model, plan, example_inputs) (or `hfprune train` with an "
+                "image recipe)."
+            )
         self.model = model
         self.config = config
         #: Heads/neurons pruning: kind ("heads"/"neurons") and layer index of each masked consumer projection.

@@ -19,7 +19,13 @@ def _all_components():
 def test_every_registered_component_round_trips(registry, cls, tmp_path):
     component = cls()
     field = {"importance": "importance", "structure": "structure", "schedule": "schedule"}[registry.kind]
-    config = PruningConfig(**{field: component}, sparsity=0.3)
+    partner = {}  # a partner this component supports, so the pair is a valid config
+    if registry.kind == "importance":
+        partner = {"structure": cls.supported_structures[0]}
+    elif registry.kind == "structure":
+        partner = {"importance": next(imp.registered_name for imp in IMPORTANCES.classes()
+                                      if cls.registered_name in imp.supported_structures)}  # fmt: skip
+    config = PruningConfig(**{field: component}, **partner, sparsity=0.3)
     data = json.loads(config.to_json_string())
     assert data[field]["type"] == cls.registered_name
     assert PruningConfig.from_dict(data) == config
@@ -76,6 +82,18 @@ def test_bad_scope_and_override_rejected():
 def test_initial_above_final_rejected():
     with pytest.raises(ConfigError, match="initial sparsity"):
         PruningConfig(sparsity=0.2, schedule=CubicSchedule(initial=0.5))
+
+
+@pytest.mark.parametrize("importance", [cls.registered_name for cls in IMPORTANCES.classes()])
+@pytest.mark.parametrize("structure", [cls.registered_name for cls in STRUCTURES.classes()])
+def test_every_importance_structure_pair_is_valid_or_refused_with_the_choices(importance, structure):
+    supported = structure in IMPORTANCES.get(importance).supported_structures
+    if supported:
+        PruningConfig(importance=importance, structure=structure)
+        return
+    with pytest.raises(ConfigError, match=rf"Importance '{importance}' cannot prune structure '{structure}'\. "
+                       rf"'{importance}' works with structure .*; structure '{structure}' works with importance"):
+        PruningConfig(importance=importance, structure=structure)
 
 
 def test_unknown_keys_are_errors_with_a_suggestion():

@@ -293,3 +293,8 @@ def test_loading_state_from_another_model_fails_clearly(bert):
 def test_public_api_is_importable():
     for name in hfprune.__all__:
         assert hasattr(hfprune, name), name
+
+
+def test_channels_through_the_mask_engine_say_which_functions_prune_channels():
+    with pytest.raises(ConfigError, match=r"plan_channels\(model, config, example_inputs\).*apply_channel_plan_"):
+        prune_(ConvNet(), PruningConfig(structure="channels"))

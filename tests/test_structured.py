@@ -204,7 +204,7 @@ def test_bad_structured_input():
         PruningConfig(target_flops=0.5)
     with pytest.raises(UnsupportedArchitectureError):
         plan_structured(MLP(), PruningConfig(structure="heads"))
-    with pytest.raises(ConfigError, match="not single weights"):
+    with pytest.raises(ConfigError, match="'fisher' works with structure 'heads', 'heads_and_neurons', 'neurons'"):
         prune_(tiny_bert(), PruningConfig(importance="fisher"), [bert_batch()])
 
 
