@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from .compaction import PlanMismatchError, PruningPlan, compact_, load_pruned
+from .compaction import PlanMismatchError, PruningPlan, compact_
 from .config import PruningConfig
 from .distillation import DistillationConfig, kd_loss
 from .errors import (
@@ -13,6 +13,7 @@ from .errors import (
     NoPrunableModulesError,
     UnsupportedArchitectureError,
 )
+from .hub import load_pruned
 from .importance import (
     FisherImportance,
     L2MagnitudeImportance,

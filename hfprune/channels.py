@@ -23,11 +23,11 @@ import torch_pruning as tp
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .compaction import PLAN_NAME, PlanMismatchError, _is_integer, _saved_dtype, checked_indices, read_plan_json
+from .calibration import initial_loss_scale, inputs_like_model, scaled_backward, take_batches
+from .compaction import PLAN_NAME, PlanMismatchError, _is_integer, checked_indices, read_plan_json
 from .config import PruningConfig
 from .errors import ConfigError, HfPruneError, MissingDataError, UnsupportedArchitectureError
 from .importance import APoZImportance, BNScaleImportance, MagnitudeImportance, RandomImportance, TaylorImportance
-from .pruner import _like_model, initial_loss_scale, scaled_backward, take_batches
 from .structures import Channels
 from .targets import require_real_weights
 
@@ -174,7 +174,8 @@ def channel_groups(
     ignored = [model.get_submodule(name) for name in ignored_names]
     try:
         with torch.enable_grad():
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=_like_model(example_inputs, model))
+            example = inputs_like_model(example_inputs, model)
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     except Exception as err:  # torch_pruning raises plain exceptions on ops it cannot trace
         raise UnsupportedArchitectureError(
             f"Could not trace {type(model).__name__} to find coupled channels ({type(err).__name__}: {err}). "
@@ -203,7 +204,7 @@ def _inputs_of(batch: Any, model: nn.Module) -> Tensor:
         images = batch["pixel_values"]
     else:
         images = batch
-    return _like_model(images, model)
+    return inputs_like_model(images, model)
 
 
 @contextmanager
@@ -362,7 +363,7 @@ def count_flops(model: nn.Module, example_inputs: Tensor) -> int:
     was_training = model.training
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(_like_model(example_inputs, model))
+        model(inputs_like_model(example_inputs, model))
     model.train(was_training)
     return int(counter.get_total_flops())
 
@@ -396,7 +397,7 @@ def apply_channel_plan_(model: nn.Module, plan: ChannelPlan, example_inputs: Ten
             )
     # Tracing needs autograd on; the pruning itself only rewrites parameters.
     with torch.enable_grad():
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=_like_model(example_inputs, model))
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=inputs_like_model(example_inputs, model))
     for name, kept in plan.kept.items():
         module = model.get_submodule(name)
         removed = sorted(set(range(plan.num_channels[name])) - set(kept))
@@ -424,7 +425,7 @@ def _check_forward(model: nn.Module, example_inputs: Tensor, pruned: list[str]) 
     was_training = model.training
     model.eval()
     try:
-        model(_like_model(example_inputs, model))
+        model(inputs_like_model(example_inputs, model))
     except RuntimeError as err:
         if "out of memory" in str(err):  # not a graph problem
             raise
@@ -557,7 +558,7 @@ def top1(model: nn.Module, batches: Iterable[Any]) -> float:
     for batch in batches:
         images, labels = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch["pixel_values"],
                                                                                          batch["labels"])  # fmt: skip
-        logits = model(_like_model(images, model))
+        logits = model(inputs_like_model(images, model))
         correct += int((getattr(logits, "logits", logits).argmax(-1).cpu() == labels.cpu()).sum())
         total += int(labels.numel())
     return correct / max(total, 1)
@@ -645,7 +646,7 @@ def save_channel_pruned(
         example = torch.zeros(1, *(pretrained_cfg.get("input_size") or (3, 224, 224)))
         # The base model's size comes from the same architecture with the plan's full widths.
         dense = create_base_model(architecture, num_classes)
-        after, before = (report(m, _like_model(example, m), measure_latency=False, target_modules=r".*")
+        after, before = (report(m, inputs_like_model(example, m), measure_latency=False, target_modules=r".*")
                          for m in (model, dense))  # fmt: skip
         write_model_card(staging, model, base_model or architecture, pruning_config, report=after, base_report=before,
                          plan=plan, evaluation=evaluation, method_notes=method_notes, library="timm",
@@ -673,9 +674,9 @@ def load_channel_pruned(directory: str | os.PathLike) -> nn.Module:
     """Rebuild a channel-pruned CNN from a folder or a Hub id: base architecture -> plan -> weights. No pickles."""
     from safetensors.torch import load_file
 
-    from .compaction import _local_folder
+    from .hub import local_folder, saved_dtype
 
-    directory = _local_folder(directory)
+    directory = local_folder(directory)
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise HfPruneError(f"{config_path} is missing.")
@@ -697,7 +698,7 @@ def load_channel_pruned(directory: str | os.PathLike) -> nn.Module:
     size = (config.get("pretrained_cfg") or {}).get("input_size") or [3, 224, 224]
     apply_channel_plan_(model, plan, torch.zeros(1, *size))
     state = load_file(str(weights))
-    model.to(_saved_dtype(state))  # a bf16/fp16 model reloads in its own dtype
+    model.to(saved_dtype(state))  # a bf16/fp16 model reloads in its own dtype
     try:
         model.load_state_dict(state)
     except RuntimeError as err:  # shape mismatches or missing keys: weights and plan do not belong together

@@ -20,11 +20,11 @@ from typing import Any
 
 import yaml
 
-from .compaction import compact_, load_pruned
+from .compaction import compact_
 from .config import PruningConfig
 from .errors import ConfigError, HfPruneError
 from .glue import evaluate_glue
-from .hub import load_model, load_pruning_config, save_pruned
+from .hub import load_model, load_pruned, load_pruning_config, save_pruned
 from .importance import IMPORTANCES, FisherImportance
 from .pruner import prune_
 from .reporting import compare_reports, device_description, paired_latency_ms, report
@@ -315,10 +315,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def _model_folder(name: str) -> Path | None:
     """A local folder, or the downloaded snapshot of a Hub id (``user/name``); ``None`` for other names (a timm
     architecture, a bare Hub id), which the caller builds or loads by name."""
-    from .compaction import _local_folder
+    from .hub import local_folder
 
     if Path(name).is_dir() or "/" in name and not name.startswith("torchvision:"):
-        return _local_folder(name)
+        return local_folder(name)
     return None
 
 

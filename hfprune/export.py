@@ -19,30 +19,13 @@ from torch import nn
 
 from .compaction import PruningPlan, _encoder
 from .errors import ConfigError
-from .hub import atomic_directory
+from .hub import atomic_directory, auto_class_name
 from .masks import merged_state_dict
 
 
 TEMPLATE = Path(__file__).parent / "templates" / "modeling_hfprune.py.tmpl"
 
 # transformers' auto classes by the suffix of the architecture name.
-_AUTO_CLASSES = {
-    "ForSequenceClassification": "AutoModelForSequenceClassification",
-    "ForTokenClassification": "AutoModelForTokenClassification",
-    "ForQuestionAnswering": "AutoModelForQuestionAnswering",
-    "ForMaskedLM": "AutoModelForMaskedLM",
-    "ForMultipleChoice": "AutoModelForMultipleChoice",
-    "Model": "AutoModel",
-}
-
-
-def _auto_class(architecture: str) -> str:
-    for suffix, auto in _AUTO_CLASSES.items():
-        if architecture.endswith(suffix):
-            return auto
-    raise ConfigError(f"No transformers auto class is known for {architecture!r}.")
-
-
 def _source_folder(model: nn.Module) -> str:
     """The folder the model was loaded from (an export never replaces it)."""
     return str(getattr(getattr(model, "config", None), "_name_or_path", "") or "")
@@ -63,7 +46,7 @@ def export_remote_code(
         (staging / "modeling_hfprune.py").write_text(code)
         previous_plan = getattr(config, "hfprune_plan", None)
         config.hfprune_plan = plan.config_entry()  # what the remote code's apply_plan reads
-        config.auto_map = {_auto_class(base_class): f"modeling_hfprune.{class_name}"}
+        config.auto_map = {auto_class_name(base_class): f"modeling_hfprune.{class_name}"}
         try:
             model.save_pretrained(staging, state_dict=merged_state_dict(model))  # type: ignore[operator]
         finally:

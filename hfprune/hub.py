@@ -17,10 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import transformers
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from safetensors.torch import load_file
 from torch import nn
 
+from .compaction import PLAN_NAME, PlanMismatchError, PruningPlan, compact_
 from .config import PruningConfig
 from .errors import ConfigError, HfPruneError, HfPruneWarning
 from .masks import merged_state_dict
@@ -249,6 +252,24 @@ def atomic_directory(
             shutil.rmtree(previous, ignore_errors=True)
 
 
+_AUTO_CLASSES = {
+    "ForSequenceClassification": "AutoModelForSequenceClassification",
+    "ForTokenClassification": "AutoModelForTokenClassification",
+    "ForQuestionAnswering": "AutoModelForQuestionAnswering",
+    "ForMaskedLM": "AutoModelForMaskedLM",
+    "ForMultipleChoice": "AutoModelForMultipleChoice",
+    "Model": "AutoModel",
+}
+
+
+def auto_class_name(architecture: str) -> str:
+    """The transformers auto class that loads ``architecture`` (for cards and remote-code ``auto_map``)."""
+    for suffix, auto in _AUTO_CLASSES.items():
+        if architecture.endswith(suffix):
+            return auto
+    raise ConfigError(f"No transformers auto class is known for {architecture!r}.")
+
+
 def load_model(name_or_path: str | os.PathLike, **kwargs: Any) -> nn.Module:
     """Load a transformers model with the class named in its config (``architectures[0]``), else `AutoModel`."""
     try:
@@ -348,9 +369,7 @@ def _load_section(model: nn.Module, repo_or_path: str, plan: Any, library: str) 
             f"model = load_channel_pruned({repo_or_path!r})  # base architecture -> plan -> weights\n```\n"
         )
     try:
-        from .export import _auto_class
-
-        auto = _auto_class(architecture)
+        auto = auto_class_name(architecture)
     except ConfigError:
         auto = "AutoModel"
     if plan is None:
@@ -531,3 +550,87 @@ def load_pruning_config(directory: str | os.PathLike) -> PruningConfig | None:
     if not path.is_file():
         return None
     return PruningConfig.from_dict(json.loads(path.read_text()))
+
+
+def local_folder(name_or_path: str | os.PathLike) -> Path:
+    """A local folder, or the snapshot of a Hub repository id (downloaded once, then cached)."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(name_or_path)))
+    except Exception as err:  # offline, unknown repo, no access: all mean "nothing to load from"
+        raise HfPruneError(
+            f"{str(name_or_path)!r} is neither a local folder nor a downloadable Hub repository "
+            f"({type(err).__name__}: {err})."
+        ) from err
+
+
+def load_pruned(directory: str | os.PathLike, **model_kwargs: Any) -> nn.Module:
+    """Load a structurally pruned model: base architecture -> plan -> weights. No pickles.
+
+    ``directory`` is a folder or a Hub repository id. The plan comes from ``pruning_plan.json`` (written by
+    hfprune), or from ``config.hfprune_plan`` (written by `compact_`, so a compacted model saved or pushed with
+    transformers' own ``save_pretrained``/``push_to_hub`` loads too). Folders without a plan (unstructured pruning)
+    load with plain ``from_pretrained``.
+    """
+    import transformers
+
+    directory = local_folder(directory)
+    config = transformers.AutoConfig.from_pretrained(directory)
+    if (directory / PLAN_NAME).is_file():
+        plan = PruningPlan.from_pretrained(directory)
+    else:
+        plan = PruningPlan.from_config(config)  # saved by transformers' save_pretrained/push_to_hub
+    if plan is None:
+        return load_model(directory, **model_kwargs)
+    architectures = getattr(config, "architectures", None) or []
+    model_class = getattr(transformers, architectures[0], None) if architectures else None
+    if model_class is None:
+        raise ConfigError(f"{directory}/config.json names no known architecture ({architectures}).")
+    # dtype is not a config attribute: like from_pretrained's default ("auto"), the model gets the weights' dtype.
+    dtype = model_kwargs.pop("dtype", model_kwargs.pop("torch_dtype", "auto"))
+    for key, value in model_kwargs.items():
+        setattr(config, key, value)
+    config.__dict__.pop("hfprune_plan", None)  # the base architecture is built full size, then compacted
+    weights = directory / "model.safetensors"
+    if not weights.is_file():
+        raise HfPruneError(f"{weights} is missing.")
+    model = model_class(config)
+    compact_(model, plan)
+    state = load_file(weights)
+    model.to(saved_dtype(state) if dtype == "auto" else _as_dtype(dtype))
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches: the weights were saved with another plan
+        raise PlanMismatchError(
+            f"Weights in {weights} do not fit the model the plan builds ({err}). The plan and the weights come from "
+            "different pruning runs: save them together with hfprune.hub.save_pruned."
+        ) from err
+    # Non-persistent buffers (position ids) are rebuilt by the model itself.
+    missing = [key for key in missing if not key.endswith("position_ids")]
+    if missing or unexpected:
+        raise PlanMismatchError(
+            f"Weights in {weights} do not fit the planned model: missing {missing[:5]}, unexpected {unexpected[:5]}."
+        )
+    return model.eval()
+
+
+def saved_dtype(state: dict[str, torch.Tensor]) -> torch.dtype:
+    """The floating dtype holding most of the saved weights (float32 when there are none)."""
+    sizes: dict[torch.dtype, int] = {}
+    for tensor in state.values():
+        if tensor.is_floating_point():
+            sizes[tensor.dtype] = sizes.get(tensor.dtype, 0) + tensor.numel()
+    return max(sizes, key=sizes.__getitem__) if sizes else torch.float32
+
+
+def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    resolved = getattr(torch, str(dtype), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ConfigError(f"dtype={dtype!r} is not a torch dtype; use e.g. torch.bfloat16, 'float16' or 'auto'.")
+    return resolved

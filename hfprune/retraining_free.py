@@ -17,9 +17,9 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from .calibration import take_batches
 from .compaction import _encoder, _get, current_plan_shape
 from .errors import ConfigError
-from .pruner import take_batches
 from .targets import require_real_weights
 
 

@@ -14,12 +14,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .calibration import initial_loss_scale, scaled_backward
 from .compaction import PlanMismatchError, PruningPlan, _encoder, _get
 from .config import PruningConfig
 from .errors import ConfigError, MissingDataError
 from .importance import FisherImportance, MagnitudeImportance, RandomImportance, TaylorImportance
 from .masks import set_mask_
-from .pruner import initial_loss_scale, scaled_backward
 from .structures import ColumnGroups, EncoderUnits
 from .targets import require_real_weights
 

@@ -1,0 +1,91 @@
+"""Calibration data for the criteria that need it: taking batches, the loss of a batch, and a backward pass that
+survives fp16 (loss scaling). Shared by the mask engine, head/neuron scoring and CNN channel scoring."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import MissingDataError
+
+
+def take_batches(dataloader: Iterable[Any], num_batches: int | None = None) -> list[Any]:
+    """The first ``num_batches`` batches of ``dataloader`` (all if ``None``); an empty result is an error."""
+    batches = []
+    for index, batch in enumerate(dataloader):
+        if num_batches is not None and index >= num_batches:
+            break
+        batches.append(batch)
+    if not batches:
+        raise MissingDataError("The calibration dataloader yielded no batches.")
+    return batches
+
+
+def initial_loss_scale(model: nn.Module) -> float:
+    """Factor on the calibration loss: fp16 gradients below ~6e-8 round to zero (small models and confident
+    predictions have many), so fp16 models start at 2**16 and halve it on overflow, as AMP's GradScaler does.
+    bf16 has float32's exponent range and needs no scaling."""
+    return 2.0**16 if any(param.dtype == torch.float16 for param in model.parameters()) else 1.0
+
+
+def scaled_backward(
+    model: nn.Module,
+    batch: Any,
+    loss_fn: Callable[..., Tensor] | None,
+    scale: float,
+    gradients: Callable[[], Iterable[Tensor | None]],
+    before: Callable[[], None] | None = None,
+) -> float:
+    """Backward of ``scale`` x the calibration loss of ``batch``; while a gradient that ``gradients()`` returns is
+    not finite (fp16 overflow), halve ``scale`` and redo the batch. Returns the scale the gradients carry.
+
+    ``before`` runs ahead of every attempt (to drop what a failed attempt's hooks collected).
+    """
+    while True:
+        if before is not None:
+            before()
+        model.zero_grad(set_to_none=True)
+        (calibration_loss(model, batch, loss_fn) * scale).backward()
+        if scale <= 1.0 or all(grad is None or bool(torch.isfinite(grad).all()) for grad in gradients()):
+            return scale
+        scale /= 2
+
+
+def inputs_like_model(value: Any, model: nn.Module) -> Any:
+    """A floating-point input tensor in the dtype (and on the device) of ``model``'s weights; anything else as is.
+
+    Calibration images come as float32 whatever the model's precision, and a bf16/fp16 convolution refuses them.
+    """
+    if not isinstance(value, Tensor) or not value.is_floating_point():
+        return value
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return value if weight is None else value.to(device=weight.device, dtype=weight.dtype)
+
+
+def calibration_loss(model: nn.Module, batch: Any, loss_fn: Callable[..., Tensor] | None) -> Tensor:
+    """The loss of one calibration batch: a dict of model inputs with labels, or an ``(inputs, targets)`` pair."""
+    if isinstance(batch, Mapping):
+        # Labels keep their dtype (regression targets stay float32); floating inputs follow the model.
+        outputs = model(**{key: value if key == "labels" else inputs_like_model(value, model)
+                           for key, value in batch.items()})  # fmt: skip
+        loss = (
+            outputs["loss"] if isinstance(outputs, Mapping) and "loss" in outputs else getattr(outputs, "loss", None)
+        )
+        if loss is None:
+            raise MissingDataError(
+                "The model returned no loss for a calibration batch. Include 'labels' in each batch, or pass loss_fn."
+            )
+        return loss
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        inputs, targets = batch
+        logits = model(inputs_like_model(inputs, model))
+        logits = getattr(logits, "logits", logits)
+        # The loss in float32: a half-precision log-softmax over many classes loses the small probabilities.
+        return (loss_fn or nn.functional.cross_entropy)(logits.float(), targets)
+    raise MissingDataError(
+        f"Calibration batches must be dicts of model inputs with labels, or (inputs, targets) pairs; got "
+        f"{type(batch).__name__}."
+    )
