@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .calibration import initial_loss_scale, inputs_like_model, scaled_backward, take_batches
-from .compaction import PLAN_NAME, PlanMismatchError, _is_integer, checked_indices, read_plan_json
+from .compaction import PLAN_NAME, PlanMismatchError, checked_indices, is_integer_value, read_plan_json
 from .config import PruningConfig
 from .errors import ConfigError, HfPruneError, MissingDataError, UnsupportedArchitectureError
 from .importance import APoZImportance, BNScaleImportance, MagnitudeImportance, RandomImportance, TaylorImportance
@@ -68,13 +68,13 @@ class ChannelPlan:
                     f"{type(getattr(self, field_name)).__name__}."
                 )
         for name, count in self.num_channels.items():
-            if not isinstance(name, str) or not _is_integer(count) or count < 1:
+            if not isinstance(name, str) or not is_integer_value(count) or count < 1:
                 raise PlanMismatchError(
                     f"Channel plan num_channels[{name!r}] must be a positive integer channel count; got {count!r}."
                 )
         if self.kind != "channels":
             raise PlanMismatchError(f"Not a channel plan (kind={self.kind!r}).")
-        if not _is_integer(self.plan_version):
+        if not is_integer_value(self.plan_version):
             raise PlanMismatchError(f"Channel plan field plan_version must be an integer; got {self.plan_version!r}.")
         if not isinstance(self.extra, dict):
             raise PlanMismatchError(f"Channel plan field extra must be a dict; got {type(self.extra).__name__}.")
@@ -103,7 +103,7 @@ class ChannelPlan:
         if data.get("kind") != "channels":
             raise PlanMismatchError(f"Not a channel plan (kind={data.get('kind')!r}).")
         version = data.get("plan_version", CHANNEL_PLAN_VERSION)
-        if not _is_integer(version):
+        if not is_integer_value(version):
             raise PlanMismatchError(f"Channel plan field plan_version must be an integer; got {version!r}.")
         if version > CHANNEL_PLAN_VERSION:
             raise PlanMismatchError(

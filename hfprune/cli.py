@@ -410,7 +410,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _eval_images(args: argparse.Namespace) -> dict[str, Any]:
     from .channels import create_base_model, load_channel_pruned
-    from .recipes import _class_list
+    from .recipes import class_list
     from .vision import LabelledImages, eval_transform, evaluate_images, model_class_names
 
     if not Path(args.images).exists():
@@ -444,7 +444,7 @@ def _eval_images(args: argparse.Namespace) -> dict[str, Any]:
                     f"{_first_line(err)}). Pass an intact state-dict file for this architecture and --num-classes."
                 ) from None
     classes = getattr(model, "num_classes", None)
-    class_names = _class_list(_split_classes(args.classes), classes) if args.classes else model_class_names(model)
+    class_names = class_list(_split_classes(args.classes), classes) if args.classes else model_class_names(model)
     data = LabelledImages(args.images, args.labels, transform=eval_transform(model), class_names=class_names,
                           num_classes=classes)  # fmt: skip
     return evaluate_images(model, data, batch_size=args.batch_size)
@@ -697,9 +697,9 @@ def describe_error(err: BaseException) -> tuple[str, int] | None:
     if isinstance(err, HfPruneError):
         return _one_line(err), 2
     if isinstance(err, yaml.YAMLError):
-        from .recipes import _yaml_problem
+        from .recipes import yaml_problem
 
-        return f"invalid YAML: {_yaml_problem(err)}. Fix the syntax of the recipe.", 2
+        return f"invalid YAML: {yaml_problem(err)}. Fix the syntax of the recipe.", 2
     if isinstance(err, json.JSONDecodeError):
         return f"a JSON file is damaged ({_one_line(err)}). Restore or re-create it.", 2
     if isinstance(err, UnicodeDecodeError):

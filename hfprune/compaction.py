@@ -72,7 +72,7 @@ class PruningPlan:
             raise PlanMismatchError(f"Plan field model_type must be a non-empty string; got {self.model_type!r}.")
         for name in ("num_heads", "intermediate_size"):
             value = getattr(self, name)
-            if not _is_integer(value) or value < 1:
+            if not is_integer_value(value) or value < 1:
                 raise PlanMismatchError(f"Plan field {name} must be a positive integer; got {value!r}.")
         for name in ("heads", "neurons"):
             if not isinstance(getattr(self, name), (list, tuple)):
@@ -85,7 +85,7 @@ class PruningPlan:
                 f"Plan has {len(self.heads)} head lists but {len(self.neurons)} neuron lists: it needs one of each "
                 "per encoder layer."
             )
-        if not _is_integer(self.plan_version):
+        if not is_integer_value(self.plan_version):
             raise PlanMismatchError(f"Plan field plan_version must be an integer; got {self.plan_version!r}.")
         if not isinstance(self.extra, dict):
             raise PlanMismatchError(f"Plan field extra must be a dict; got {type(self.extra).__name__}.")
@@ -173,7 +173,7 @@ class PruningPlan:
         if not isinstance(data, dict):
             raise PlanMismatchError(f"A pruning plan must be a JSON object (dict); got {type(data).__name__}.")
         version = data.get("plan_version", PLAN_VERSION)
-        if not _is_integer(version):
+        if not is_integer_value(version):
             raise PlanMismatchError(f"Plan field plan_version must be an integer; got {version!r}.")
         if version > PLAN_VERSION:
             raise PlanMismatchError(f"Plan version {version} is newer than this hfprune understands ({PLAN_VERSION}).")
@@ -214,7 +214,7 @@ def read_plan_json(path: Path) -> Any:
         ) from err
 
 
-def _is_integer(value: Any) -> bool:
+def is_integer_value(value: Any) -> bool:
     """A whole number given as one (an ``int``, numpy integers included), not a float such as 1.0 or a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -230,7 +230,7 @@ def checked_indices(kept: Any, where: str, limit: int) -> list[int]:
     """
     if not isinstance(kept, (list, tuple)):
         raise PlanMismatchError(f"{where} must be a list of integer indices; got {type(kept).__name__} {kept!r}.")
-    not_integers = [index for index in kept if not _is_integer(index)]
+    not_integers = [index for index in kept if not is_integer_value(index)]
     if not_integers:
         raise PlanMismatchError(
             f"{where} must be integer indices; got {not_integers[:5]} "

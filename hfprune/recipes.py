@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import hashlib
 import json
@@ -23,19 +22,13 @@ from .config import PruningConfig
 from .distillation import DistillationConfig
 from .errors import ConfigError, HfPruneError
 from .field_types import coerce
-
-
-def _did_you_mean(key: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(key, options, n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
+from .registry import check_unknown_keys, tolerate_unknown_keys
 
 
 def _check_keys(where: str, given: dict[str, Any], allowed: list[str]) -> None:
-    for key in given:
-        if key not in allowed:
-            raise ConfigError(
-                f"Unknown key {key!r} in {where}.{_did_you_mean(key, allowed)} Allowed: {', '.join(sorted(allowed))}."
-            )
+    # Recipes are written by hand, never by a newer hfprune: unknown keys are always errors.
+    with tolerate_unknown_keys(False):
+        check_unknown_keys(where, given, allowed)
 
 
 def read_yaml_recipe(path: str | os.PathLike, what: str = "Recipe") -> dict[str, Any]:
@@ -56,7 +49,7 @@ def read_yaml_recipe(path: str | os.PathLike, what: str = "Recipe") -> dict[str,
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{what} {path} is not valid YAML: {_yaml_problem(err)}. Fix the syntax there.") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {yaml_problem(err)}. Fix the syntax there.") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -66,7 +59,7 @@ def read_yaml_recipe(path: str | os.PathLike, what: str = "Recipe") -> dict[str,
     return data
 
 
-def _yaml_problem(err: yaml.YAMLError) -> str:
+def yaml_problem(err: yaml.YAMLError) -> str:
     """``"line 3, column 5: mapping values are not allowed here"`` from a PyYAML error, on one line."""
     mark = getattr(err, "problem_mark", None)
     problem = getattr(err, "problem", None) or str(err)
@@ -185,7 +178,7 @@ def set_dotted(data: dict[str, Any], assignment: str) -> None:
         node[keys[-1]] = yaml.safe_load(raw)
     except yaml.YAMLError as err:
         raise ConfigError(
-            f"Override {assignment!r}: the value is not valid YAML ({_yaml_problem(err)}). Quote it, e.g. "
+            f"Override {assignment!r}: the value is not valid YAML ({yaml_problem(err)}). Quote it, e.g. "
             f"{path}='\"{raw}\"'."
         ) from None
 
@@ -593,7 +586,7 @@ class ImageRecipe:
     def __post_init__(self) -> None:
         _coerce_own_fields(self, "Image recipe")
         _check_positive("Image recipe", num_classes=self.num_classes, batch_size=self.batch_size)
-        self.classes = _class_list(self.classes, self.num_classes)
+        self.classes = class_list(self.classes, self.num_classes)
         if self.pruning is not None:
             _check_keys("the pruning section", self.pruning, [f.name for f in dataclasses.fields(PruningConfig)])
         if self.eagleeye is not None:
@@ -629,7 +622,7 @@ EAGLEEYE_KEYS: dict[str, Any] = {"num_candidates": int, "max_ratio": float, "bn_
                                  "seed": int}  # fmt: skip
 
 
-def _class_list(classes: Any, num_classes: int | None) -> list[str] | None:
+def class_list(classes: Any, num_classes: int | None) -> list[str] | None:
     """A recipe's ``classes:``: a list of class-folder names in label order, or a text file with one per line."""
     if classes is None:
         return None
