@@ -25,7 +25,7 @@ from .config import PruningConfig
 from .errors import ConfigError, HfPruneError
 from .glue import evaluate_glue
 from .hub import load_model, load_pruned, load_pruning_config, save_pruned
-from .importance import IMPORTANCES, FisherImportance
+from .importance import IMPORTANCES
 from .pruner import prune_
 from .reporting import compare_reports, device_description, paired_latency_ms, report
 from .retraining_free import reconstruct_
@@ -184,19 +184,18 @@ def _structure_support(model_path: str | Path, config: PruningConfig) -> None:
     """Refuse heads/neurons pruning of an architecture without a structured adapter, from config.json alone."""
     from transformers import AutoConfig
 
-    from .adapters.base import ADAPTERS
-    from .adapters.bert import BertFamilyAdapter
+    from .adapters.base import structured_model_types
 
     try:
         model_type = getattr(AutoConfig.from_pretrained(model_path), "model_type", None)
     except (OSError, ValueError):
         return  # the loader reports an unreadable config with its own message
-    supported = sorted(name for name, adapter in ADAPTERS.items() if isinstance(adapter, BertFamilyAdapter))
+    supported = structured_model_types()
     if model_type not in supported:
         raise ConfigError(
             f"{model_path} is a {model_type!r} model; structured pruning (--structure "
-            f"{getattr(config.structure, 'registered_name', config.structure)}) supports the BERT-family encoders "
-            f"only: model types {', '.join(supported)}. Choose such a model, or prune this one unstructured "
+            f"{getattr(config.structure, 'registered_name', config.structure)}) supports the encoders with an "
+            f"adapter only: model types {', '.join(supported)}. Choose such a model, or prune this one unstructured "
             "(--structure unstructured with --target-modules, a regex of its nn.Linear layers)."
         )
 
@@ -266,7 +265,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if structured:
         plan = plan_structured(model, config, batches)
         compact_(model, plan)
-        if isinstance(config.importance, FisherImportance) and args.reconstruct:
+        if config.importance.additive_unit_scores and args.reconstruct:  # type: ignore[union-attr]
             reconstruct_(model, dense, batches)  # type: ignore[arg-type]
     else:
         prune_(model, config, batches)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import numbers
 import os
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters.base import get_adapter
-from .adapters.bert import BertFamilyAdapter, EncoderLayout
-from .errors import HfPruneError, UnsupportedArchitectureError
+from .adapters import ArchAdapter, get_encoder_adapter
+from .errors import HfPruneError
 from .masks import remove_mask_
+from .shrink import UnitGroup, shrink_layer_, slice_problem
 from .targets import require_real_weights
 
 
@@ -101,9 +100,8 @@ class PruningPlan:
     @classmethod
     def dense(cls, model: nn.Module) -> PruningPlan:
         """The plan that keeps everything in ``model``."""
-        _, layout, layers = _encoder(model)
-        num_heads = getattr(_get(layers[0], layout.self_attention), layout.num_heads_attribute)
-        intermediate = _get(layers[0], layout.ffn_in).out_features
+        _, layers, groups = encoder_structure(model)
+        num_heads, intermediate = groups["heads"].num_units(layers[0]), groups["neurons"].num_units(layers[0])
         return cls(
             model_type=model.config.model_type,  # type: ignore[attr-defined]
             num_heads=num_heads,
@@ -117,20 +115,18 @@ class PruningPlan:
     def from_zeros(cls, model: nn.Module) -> PruningPlan:
         """Read the plan off a full-size model whose removed heads/neurons are zeroed (masked or merged).
 
-        A head is removed when its columns of the attention output projection are all zero; a neuron when its
-        column of the FFN output layer is. Those columns are the only path from the unit to the output, so this
-        is exactly what compaction may drop without changing outputs.
+        A unit is removed when its input columns of the consumer (attention output or FFN output projection) are
+        all zero. Those columns are the only path from the unit to the output, so this is exactly what compaction
+        may drop without changing outputs.
         """
         plan = cls.dense(model)
-        _, layout, layers = _encoder(model)
-        head_size = _get(layers[0], layout.self_attention).attention_head_size
+        _, layers, groups = encoder_structure(model)
+        kept = {"heads": plan.heads, "neurons": plan.neurons}
         for index, layer in enumerate(layers):
-            out_cols = _get(layer, layout.attention_output).weight.detach().ne(0).any(0)
-            plan.heads[index] = [
-                h for h in range(plan.num_heads) if out_cols[h * head_size : (h + 1) * head_size].any()
-            ]
-            ffn_cols = _get(layer, layout.ffn_out).weight.detach().ne(0).any(0)
-            plan.neurons[index] = [n for n in range(plan.intermediate_size) if ffn_cols[n]]
+            for group in groups.values():
+                columns = layer.get_submodule(group.consumer).weight.detach().ne(0).any(0)
+                alive = columns.reshape(-1, group.unit_size).any(1)
+                kept[group.kind][index] = alive.nonzero().reshape(-1).tolist()
         return plan
 
     def config_entry(self) -> dict[str, Any]:
@@ -252,50 +248,10 @@ def checked_indices(kept: Any, where: str, limit: int) -> list[int]:
     return indices
 
 
-def _get(module: nn.Module, path: str) -> nn.Module:
-    return module.get_submodule(path)
-
-
-def _encoder(model: nn.Module) -> tuple[BertFamilyAdapter, EncoderLayout, nn.ModuleList]:
-    """The adapter, its layout and the model's encoder layers."""
-    adapter = get_adapter(model)
-    if not isinstance(adapter, BertFamilyAdapter):
-        raise UnsupportedArchitectureError(
-            f"Structured head/neuron pruning supports BERT-family encoders; {type(model).__name__} has none."
-        )
-    layout = adapter.layout
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and (name == layout.layers or name.endswith("." + layout.layers)):
-            return adapter, layout, module
-    raise UnsupportedArchitectureError(
-        f"Could not find the encoder layers ({layout.layers!r}) in {type(model).__name__}."
-    )
-
-
-class SkippedSelfAttention(nn.Module):
-    """Stands in for a self-attention whose heads were all removed: a context of width 0.
-
-    The attention output projection (now ``Linear(0, hidden)``) then adds only its bias, exactly what the masked
-    model computes when every head's output columns are zero. Where that projection belongs to the attention
-    module itself (DistilBERT's ``out_lin``), pass it as ``output_name``/``output``: it is kept under the same
-    name, so the state dict keys do not change, and applied here.
-    """
-
-    def __init__(self, head_size: int, output_name: str | None = None, output: nn.Module | None = None) -> None:
-        super().__init__()
-        self.attention_head_size = head_size
-        self.num_attention_heads = 0
-        self.n_heads = 0
-        self.all_head_size = 0
-        self.output_name = output_name
-        if output_name is not None:
-            self.add_module(output_name, output)
-
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
-        context = hidden_states.new_zeros(*hidden_states.shape[:-1], 0)
-        if self.output_name is not None:
-            context = self.get_submodule(self.output_name)(context)
-        return context, None
+def encoder_structure(model: nn.Module) -> tuple[ArchAdapter, nn.ModuleList, dict[str, UnitGroup]]:
+    """The adapter, the repeated layers and the unit groups (by kind) of a model with heads and neurons."""
+    adapter = get_encoder_adapter(model)
+    return adapter, adapter.layers(model), adapter.unit_groups(model)
 
 
 def _unmask_(module: nn.Module) -> None:
@@ -305,22 +261,19 @@ def _unmask_(module: nn.Module) -> None:
 
 def current_plan_shape(model: nn.Module) -> tuple[list[int], list[int]]:
     """Heads and neurons each layer of ``model`` has now."""
-    _, layout, layers = _encoder(model)
-    heads, neurons = [], []
-    for layer in layers:
-        attention = _get(layer, layout.self_attention)
-        heads.append(getattr(attention, layout.num_heads_attribute))
-        neurons.append(_get(layer, layout.ffn_in).out_features)
-    return heads, neurons
+    _, layers, groups = encoder_structure(model)
+    return ([groups["heads"].num_units(layer) for layer in layers],
+            [groups["neurons"].num_units(layer) for layer in layers])  # fmt: skip
 
 
 @torch.no_grad()
 def compact_(model: nn.Module, plan: PruningPlan | None = None) -> PruningPlan:
     """Shrink ``model`` in place to the heads and neurons ``plan`` keeps, fixing every dependent attribute.
 
-    Masks attached to the affected layers are merged first, so a masked model and its compacted copy compute the
-    same outputs. Without ``plan``, the plan is read off the zeroed units (`PruningPlan.from_zeros`), e.g. after
-    ``prune_`` with a structured config.
+    Every parameter slice the family's adapter lists for a removed unit goes (`hfprune.shrink`). Masks attached to
+    the affected layers are merged first, so a masked model and its compacted copy compute the same outputs.
+    Without ``plan``, the plan is read off the zeroed units (`PruningPlan.from_zeros`), e.g. after ``prune_`` with
+    a structured config.
 
     Returns:
         `PruningPlan`: the plan applied; save it with the weights (``save_pruned(..., plan=plan)``).
@@ -329,7 +282,7 @@ def compact_(model: nn.Module, plan: PruningPlan | None = None) -> PruningPlan:
         PlanMismatchError: the plan was made for another architecture or size, or the model is already compacted.
     """
     require_real_weights(model, "compact_")
-    adapter, layout, layers = _encoder(model)
+    _, layers, groups = encoder_structure(model)
     if plan is None:
         plan = PruningPlan.from_zeros(model)
     elif not isinstance(plan, PruningPlan):
@@ -356,68 +309,20 @@ def compact_(model: nn.Module, plan: PruningPlan | None = None) -> PruningPlan:
             f"The plan expects {plan.num_heads} heads and {plan.intermediate_size} neurons in every layer; the model "
             f"has heads {heads_now} and neurons {neurons_now}. Apply a plan only to the unpruned base model."
         )
+    kept = {"heads": plan.heads, "neurons": plan.neurons}
     for index, layer in enumerate(layers):
-        attention = _get(layer, layout.self_attention)
-        head_size = attention.attention_head_size
-        kept_heads = plan.heads[index]
-        if len(kept_heads) < plan.num_heads:
-            rows = torch.tensor([h * head_size + d for h in kept_heads for d in range(head_size)], dtype=torch.long)
-            for name in (layout.query, layout.key, layout.value):
-                _replace(layer, name, dim=0, index=rows)
-            _replace(layer, layout.attention_output, dim=1, index=rows)
-            if not kept_heads:
-                parent_name, _, child = layout.self_attention.rpartition(".")
-                prefix = layout.self_attention + "."
-                if layout.attention_output.startswith(prefix):
-                    # The output projection lives inside the attention module (DistilBERT): keep it, under its name.
-                    inner = layout.attention_output[len(prefix) :]
-                    skipped: nn.Module = SkippedSelfAttention(head_size, inner, _get(attention, inner))
-                else:
-                    skipped = SkippedSelfAttention(head_size)
-                setattr(_get(layer, parent_name) if parent_name else layer, child, skipped)
-            else:
-                setattr(attention, layout.num_heads_attribute, len(kept_heads))
-                if layout.all_head_size_attribute is not None:
-                    setattr(attention, layout.all_head_size_attribute, len(kept_heads) * head_size)
-        kept_neurons = plan.neurons[index]
-        if len(kept_neurons) < plan.intermediate_size:
-            rows = torch.tensor(kept_neurons, dtype=torch.long)
-            _replace(layer, layout.ffn_in, dim=0, index=rows)
-            _replace(layer, layout.ffn_out, dim=1, index=rows)
+        for group in groups.values():
+            problem = slice_problem(layer, group, group.num_units(layer))
+            if problem is not None:
+                raise PlanMismatchError(f"Layer {index}: {problem}. The adapter does not match this model.")
+    for index, layer in enumerate(layers):
+        for group in groups.values():
+            if len(kept[group.kind][index]) < group.num_units(layer):
+                # Masks are merged first, so the masked model and its compacted copy compute the same outputs.
+                for piece in group.present_slices(layer):
+                    _unmask_(layer.get_submodule(piece.module))
+            shrink_layer_(layer, group, kept[group.kind][index])
     # The plan travels in config.json, so transformers' own save_pretrained/push_to_hub keep what load_pruned needs
     # (and the remote-code export reads the same key).
     model.config.hfprune_plan = plan.config_entry()  # type: ignore[union-attr]
     return plan
-
-
-def _replace(layer: nn.Module, name: str, dim: int, index: torch.Tensor) -> None:
-    linear = _get(layer, name)
-    _unmask_(linear)
-    parent_name, _, child = name.rpartition(".")
-    parent = _get(layer, parent_name) if parent_name else layer
-    new = _select_linear(linear, dim, index)
-    new.train(linear.training)
-    setattr(parent, child, new)
-
-
-def _select_linear(linear: nn.Linear, dim: int, index: torch.Tensor) -> nn.Linear:
-    """A copy of ``linear`` keeping only the output rows (``dim=0``) or input columns (``dim=1``) in ``index``.
-
-    The new layer has the old one's dtype, device and ``requires_grad`` (transformers' ``prune_linear_layer``
-    builds float32 layers, which breaks half-precision models). It is built on the meta device and given the
-    selected weights, so no random initialization runs (nor warns for a zero-width layer).
-    """
-    weight = linear.weight.detach()
-    index = index.to(weight.device)
-    kept_weight = weight.index_select(dim, index).clone()
-    out_features, in_features = kept_weight.shape
-    with warnings.catch_warnings():
-        # A zero-width Linear (every unit removed) warns that initializing it is a no-op.
-        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-        new = nn.Linear(in_features, out_features, bias=linear.bias is not None, device="meta")
-    new.weight = nn.Parameter(kept_weight, requires_grad=linear.weight.requires_grad)
-    if linear.bias is not None:
-        bias = linear.bias.detach()
-        kept_bias = bias.index_select(0, index).clone() if dim == 0 else bias.clone()
-        new.bias = nn.Parameter(kept_bias, requires_grad=linear.bias.requires_grad)
-    return new

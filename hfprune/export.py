@@ -3,29 +3,42 @@
 - `export_remote_code`: writes ``modeling_hfprune.py`` beside the weights and an ``auto_map`` in ``config.json``;
   ``AutoModelFor...from_pretrained(folder, trust_remote_code=True)`` rebuilds the shrunk layers.
 - `export_plain`: when every layer kept all heads and the same number of FFN neurons, the architecture's own
-  config can express the model (``intermediate_size``), so the folder needs no custom code at all. BERT-family
-  configs derive the head size from ``hidden_size / num_attention_heads``, so fewer heads of the same size cannot
-  be expressed without custom code.
+  config can express the model (its FFN width, e.g. ``intermediate_size``), so the folder needs no custom code at
+  all. Encoder configs derive the head size from ``hidden_size / num_attention_heads``, so fewer heads of the same
+  size cannot be expressed without custom code.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from .compaction import PruningPlan, _encoder
+from .compaction import PruningPlan, encoder_structure
 from .errors import ConfigError
 from .hub import atomic_directory, auto_class_name
 from .masks import merged_state_dict
 
 
 TEMPLATE = Path(__file__).parent / "templates" / "modeling_hfprune.py.tmpl"
+#: The one implementation of shrinking, copied verbatim into every remote-code folder.
+SHRINK_SOURCE = Path(__file__).parent / "shrink.py"
 
-# transformers' auto classes by the suffix of the architecture name.
+
+def remote_code_source(model: nn.Module, class_name: str) -> str:
+    """``modeling_hfprune.py`` for ``model``: hfprune's shrink module, the adapter's unit groups as JSON, and a
+    subclass of the base architecture that applies ``config.hfprune_plan`` at construction."""
+    adapter, _, _ = encoder_structure(model)
+    code = TEMPLATE.read_text()
+    code = code.replace("{spec_json}", repr(json.dumps(adapter.shrink_spec(model), sort_keys=True)))
+    code = code.replace("{base_class}", type(model).__name__).replace("{class_name}", class_name)
+    # Last, so nothing in the module's own text is taken for a placeholder.
+    return code.replace("{shrink_source}", SHRINK_SOURCE.read_text())
+
+
 def _source_folder(model: nn.Module) -> str:
     """The folder the model was loaded from (an export never replaces it)."""
     return str(getattr(getattr(model, "config", None), "_name_or_path", "") or "")
@@ -35,12 +48,9 @@ def export_remote_code(
     model: nn.Module, plan: PruningPlan, directory: str | os.PathLike, tokenizer: Any = None, overwrite: bool = False
 ) -> Path:
     """Write ``model`` (compacted with ``plan``) as a folder that loads with ``trust_remote_code=True``."""
-    adapter, layout, _ = _encoder(model)
     base_class = type(model).__name__
     class_name = f"Hfpruned{base_class}"
-    code = TEMPLATE.read_text()
-    code = code.replace("{layout}", repr(dataclasses.asdict(layout)))
-    code = code.replace("{base_class}", base_class).replace("{class_name}", class_name)
+    code = remote_code_source(model, class_name)
     config = model.config  # type: ignore[attr-defined]
     with atomic_directory(directory, overwrite=overwrite, inputs=(_source_folder(model),)) as staging:
         (staging / "modeling_hfprune.py").write_text(code)
@@ -76,15 +86,16 @@ def export_plain(
             f"{[len(n) for n in plan.neurons]}. Use export_remote_code, which works for any plan."
         )
     config = model.config  # type: ignore[attr-defined]
-    original = config.intermediate_size
+    width_attribute = encoder_structure(model)[0].neurons_config_attribute
+    original = getattr(config, width_attribute)
     with atomic_directory(directory, overwrite=overwrite, inputs=(_source_folder(model),)) as staging:
-        config.intermediate_size = widths.pop()
+        setattr(config, width_attribute, widths.pop())
         # An ordinary checkpoint: its config describes the shapes by itself, so it must not carry a plan.
         plan_entry = config.__dict__.pop("hfprune_plan", None)
         try:
             model.save_pretrained(staging, state_dict=merged_state_dict(model))  # type: ignore[operator]
         finally:
-            config.intermediate_size = original
+            setattr(config, width_attribute, original)
             if plan_entry is not None:
                 config.hfprune_plan = plan_entry
         if tokenizer is not None:

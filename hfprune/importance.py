@@ -8,7 +8,7 @@ element; `structures` reduces them to blocks, heads or channels.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor
@@ -17,7 +17,14 @@ from .errors import ConfigError
 from .registry import Registry, SerializableComponent
 
 
+if TYPE_CHECKING:
+    from .structured import UnitStatistics
+
+
 IMPORTANCES: Registry[Importance] = Registry("importance")
+
+#: What a criterion needs from a run, hence what the engines gather for it (and which data it requires).
+NEEDS = ("weights", "seed", "gradients", "per_example_gradients", "activations", "learned_scores")
 
 #: Structure names, grouped by the engine that runs them: per-tensor masks (`Pruner`), encoder units (heads and
 #: FFN neurons) and CNN channels.
@@ -33,9 +40,14 @@ class Importance(SerializableComponent):
     Subclasses set `requires_grad` (whether `update` needs gradients, hence data) and implement `score`.
     """
 
+    #: What scoring needs (one of `NEEDS`): the engines gather exactly this, and refuse to run without the data.
+    needs: ClassVar[str] = "weights"
     requires_grad: ClassVar[bool] = False
     #: Scores are trainable parameters (movement pruning) rather than statistics.
     learned: ClassVar[bool] = False
+    #: The unit scores are additive estimates of the loss increase, so a budget is met by Kwon et al.'s mask
+    #: search over how many heads and neurons to keep (instead of one kept fraction for both).
+    additive_unit_scores: ClassVar[bool] = False
     #: Structures some engine scores with this criterion; `PruningConfig` refuses any other pairing.
     supported_structures: ClassVar[tuple[str, ...]] = PER_TENSOR_STRUCTURES + UNIT_STRUCTURES + CHANNEL_STRUCTURES
 
@@ -49,6 +61,27 @@ class Importance(SerializableComponent):
     def score(self, state: dict[str, Tensor], weight: Tensor) -> Tensor:
         """Elementwise scores, same shape as ``weight``; larger means more important."""
         raise TypeError(f"{type(self).__name__} must implement score()")
+
+    def unit_scores(self, stats: UnitStatistics) -> dict[str, Tensor]:
+        """One-shot scores of every head and neuron (``{kind: [layers, units]}``) from what `needs` gathered."""
+        raise ConfigError(unsupported_pair_message(self, "heads_and_neurons"))
+
+    def wants_unit_interactions(self) -> bool:
+        """Whether one-shot unit scoring should also gather each layer's per-example gradient products."""
+        return False
+
+    # Training hooks: a criterion that shapes training (soft movement) says how here; the Pruner and the trainer
+    # call these for every criterion and know none of them.
+    #: The kept count follows the schedule's sparsity (False: the criterion decides it, e.g. by a threshold).
+    follows_sparsity: ClassVar[bool] = True
+
+    def threshold(self, progress: float) -> float | None:
+        """Score threshold at schedule ``progress`` (0 to 1) for criteria that keep units above one; else None."""
+        return None
+
+    def regularization_weight(self, progress: float) -> float | None:
+        """Weight of the penalty on learned scores at ``progress`` (added to the loss); None when there is none."""
+        return None
 
 
 @IMPORTANCES.register("magnitude", "l1")
@@ -69,6 +102,10 @@ class MagnitudeImportance(Importance):
 
     def score(self, state: dict[str, Tensor], weight: Tensor) -> Tensor:
         return weight.detach().abs().float().pow(self.p)
+
+    def unit_scores(self, stats: UnitStatistics) -> dict[str, Tensor]:
+        # A unit's magnitude is that of every weight it owns (query/key/value rows and output columns of a head).
+        return stats.weight_norms(self.p)
 
 
 @IMPORTANCES.register("l2")
@@ -91,8 +128,13 @@ class RandomImportance(Importance):
     def init_state(self, weight: Tensor, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         return {"scores": torch.rand(weight.shape, generator=generator, dtype=torch.float32).to(weight.device)}
 
+    needs: ClassVar[str] = "seed"
+
     def score(self, state: dict[str, Tensor], weight: Tensor) -> Tensor:
         return state["scores"]
+
+    def unit_scores(self, stats: UnitStatistics) -> dict[str, Tensor]:
+        return stats.random()
 
 
 @IMPORTANCES.register("taylor", "gradient_weight")
@@ -104,10 +146,15 @@ class TaylorImportance(Importance):
     pass seen by `Pruner.accumulate`, so give it a few batches of real data.
     """
 
+    needs: ClassVar[str] = "gradients"
     requires_grad: ClassVar[bool] = True
 
     def init_state(self, weight: Tensor, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         return {"sum": torch.zeros_like(weight, dtype=torch.float32), "count": torch.zeros((), dtype=torch.long)}
+
+    def unit_scores(self, stats: UnitStatistics) -> dict[str, Tensor]:
+        # First-order loss change of removing the unit, accumulated over the data.
+        return {kind: total.abs() for kind, total in stats.mask_gradient_sums().items()}
 
     def update(self, state: dict[str, Tensor], weight: Tensor, grad: Tensor) -> None:
         state["sum"] += (weight.detach().float() * grad.detach().float()).abs()
@@ -138,6 +185,7 @@ class MovementImportance(Importance):
             MiniLM encoder weights costs ~0.15 s on 2 CPU cores, so CPU runs use ~10.
     """
 
+    needs: ClassVar[str] = "learned_scores"
     learned: ClassVar[bool] = True
     requires_grad: ClassVar[bool] = True
     # Learned scores live in masks, which channel pruning (a one-shot dependency-graph plan) does not have.
@@ -190,6 +238,14 @@ class SoftMovementImportance(MovementImportance):
         if self.final_lambda < 0:
             raise ConfigError(f"final_lambda must be >= 0; got {self.final_lambda!r}.")
 
+    follows_sparsity: ClassVar[bool] = False
+
+    def threshold(self, progress: float) -> float | None:
+        return self.initial_threshold + (self.final_threshold - self.initial_threshold) * progress
+
+    def regularization_weight(self, progress: float) -> float | None:
+        return self.final_lambda * progress
+
 
 @IMPORTANCES.register("fisher")
 @dataclass(frozen=True)
@@ -208,9 +264,17 @@ class FisherImportance(Importance):
             rearrangement).
     """
 
+    needs: ClassVar[str] = "per_example_gradients"
     requires_grad: ClassVar[bool] = True
+    additive_unit_scores: ClassVar[bool] = True
     supported_structures: ClassVar[tuple[str, ...]] = UNIT_STRUCTURES
     rearrange: bool = True
+
+    def unit_scores(self, stats: UnitStatistics) -> dict[str, Tensor]:
+        return stats.mask_gradient_squares()
+
+    def wants_unit_interactions(self) -> bool:
+        return self.rearrange
 
     def score(self, state: dict[str, Tensor], weight: Tensor) -> Tensor:
         raise ConfigError(
@@ -240,6 +304,8 @@ class APoZImportance(Importance):
 
     A channel that is almost always zero contributes little; scores are ``1 - APoZ``. CNN channels only.
     """
+
+    needs: ClassVar[str] = "activations"
 
     supported_structures: ClassVar[tuple[str, ...]] = CHANNEL_STRUCTURES
 

@@ -18,13 +18,6 @@ from .adapters import get_adapter
 from .calibration import initial_loss_scale, scaled_backward
 from .config import PruningConfig
 from .errors import ConfigError, MissingDataError, NoPrunableModulesError
-from .importance import (
-    MagnitudeImportance,
-    MovementImportance,
-    RandomImportance,
-    SoftMovementImportance,
-    TaylorImportance,
-)
 from .masks import find_mask, get_raw_weight, merge_masks_, remove_mask_, set_mask_
 from .selection import select_global, select_local
 from .structures import Channels, EncoderUnits
@@ -33,6 +26,10 @@ from .targets import require_real_weights, resolve_overrides, resolve_targets
 
 if TYPE_CHECKING:
     from .compaction import PruningPlan
+
+
+#: What a criterion may need to prune heads/neurons during training (per-example gradients are one-shot only).
+_TRAINING_NEEDS = ("weights", "seed", "gradients", "learned_scores")
 
 
 class Pruner:
@@ -103,7 +100,7 @@ class Pruner:
         from .structured import unit_targets
 
         importance = config.importance
-        if not isinstance(importance, (MagnitudeImportance, RandomImportance, TaylorImportance, MovementImportance)):
+        if importance.needs not in _TRAINING_NEEDS:  # type: ignore[union-attr]
             raise ConfigError(
                 f"Importance {importance.registered_name!r} cannot prune heads/neurons during training. Use "  # type: ignore
                 "movement, soft_movement, magnitude, l2, taylor or random with PruningTrainer; 'fisher' ranks units "
@@ -147,9 +144,9 @@ class Pruner:
                     "sparsity_overrides leave some layers out. Use sparsity for a subset of layers, or drop the "
                     "layer selection."
                 )
-            if isinstance(config.importance, SoftMovementImportance):
+            if not config.importance.follows_sparsity:  # type: ignore[union-attr]
                 raise ConfigError(
-                    f"soft_movement keeps what its threshold keeps, so it cannot aim at {budget}. Use movement "
+                    f"{config.importance.registered_name} keeps what its threshold keeps, so it cannot aim at {budget}. Use movement "
                     "(top-k) with a FLOPs/parameter target, or tune soft_movement's final_lambda."
                 )
             sparsity = 1.0 - kept_fraction(config, dims)
@@ -159,7 +156,7 @@ class Pruner:
                 "During training, scope='local' prunes every layer to the same fraction; use that."
             )
         heads = [name for name, (kind, _) in self.units.items() if kind == "heads"]
-        if heads and not isinstance(config.importance, SoftMovementImportance):
+        if heads and config.importance.follows_sparsity:  # type: ignore[union-attr]
             widths = [self.structures[name].reduce(get_raw_weight(self.modules[name])).numel() for name in heads]
             final = {name: self.overrides.get(name, sparsity) for name in heads}
             if config.scope == "global" and "heads" in self.pools:
@@ -197,7 +194,7 @@ class Pruner:
         importance = self.config.importance
         if importance.learned:  # type: ignore[union-attr]
             self.attach_()
-            if isinstance(importance, SoftMovementImportance):
+            if not importance.follows_sparsity:  # type: ignore[union-attr]
                 if self.applied_sparsity is not None and self.global_step % importance.update_every:
                     return False
                 self.set_masks_(self._soft_masks(self.threshold()))
@@ -229,22 +226,18 @@ class Pruner:
             set_mask_(module, torch.ones_like(weight, dtype=torch.bool), scores=scores, reduce=reduce)
 
     def threshold(self) -> float | None:
-        """Soft movement's current sigmoid threshold (``None`` for other criteria)."""
-        importance = self.config.importance
-        if not isinstance(importance, SoftMovementImportance):
-            return None
+        """The criterion's current score threshold (soft movement's sigmoid threshold; ``None`` for most)."""
         progress = self.config.schedule.progress(self.global_step)  # type: ignore[union-attr]
-        return importance.initial_threshold + (importance.final_threshold - importance.initial_threshold) * progress
+        return self.config.importance.threshold(progress)  # type: ignore[union-attr]
 
     def regularization_lambda(self) -> float | None:
-        """Soft movement's current L1 weight (``None`` for other criteria)."""
-        importance = self.config.importance
-        if not isinstance(importance, SoftMovementImportance):
-            return None
-        return importance.final_lambda * self.config.schedule.progress(self.global_step)  # type: ignore[union-attr]
+        """The criterion's current penalty weight on learned scores (soft movement's L1; ``None`` for most)."""
+        progress = self.config.schedule.progress(self.global_step)  # type: ignore[union-attr]
+        return self.config.importance.regularization_weight(progress)  # type: ignore[union-attr]
 
     def regularization_loss(self) -> Tensor | None:
-        """Soft movement's ``lambda * mean over modules of mean(sigmoid(scores))``; add it to the training loss."""
+        """``lambda * mean over modules of mean(sigmoid(scores))`` when the criterion has a penalty (soft
+        movement); add it to the training loss."""
         lam = self.regularization_lambda()
         if lam is None:
             return None
@@ -307,11 +300,12 @@ class Pruner:
         importance = self.config.importance
         if importance.learned:  # type: ignore[union-attr]
             return {name: find_mask(module).scores.detach().reshape(-1) for name, module in self.modules.items()}  # type: ignore
-        if self.units and isinstance(importance, MagnitudeImportance):
+        if self.units and importance.needs == "weights":  # type: ignore[union-attr]
             # A unit's magnitude includes its query/key/value (FFN input) rows, as in one-shot structured pruning.
-            from .structured import _magnitude_scores
+            from .structured import UnitStatistics
 
-            groups = _magnitude_scores(self.model, importance.p)
+            stats = UnitStatistics(self.model, self.config.seed, None, None, None, None)
+            groups = importance.unit_scores(stats)  # type: ignore[union-attr]
             return {name: groups[kind][layer] for name, (kind, layer) in self.units.items()}
         return {
             name: self.structures[name].reduce(importance.score(self.importance_state[name], module.weight))  # type: ignore

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .calibration import take_batches
-from .compaction import _encoder, _get, current_plan_shape
+from .compaction import encoder_structure
 from .errors import ConfigError
 from .targets import require_real_weights
 
@@ -54,26 +54,27 @@ def _capture(
 
 
 @torch.no_grad()
-def _dense_targets(
-    dense: nn.Module, layers: nn.ModuleList, names: list[str], batches: list[dict[str, Tensor]]
-) -> dict[tuple[int, str], list[Tensor]]:
-    """Input of every named LayerNorm of every layer (sublayer output + residual), per batch, in one pass each."""
-    outputs: dict[tuple[int, str], list[Tensor]] = {(i, n): [] for i in range(len(layers)) for n in names}
+def _dense_streams(dense: nn.Module, names: list[str], batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """For one batch: the input of each named module (the residual stream after a sublayer) in the dense model.
+    The forward pass stops once every one is captured."""
+    captured: dict[str, Tensor] = {}
     handles = []
-    for index, layer in enumerate(layers):
-        for name in names:
+    for name in names:
 
-            def hook(_: nn.Module, inputs: tuple[Tensor, ...], key: tuple[int, str] = (index, name)) -> None:
-                outputs[key].append(inputs[0].detach())
+        def hook(_: nn.Module, inputs: tuple[Tensor, ...], name: str = name) -> None:
+            captured[name] = inputs[0].detach()
+            if len(captured) == len(names):
+                raise _Stop
 
-            handles.append(_get(layer, name).register_forward_pre_hook(hook))
+        handles.append(dense.get_submodule(name).register_forward_pre_hook(hook))
     try:
-        for batch in batches:
-            dense(**{k: v for k, v in batch.items() if k != "labels"})
+        dense(**{k: v for k, v in batch.items() if k != "labels"})
+    except _Stop:
+        pass
     finally:
         for handle in handles:
             handle.remove()
-    return outputs
+    return captured
 
 
 def _exact_dtype(device: torch.device) -> torch.dtype:
@@ -86,9 +87,9 @@ def _relative_error(scales: Tensor, gram: Tensor, target_dot: Tensor, target_nor
     return float((scales @ gram @ scales - 2 * scales @ target_dot + target_norm) / max(target_norm, 1e-12))
 
 
-def _contributions(kind: str, activation: Tensor, weight: Tensor, head_size: int) -> Tensor:
+def _contributions(activation: Tensor, weight: Tensor, head_size: int) -> Tensor:
     """Per-unit contributions to the sublayer output: ``[units, tokens, hidden]``."""
-    if kind == "neurons":
+    if head_size == 1:
         return activation.t()[:, :, None] * weight.t()[:, None, :]
     heads = activation.shape[-1] // head_size
     per_head = activation.reshape(-1, heads, head_size).transpose(0, 1)  # [heads, tokens, head_size]
@@ -122,69 +123,88 @@ def reconstruct_(
     """
     require_real_weights(pruned, "reconstruct_ (the pruned model)")
     require_real_weights(dense, "reconstruct_ (the dense model)")
-    _, layout, layers = _encoder(pruned)
-    _, dense_layout, dense_layers = _encoder(dense)
+    adapter, layers, groups = encoder_structure(pruned)
+    dense_layers = encoder_structure(dense)[1]
     if len(layers) != len(dense_layers):
         raise ConfigError(f"pruned has {len(layers)} layers but dense has {len(dense_layers)}.")
     batches = take_batches(dataloader, num_batches)
-    heads_now, neurons_now = current_plan_shape(pruned)
     pruned.eval()
     dense.eval()
-    sublayers = [(index, kind, name, norm) for index in range(len(layers))
-                 for kind, name, norm in (("heads", layout.attention_output, layout.attention_norm),
-                                          ("neurons", layout.ffn_out, layout.ffn_norm))]  # fmt: skip
-    # The dense targets do not change: capture every LayerNorm input in one full pass per batch.
-    dense_targets = _dense_targets(dense, dense_layers, [dense_layout.attention_norm, dense_layout.ffn_norm], batches)
+    pruned_sublayers = adapter.sublayers(pruned)
+    dense_sublayers = adapter.sublayers(dense)
     errors: dict[str, list[float]] = {"before": [], "after": []}
-    for index, kind, name, norm_name in sublayers:
-        width = heads_now[index] if kind == "heads" else neurons_now[index]
-        if width == 0:
-            continue
-        head_size = _get(dense_layers[index], dense_layout.self_attention).attention_head_size
-        consumer = _get(layers[index], name)
-        norm = _get(layers[index], norm_name)
-        dense_norm = dense_layout.attention_norm if kind == "heads" else dense_layout.ffn_norm
-        # Least squares in float32/float64 whatever the model's dtype; only the solved scales return to it.
-        weight = consumer.weight.detach().float()
-        bias = consumer.bias.detach().float() if consumer.bias is not None else 0.0
-        exact = _exact_dtype(weight.device)
-        gram = torch.zeros(width, width, dtype=torch.float64)
-        target_dot = torch.zeros(width, dtype=torch.float64)
-        target_norm = 0.0
-        for batch_index, batch in enumerate(batches):
-            # The pruned model's input to this sublayer already includes the corrections of earlier layers. The
-            # target is the dense residual stream: the kept units also make up for the drift of the pruned
-            # model's residual input (what the following LayerNorm sees is what matters).
-            activation, residual = _capture(pruned, consumer, norm, batch)
-            dense_stream = dense_targets[(index, dense_norm)][batch_index].float().to(residual.device)
-            activation = activation.reshape(-1, activation.shape[-1]).float()
-            target = (dense_stream - residual).reshape(-1, dense_stream.shape[-1]) - bias
-            if "attention_mask" in batch:  # padding tokens are not part of the objective
-                keep = batch["attention_mask"].reshape(-1).bool().to(activation.device)
-                activation, target = activation[keep], target[keep]
-            if kind == "neurons":
-                projected = target @ weight  # [tokens, units]: <W[:, u], T_token>
-                gram += ((activation.t() @ activation) * (weight.t() @ weight)).cpu().double()
-                target_dot += (activation * projected).sum(0).cpu().double()
-            else:
-                contributions = _contributions(kind, activation, weight, head_size)
-                flat = contributions.reshape(contributions.shape[0], -1).to(exact)
-                gram += (flat @ flat.t()).cpu().double()
-                target_dot += (flat @ target.reshape(-1).to(exact)).cpu().double()
-            target_norm += float(target.to(exact).pow(2).sum())
-        ones = torch.ones(width, dtype=torch.float64)
-        regularized = gram + damping * gram.diagonal().mean() * torch.eye(width, dtype=torch.float64)
-        scales = torch.linalg.solve(regularized, target_dot)
-
-        before = _relative_error(ones, gram, target_dot, target_norm)
-        after = _relative_error(scales, gram, target_dot, target_norm)
-        errors["before"].append(before)
-        # Scales far from 1 fit calibration noise rather than a lost signal (Kwon et al. stop at |scale| > 10).
-        applied = after < before and float(scales.abs().max()) <= max_scale
-        if applied:
-            columns = scales if kind == "neurons" else scales.repeat_interleave(head_size)
-            # Scale in float32, round once to the model's dtype, on the weight's device.
-            scaled = consumer.weight.detach().float() * columns.to(device=consumer.weight.device, dtype=torch.float32)
-            consumer.weight.copy_(scaled.to(consumer.weight.dtype))
-        errors["after"].append(after if applied else before)
+    # Streaming: the dense targets of one layer at a time (one partial forward per batch), never all of them.
+    for layer_index in range(len(layers)):
+        pairs = [(p, d) for p, d in zip(pruned_sublayers, dense_sublayers, strict=True) if p.layer == layer_index]
+        streams = [d.stream for _, d in pairs]
+        dense_targets = [_dense_streams(dense, streams, batch) for batch in batches]
+        for sublayer, dense_sublayer in pairs:
+            group = groups[sublayer.kind]
+            width = group.num_units(layers[layer_index])
+            if width == 0:
+                continue
+            consumer = pruned.get_submodule(sublayer.consumer)
+            norm = pruned.get_submodule(sublayer.stream)
+            errors_of = _reconstruct_sublayer(consumer, norm, pruned, batches, dense_targets, dense_sublayer.stream,
+                                              width, group.unit_size, damping, max_scale)  # fmt: skip
+            errors["before"].append(errors_of[0])
+            errors["after"].append(errors_of[1])
+        del dense_targets
     return errors
+
+
+def _reconstruct_sublayer(
+    consumer: nn.Module,
+    norm: nn.Module,
+    pruned: nn.Module,
+    batches: list[dict[str, Tensor]],
+    dense_targets: list[dict[str, Tensor]],
+    stream: str,
+    width: int,
+    head_size: int,
+    damping: float,
+    max_scale: float,
+) -> tuple[float, float]:
+    """Solve and apply one sublayer's scales; returns its relative error before and after."""
+    # Least squares in float32/float64 whatever the model's dtype; only the solved scales return to it.
+    weight = consumer.weight.detach().float()
+    bias = consumer.bias.detach().float() if consumer.bias is not None else 0.0
+    exact = _exact_dtype(weight.device)
+    gram = torch.zeros(width, width, dtype=torch.float64)
+    target_dot = torch.zeros(width, dtype=torch.float64)
+    target_norm = 0.0
+    for batch_index, batch in enumerate(batches):
+        # The pruned model's input to this sublayer already includes the corrections of earlier layers. The
+        # target is the dense residual stream: the kept units also make up for the drift of the pruned
+        # model's residual input (what the following LayerNorm sees is what matters).
+        activation, residual = _capture(pruned, consumer, norm, batch)
+        dense_stream = dense_targets[batch_index][stream].float().to(residual.device)
+        activation = activation.reshape(-1, activation.shape[-1]).float()
+        target = (dense_stream - residual).reshape(-1, dense_stream.shape[-1]) - bias
+        if "attention_mask" in batch:  # padding tokens are not part of the objective
+            keep = batch["attention_mask"].reshape(-1).bool().to(activation.device)
+            activation, target = activation[keep], target[keep]
+        if head_size == 1:
+            projected = target @ weight  # [tokens, units]: <W[:, u], T_token>
+            gram += ((activation.t() @ activation) * (weight.t() @ weight)).cpu().double()
+            target_dot += (activation * projected).sum(0).cpu().double()
+        else:
+            contributions = _contributions(activation, weight, head_size)
+            flat = contributions.reshape(contributions.shape[0], -1).to(exact)
+            gram += (flat @ flat.t()).cpu().double()
+            target_dot += (flat @ target.reshape(-1).to(exact)).cpu().double()
+        target_norm += float(target.to(exact).pow(2).sum())
+    ones = torch.ones(width, dtype=torch.float64)
+    regularized = gram + damping * gram.diagonal().mean() * torch.eye(width, dtype=torch.float64)
+    scales = torch.linalg.solve(regularized, target_dot)
+
+    before = _relative_error(ones, gram, target_dot, target_norm)
+    after = _relative_error(scales, gram, target_dot, target_norm)
+    # Scales far from 1 fit calibration noise rather than a lost signal (Kwon et al. stop at |scale| > 10).
+    applied = after < before and float(scales.abs().max()) <= max_scale
+    if applied:
+        columns = scales.repeat_interleave(head_size)
+        # Scale in float32, round once to the model's dtype, on the weight's device.
+        scaled = consumer.weight.detach().float() * columns.to(device=consumer.weight.device, dtype=torch.float32)
+        consumer.weight.copy_(scaled.to(consumer.weight.dtype))
+    return before, after if applied else before

@@ -14,12 +14,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .adapters import ArchAdapter
+from .adapters.base import unit_param_count
 from .calibration import initial_loss_scale, scaled_backward
-from .compaction import PlanMismatchError, PruningPlan, _encoder, _get
+from .compaction import PlanMismatchError, PruningPlan, encoder_structure
 from .config import PruningConfig
 from .errors import ConfigError, MissingDataError
-from .importance import FisherImportance, MagnitudeImportance, RandomImportance, TaylorImportance
 from .masks import set_mask_
+from .shrink import UnitGroup, unit_mask
 from .structures import ColumnGroups, EncoderUnits
 from .targets import require_real_weights
 
@@ -27,34 +29,47 @@ from .targets import require_real_weights
 KINDS = ("heads", "neurons")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class EncoderDims:
-    """Sizes that set the cost of a head and of a neuron."""
+    """Sizes and unit costs of an encoder, from its adapter (`UnitGroup` slices and attention products).
 
+    Every layer has the same widths before pruning, so the costs of one head and one neuron are read off the
+    first layer.
+    """
+
+    adapter: ArchAdapter
+    layer: nn.Module
+    groups: dict[str, UnitGroup]
     num_layers: int
     num_heads: int
-    head_size: int
-    hidden_size: int
     intermediate_size: int
+    model: nn.Module
+
+    @property
+    def head_size(self) -> int:
+        return self.groups["heads"].unit_size
+
+    def _seq_len(self, seq_len: int) -> int:
+        return self.adapter.sequence_length(self.model, seq_len)
 
     def head_flops(self, seq_len: int) -> int:
-        """Forward FLOPs of one head: q/k/v and output projections plus the two attention matmuls."""
-        return 2 * seq_len * self.hidden_size * self.head_size * 4 + 2 * 2 * seq_len * seq_len * self.head_size
+        """Forward FLOPs of one head: every weight it owns plus its attention products."""
+        return self.adapter.unit_flops(self.groups["heads"], self.layer, self._seq_len(seq_len))
 
     def neuron_flops(self, seq_len: int) -> int:
-        """Forward FLOPs of one FFN neuron: its row of the input layer and column of the output layer."""
-        return 2 * 2 * seq_len * self.hidden_size
+        """Forward FLOPs of one FFN neuron: its rows of the input layer and column of the output layer."""
+        return self.adapter.unit_flops(self.groups["neurons"], self.layer, self._seq_len(seq_len))
 
     def total_flops(self, seq_len: int) -> int:
         return int(self.total(self.head_flops(seq_len), self.neuron_flops(seq_len)))
 
     def head_params(self) -> int:
-        """Parameters of one head: its q/k/v rows and biases and its columns of the output projection."""
-        return 4 * self.hidden_size * self.head_size + 3 * self.head_size
+        """Parameters of one head: its weight slices and their bias entries."""
+        return unit_param_count(self.groups["heads"], self.layer)
 
     def neuron_params(self) -> int:
-        """Parameters of one FFN neuron: its input row and bias and its output column."""
-        return 2 * self.hidden_size + 1
+        """Parameters of one FFN neuron: its input row(s) and bias and its output column."""
+        return unit_param_count(self.groups["neurons"], self.layer)
 
     def total(self, head_cost: float, neuron_cost: float) -> float:
         """Cost of every head and neuron of the encoder, given the cost of one of each."""
@@ -92,15 +107,15 @@ def budget_of(config: PruningConfig, dims: EncoderDims) -> Budget | None:
 
 
 def encoder_dims(model: nn.Module) -> EncoderDims:
-    _, layout, layers = _encoder(model)
-    attention = _get(layers[0], layout.self_attention)
-    ffn_in = _get(layers[0], layout.ffn_in)
+    adapter, layers, groups = encoder_structure(model)
     return EncoderDims(
+        adapter=adapter,
+        layer=layers[0],
+        groups=groups,
         num_layers=len(layers),
-        num_heads=getattr(attention, layout.num_heads_attribute),
-        head_size=attention.attention_head_size,
-        hidden_size=ffn_in.in_features,
-        intermediate_size=ffn_in.out_features,
+        num_heads=groups["heads"].num_units(layers[0]),
+        intermediate_size=groups["neurons"].num_units(layers[0]),
+        model=model,
     )
 
 
@@ -135,16 +150,14 @@ def unit_targets(model: nn.Module, kinds: tuple[str, ...]) -> dict[str, UnitTarg
     Masking a unit's input columns of these layers removes the unit (see `ColumnGroups`); the plan read back from
     those masks (`Pruner.plan`) then compacts the query/key/value rows and FFN input rows too.
     """
-    _, layout, layers = _encoder(model)
-    dims = encoder_dims(model)
+    _, layers, groups = encoder_structure(model)
     layer_names = {id(layer): name for name, layer in model.named_modules()}
-    paths = {"heads": (layout.attention_output, dims.head_size), "neurons": (layout.ffn_out, 1)}
     targets = {}
     for index, layer in enumerate(layers):
         for kind in kinds:
-            path, size = paths[kind]
-            targets[f"{layer_names[id(layer)]}.{path}"] = UnitTarget(
-                kind, index, _get(layer, path), ColumnGroups(size)
+            group = groups[kind]
+            targets[f"{layer_names[id(layer)]}.{group.consumer}"] = UnitTarget(
+                kind, index, layer.get_submodule(group.consumer), ColumnGroups(group.unit_size)
             )
     return targets
 
@@ -171,103 +184,136 @@ def kept_fraction(config: PruningConfig, dims: EncoderDims) -> float:
 
 
 # ------------------------------------------------------------------------------------------------------ scoring
-def _weight(module: nn.Module) -> Tensor:
-    return module.weight.detach().float()
+class UnitStatistics:
+    """What one-shot scoring of heads and neurons can gather, computed when a criterion asks for it.
 
-
-def _magnitude_scores(model: nn.Module, p: int) -> dict[str, Tensor]:
-    _, layout, layers = _encoder(model)
-    dims = encoder_dims(model)
-    heads, neurons = [], []
-    for layer in layers:
-        rows = sum(_weight(_get(layer, name)).abs().pow(p).sum(1) for name in (layout.query, layout.key, layout.value))
-        cols = _weight(_get(layer, layout.attention_output)).abs().pow(p).sum(0)
-        heads.append((rows + cols).reshape(dims.num_heads, dims.head_size).sum(1))
-        neurons.append(
-            _weight(_get(layer, layout.ffn_in)).abs().pow(p).sum(1)
-            + _weight(_get(layer, layout.ffn_out)).abs().pow(p).sum(0)
-        )
-    return {"heads": torch.stack(heads), "neurons": torch.stack(neurons)}
-
-
-def _gradient_scores(
-    model: nn.Module,
-    fisher: bool,
-    dataloader: Iterable[Any],
-    num_batches: int | None,
-    loss_fn: Callable[..., Tensor] | None,
-    matrices: dict[tuple[str, int], Tensor] | None = None,
-) -> dict[str, Tensor]:
-    """Fisher (squared per-example mask gradients) or Taylor (|sum of mask gradients|) scores, via hooks.
-
-    The gradient of the loss with respect to a mask on a unit's output equals the sum over tokens of the
-    activation entering the consumer projection times its gradient, so hooks on the consumer inputs give it
-    without changing the model.
+    Each `Importance` turns these into scores (`Importance.unit_scores`); which one it calls follows from its
+    `Importance.needs`, so this engine never asks which criterion it runs. Results are ``{kind: [layers, units]}``.
     """
-    _, layout, layers = _encoder(model)
-    dims = encoder_dims(model)
-    totals = {
-        "heads": torch.zeros(dims.num_layers, dims.num_heads, dtype=torch.float64),
-        "neurons": torch.zeros(dims.num_layers, dims.intermediate_size, dtype=torch.float64),
-    }
-    handles = []
-    #: Per-example mask gradients of the current batch, kept until the batch's backward proved finite.
-    pending: list[tuple[str, int, Tensor]] = []
 
-    def make_hook(kind: str, index: int) -> Callable:
-        def forward_hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            activation = inputs[0]
-            if not activation.requires_grad:
-                return
+    def __init__(
+        self,
+        model: nn.Module,
+        seed: int,
+        dataloader: Iterable[Any] | None,
+        num_batches: int | None,
+        loss_fn: Callable[..., Tensor] | None,
+        matrices: dict[tuple[str, int], Tensor] | None,
+    ) -> None:
+        self.model = model
+        self.seed = seed
+        self.dataloader = dataloader
+        self.num_batches = num_batches
+        self.loss_fn = loss_fn
+        self.matrices = matrices
+        _, self.layers, self.groups = encoder_structure(model)
+        self.dims = encoder_dims(model)
 
-            def backward_hook(grad: Tensor) -> None:
-                # Half-precision models: multiply and sum over tokens in float32 (a bf16 sum of hundreds of
-                # products keeps ~3 significant digits); the totals are float64 on the CPU, whatever the device.
-                per_token = activation.detach().float() * grad.float()  # [batch, seq, width]
-                per_example = per_token.sum(1)
-                if kind == "heads":
-                    per_example = per_example.reshape(per_example.shape[0], dims.num_heads, dims.head_size).sum(-1)
-                pending.append((kind, index, per_example.cpu().double()))
+    @torch.no_grad()
+    def weight_norms(self, p: int) -> dict[str, Tensor]:
+        """``sum |w|^p`` over every weight each unit owns (all slices, all parts)."""
+        result = {}
+        for kind, group in self.groups.items():
+            per_layer = []
+            for layer in self.layers:
+                num_units = group.num_units(layer)
+                total: Tensor | float = 0.0
+                for piece in group.present_slices(layer):
+                    weight = layer.get_submodule(piece.module).weight.detach().float()
+                    norms = weight.abs().pow(p).sum(1 - piece.dim)
+                    total = total + norms.reshape(piece.parts, num_units * group.unit_size).sum(0)
+                per_layer.append(total.reshape(num_units, group.unit_size).sum(1))  # type: ignore[union-attr]
+            result[kind] = torch.stack(per_layer)
+        return result
 
-            activation.register_hook(backward_hook)
+    def random(self) -> dict[str, Tensor]:
+        """Uniform draws, seeded from the config."""
+        generator = torch.Generator().manual_seed(self.seed)
+        return {
+            "heads": torch.rand(self.dims.num_layers, self.dims.num_heads, generator=generator),
+            "neurons": torch.rand(self.dims.num_layers, self.dims.intermediate_size, generator=generator),
+        }
 
-        return forward_hook
+    def mask_gradient_sums(self) -> dict[str, Tensor]:
+        """``sum over examples of dL_i/dm`` for a mask ``m`` on each unit's output (Taylor)."""
+        return self._mask_gradients(fisher=False)
 
-    for index, layer in enumerate(layers):
-        handles.append(_get(layer, layout.attention_output).register_forward_hook(make_hook("heads", index)))
-        handles.append(_get(layer, layout.ffn_out).register_forward_hook(make_hook("neurons", index)))
-    was_training = model.training
-    model.eval()
-    seen = 0
-    scale = initial_loss_scale(model)
-    try:
-        for batch in dataloader:
-            if num_batches is not None and seen >= num_batches:
-                break
-            scale = scaled_backward(model, batch, loss_fn, scale, lambda: [value for *_, value in pending],
-                                    before=pending.clear)  # fmt: skip
-            for kind, index, per_example in pending:
-                per_example = per_example / scale
-                if fisher:
-                    totals[kind][index] += per_example.pow(2).sum(0)
-                    if matrices is not None:
-                        # Block-diagonal (per-layer) Fisher for mask rearrangement.
-                        key = (kind, index)
-                        matrices[key] = matrices.get(key, 0) + per_example.t() @ per_example
-                else:
-                    totals[kind][index] += per_example.sum(0)
-            seen += 1
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
-    if seen == 0:
-        raise MissingDataError("The calibration dataloader yielded no batches.")
-    if not fisher:
-        # Taylor: first-order loss change of removing the unit, accumulated over the data.
-        totals = {kind: value.abs() for kind, value in totals.items()}
-    return {kind: value.float() for kind, value in totals.items()}
+    def mask_gradient_squares(self) -> dict[str, Tensor]:
+        """``sum over examples of (dL_i/dm)^2`` (diagonal Fisher); fills ``matrices`` with each layer's block."""
+        return self._mask_gradients(fisher=True)
+
+    def _mask_gradients(self, fisher: bool) -> dict[str, Tensor]:
+        """Mask gradients via hooks on the consumers' inputs.
+
+        The gradient of the loss with respect to a mask on a unit's output equals the sum over tokens of the
+        activation entering the consumer projection times its gradient, so hooks give it without changing the
+        model.
+        """
+        if self.dataloader is None:
+            raise MissingDataError("Gradient-based unit scores need a dataloader of labelled calibration batches.")
+        model, dims, matrices = self.model, self.dims, self.matrices
+        widths = {"heads": dims.num_heads, "neurons": dims.intermediate_size}
+        totals = {kind: torch.zeros(dims.num_layers, width, dtype=torch.float64) for kind, width in widths.items()}
+        handles = []
+        #: Per-example mask gradients of the current batch, kept until the batch's backward proved finite.
+        pending: list[tuple[str, int, Tensor]] = []
+
+        def make_hook(kind: str, index: int, unit_size: int) -> Callable:
+            def forward_hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+                activation = inputs[0]
+                if not activation.requires_grad:
+                    return
+
+                def backward_hook(grad: Tensor) -> None:
+                    # Half-precision models: multiply and sum over tokens in float32 (a bf16 sum of hundreds of
+                    # products keeps ~3 significant digits); the totals are float64 on the CPU, whatever the device.
+                    per_token = activation.detach().float() * grad.float()  # [batch, (seq,) width]
+                    per_example = per_token.reshape(per_token.shape[0], -1, per_token.shape[-1]).sum(1)
+                    if unit_size > 1:
+                        per_example = per_example.reshape(per_example.shape[0], -1, unit_size).sum(-1)
+                    pending.append((kind, index, per_example.cpu().double()))
+
+                activation.register_hook(backward_hook)
+
+            return forward_hook
+
+        for index, layer in enumerate(self.layers):
+            for kind, group in self.groups.items():
+                consumer = layer.get_submodule(group.consumer)
+                handles.append(consumer.register_forward_hook(make_hook(kind, index, group.unit_size)))
+        was_training = model.training
+        model.eval()
+        seen = 0
+        scale = initial_loss_scale(model)
+        try:
+            for batch in self.dataloader:
+                if self.num_batches is not None and seen >= self.num_batches:
+                    break
+                scale = scaled_backward(model, batch, self.loss_fn, scale, lambda: [value for *_, value in pending],
+                                        before=pending.clear)  # fmt: skip
+                for kind, index, per_example in pending:
+                    per_example = per_example / scale
+                    if fisher:
+                        totals[kind][index] += per_example.pow(2).sum(0)
+                        if matrices is not None:
+                            # Block-diagonal (per-layer) Fisher for mask rearrangement.
+                            key = (kind, index)
+                            matrices[key] = matrices.get(key, 0) + per_example.t() @ per_example
+                    else:
+                        totals[kind][index] += per_example.sum(0)
+                seen += 1
+        finally:
+            for handle in handles:
+                handle.remove()
+            model.zero_grad(set_to_none=True)
+            model.train(was_training)
+        if seen == 0:
+            raise MissingDataError("The calibration dataloader yielded no batches.")
+        return {kind: value.float() for kind, value in totals.items()}
+
+
+#: Criteria whose unit scores need calibration batches.
+_NEEDS_DATA = ("gradients", "per_example_gradients", "activations")
 
 
 def score_units(
@@ -282,33 +328,13 @@ def score_units(
     """Importance of every head (``[layers, heads]``) and FFN neuron (``[layers, neurons]``); higher = keep."""
     require_real_weights(model, "score_units")
     importance = config.importance
-    if importance.requires_grad and dataloader is None:  # type: ignore[union-attr]
+    if importance.needs in _NEEDS_DATA and dataloader is None:  # type: ignore[union-attr]
         raise MissingDataError(
             f"Importance {importance.registered_name!r} needs gradients: pass a dataloader of labelled "  # type: ignore
             "calibration batches (a few hundred to two thousand examples)."
         )
-    if isinstance(importance, MagnitudeImportance):
-        return _magnitude_scores(model, importance.p)
-    if isinstance(importance, RandomImportance):
-        dims = encoder_dims(model)
-        generator = torch.Generator().manual_seed(config.seed)
-        return {
-            "heads": torch.rand(dims.num_layers, dims.num_heads, generator=generator),
-            "neurons": torch.rand(dims.num_layers, dims.intermediate_size, generator=generator),
-        }
-    if isinstance(importance, (FisherImportance, TaylorImportance)):
-        return _gradient_scores(
-            model,
-            isinstance(importance, FisherImportance),
-            dataloader,
-            num_batches,
-            loss_fn,
-            matrices,  # type: ignore
-        )
-    raise ConfigError(
-        f"Importance {importance.registered_name!r} cannot score heads and neurons in one shot; use magnitude, l2, "  # type: ignore
-        "random, taylor or fisher."
-    )
+    stats = UnitStatistics(model, config.seed, dataloader, num_batches, loss_fn, matrices)
+    return importance.unit_scores(stats)  # type: ignore[union-attr]
 
 
 # ------------------------------------------------------------------------------------------------------ selection
@@ -404,7 +430,7 @@ def select_units(scores: dict[str, Tensor], config: PruningConfig, dims: Encoder
         kind: [list(range(widths[kind])) for _ in range(dims.num_layers)] for kind in KINDS
     }
     budget = budget_of(config, dims)
-    fisher = isinstance(config.importance, FisherImportance)
+    fisher = config.importance.additive_unit_scores  # type: ignore[union-attr]
     if budget is not None and structure.uniform:
         if fisher:
             counts = dict(zip(KINDS, _uniform_fisher_search(scores, dims, budget, kinds), strict=True))
@@ -507,8 +533,7 @@ def plan_structured(
     """
     require_real_weights(model, "plan_structured")
     importance = config.importance
-    rearrange = isinstance(importance, FisherImportance) and importance.rearrange
-    matrices: dict[tuple[str, int], Tensor] | None = {} if rearrange else None
+    matrices: dict[tuple[str, int], Tensor] | None = {} if importance.wants_unit_interactions() else None  # type: ignore
     scores = score_units(model, config, dataloader, num_batches=num_batches, loss_fn=loss_fn, matrices=matrices)
     plan = select_units(scores, config, encoder_dims(model), model.config.model_type)  # type: ignore[attr-defined]
     if matrices:
@@ -526,7 +551,7 @@ def plan_structured(
 def apply_plan_masks_(model: nn.Module, plan: PruningPlan) -> None:
     """Zero the removed heads and neurons with masks instead of removing them (dense shapes, same outputs)."""
     require_real_weights(model, "apply_plan_masks_")
-    _, layout, layers = _encoder(model)
+    _, layers, groups = encoder_structure(model)
     plan.validate()
     dims = encoder_dims(model)
     if (plan.num_layers, plan.num_heads, plan.intermediate_size) != (
@@ -537,18 +562,16 @@ def apply_plan_masks_(model: nn.Module, plan: PruningPlan) -> None:
             f"neurons; this model has {dims.num_layers} layers of {dims.num_heads} heads and "
             f"{dims.intermediate_size} neurons. Apply a plan only to the model it was made for."
         )
+    kept = {"heads": plan.heads, "neurons": plan.neurons}
     for index, layer in enumerate(layers):
-        heads = torch.zeros(dims.num_heads, dtype=torch.bool)
-        heads[plan.heads[index]] = True
-        head_rows = heads.repeat_interleave(dims.head_size)
-        neurons = torch.zeros(dims.intermediate_size, dtype=torch.bool)
-        neurons[plan.neurons[index]] = True
-        for name, rows in ((layout.query, head_rows), (layout.key, head_rows), (layout.value, head_rows),
-                           (layout.ffn_in, neurons)):  # fmt: skip
-            linear = _get(layer, name)
-            set_mask_(linear, rows[:, None].expand_as(linear.weight))
-            if linear.bias is not None:
-                set_mask_(linear, rows, param_name="bias")
-        for name, cols in ((layout.attention_output, head_rows), (layout.ffn_out, neurons)):
-            linear = _get(layer, name)
-            set_mask_(linear, cols[None, :].expand_as(linear.weight))
+        for kind, group in groups.items():
+            num_units = group.num_units(layer)
+            for piece in group.present_slices(layer):
+                linear = layer.get_submodule(piece.module)
+                keep = unit_mask(kept[kind][index], num_units, group.unit_size, piece.parts)
+                if piece.dim == 0:
+                    set_mask_(linear, keep[:, None].expand_as(linear.weight))
+                    if linear.bias is not None:
+                        set_mask_(linear, keep, param_name="bias")
+                else:
+                    set_mask_(linear, keep[None, :].expand_as(linear.weight))

@@ -104,7 +104,7 @@ CASES = {
     "missing GLUE folder": (["prune", "--model", "{bert}", "--method", "taylor", "--task", "rte", "--data-dir",
                              "{glue}", "--output", "{root}/o"], "No RTE/ folder for GLUE task 'rte'"),
     "gpt2 heads": (["prune", "--model", "{gpt2}", "--structure", "heads", "--sparsity", "0.5", "--output",
-                    "{root}/o"], "supports the BERT-family encoders only: model types bert"),
+                    "{root}/o"], "supports the encoders with an adapter only: model types bert"),
     "corrupt config.json": (["report", "--model", "{corrupt_config}", "--no-latency"],
                             "config.json is damaged (not valid JSON"),
     "corrupt pruning_plan.json": (["report", "--model", "{corrupt_plan}", "--no-latency"],

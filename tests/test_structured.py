@@ -312,7 +312,7 @@ def test_parameter_target_counts_weights_not_operations():
         dims = encoder_dims(model)
         kept = sum(p.numel() for n, p in pruned.named_parameters() if ".encoder." in n and "LayerNorm" not in n)
         full = sum(p.numel() for n, p in model.named_parameters() if ".encoder." in n and "LayerNorm" not in n)
-        fixed = dims.num_layers * 2 * dims.hidden_size  # attention-output and FFN-output biases stay
+        fixed = dims.num_layers * 2 * model.config.hidden_size  # attention-output and FFN-output biases stay
         assert (kept - fixed) / (full - fixed) == pytest.approx(plan.extra["encoder_params_fraction"])
     with pytest.raises(ConfigError, match="not both"):
         PruningConfig(structure="heads", target_flops=0.5, target_params=0.5)

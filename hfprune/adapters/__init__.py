@@ -1,7 +1,10 @@
-"""Architecture adapters: the only place that knows how a model family is laid out."""
+"""Architecture adapters: the only place that knows how a model family is laid out.
 
-from .base import ADAPTERS, ArchAdapter, get_adapter
-from .bert import BertFamilyAdapter
+Importing this package registers every family (one module each).
+"""
+
+from . import bert, deberta, modernbert, vit  # noqa: F401  (registers the adapters)
+from .base import ADAPTERS, ArchAdapter, EncoderAdapter, Sublayer, get_adapter, get_encoder_adapter
 
 
-__all__ = ["ADAPTERS", "ArchAdapter", "BertFamilyAdapter", "get_adapter"]
+__all__ = ["ADAPTERS", "ArchAdapter", "EncoderAdapter", "Sublayer", "get_adapter", "get_encoder_adapter"]

@@ -1,0 +1,194 @@
+"""The invariant table: every registered encoder family x every structured kind goes through every path.
+
+The cases come from the registries (`structured_model_types`, the structures registered as unit structures), not
+from a hand list, so a new adapter or structure is covered the moment it is registered; `FAMILY_CASES` must hold
+a tiny model for each registered family (checked below).
+"""
+
+import copy
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from hfprune import PlanMismatchError, PruningConfig, PruningPlan, Pruner, compact_, load_pruned
+from hfprune.adapters import get_encoder_adapter
+from hfprune.adapters.base import structured_model_types
+from hfprune.errors import UnsupportedArchitectureError
+from hfprune.export import export_remote_code
+from hfprune.hub import save_pruned
+from hfprune.importance import UNIT_STRUCTURES
+from hfprune.retraining_free import reconstruct_
+from hfprune.structured import apply_plan_masks_, encoder_dims, plan_flops, plan_structured
+
+from .models import FAMILY_CASES, MLP, family_batch, family_model
+
+
+CASES = list(FAMILY_CASES)
+TABLE = [(case, structure) for case in CASES for structure in UNIT_STRUCTURES]
+
+
+def _logits(model, batch):
+    with torch.no_grad():
+        return model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+
+
+def test_every_registered_family_has_a_tiny_model():
+    covered = {model_type for model_type, _ in FAMILY_CASES.values()}
+    assert set(structured_model_types()) <= covered, set(structured_model_types()) - covered
+
+
+@pytest.mark.parametrize("case,structure", TABLE)
+def test_target_reached_and_compacted_equals_masked(case, structure):
+    model = family_model(case)
+    batches = [family_batch(model, seed=s) for s in range(2)]
+    dims = encoder_dims(model)
+    # Aim at 60% of what the pruned kinds cost, on top of what the kinds left alone cost.
+    seq_len = 16
+    cost = {"heads": dims.num_layers * dims.num_heads * dims.head_flops(seq_len),
+            "neurons": dims.num_layers * dims.intermediate_size * dims.neuron_flops(seq_len)}  # fmt: skip
+    fixed = sum(value for kind, value in cost.items() if kind not in structure) / sum(cost.values())
+    target = fixed + 0.6 * (1 - fixed)
+    config = PruningConfig(importance="taylor", structure=structure, target_flops=target, flops_seq_len=seq_len)
+    plan = plan_structured(model, config, batches)
+    fraction = plan_flops(plan, dims, seq_len) / dims.total_flops(seq_len)
+    assert target - 0.2 < fraction <= target
+    assert plan.extra["encoder_flops_fraction"] == pytest.approx(fraction)
+    masked = copy.deepcopy(model)
+    apply_plan_masks_(masked, plan)
+    compacted = copy.deepcopy(model)
+    compact_(compacted, plan)
+    batch = batches[0]
+    torch.testing.assert_close(_logits(compacted, batch), _logits(masked, batch), rtol=1e-4, atol=1e-5)
+    removed = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in compacted.parameters())
+    assert removed > 0
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_attention_implementation_matches_after_compaction(case):
+    implementations = ["eager"]
+    if getattr(family_model(case), "_supports_sdpa", False):
+        implementations.append("sdpa")
+    for implementation in implementations:
+        model = family_model(case, attn_implementation=implementation)
+        plan = PruningPlan.dense(model)
+        plan.heads = [[1, 3]] + [[] if i == 1 else [0, 2] for i in range(1, plan.num_layers)]
+        plan.neurons = [list(range(0, plan.intermediate_size, 3)) for _ in range(plan.num_layers)]
+        plan = PruningPlan.from_dict(plan.to_dict())
+        masked = copy.deepcopy(model)
+        apply_plan_masks_(masked, plan)
+        compact_(model, plan)
+        batch = family_batch(model)
+        torch.testing.assert_close(_logits(model, batch), _logits(masked, batch), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_save_load_and_remote_code_give_the_same_logits(case, tmp_path):
+    model = family_model(case)
+    plan = PruningPlan.dense(model)
+    plan.heads = [[0, 3]] + [[] for _ in range(1, plan.num_layers)]
+    plan.neurons = [[1, 2, 5]] + [list(range(20)) for _ in range(1, plan.num_layers)]
+    plan = PruningPlan.from_dict(plan.to_dict())
+    compact_(model, plan)
+    batch = family_batch(model, labels=False)
+    expected = _logits(model, batch)
+    save_pruned(model, tmp_path / "saved", pruning_config=PruningConfig(structure="heads_and_neurons"), plan=plan)
+    torch.testing.assert_close(_logits(load_pruned(tmp_path / "saved"), batch), expected)
+
+    export_remote_code(model, plan, tmp_path / "export")
+    torch.save(batch, tmp_path / "inputs.pt")
+    torch.save(expected, tmp_path / "expected.pt")
+    auto = "AutoModelForImageClassification" if model.config.model_type == "vit" else "AutoModelForSequenceClassification"
+    # A fresh interpreter in which importing hfprune fails: only transformers and the folder's own code are used.
+    script = textwrap.dedent(f"""
+        import sys, torch
+        sys.modules["hfprune"] = None
+        import transformers
+        model = transformers.{auto}.from_pretrained({str(tmp_path / "export")!r}, trust_remote_code=True).eval()
+        with torch.no_grad():
+            out = model(**torch.load({str(tmp_path / "inputs.pt")!r})).logits
+        torch.testing.assert_close(out, torch.load({str(tmp_path / "expected.pt")!r}))
+        print("ok", type(model).__name__)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"ok Hfpruned{type(model).__name__}" in result.stdout
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_gradient_reaches_every_kept_parameter(case):
+    model = family_model(case)
+    plan = PruningPlan.dense(model)
+    plan.heads = [[0, 2] for _ in range(plan.num_layers)]
+    plan.neurons = [list(range(0, plan.intermediate_size, 2)) for _ in range(plan.num_layers)]
+    compact_(model, PruningPlan.from_dict(plan.to_dict()))
+    model.train()
+    model(**family_batch(model)).loss.backward()
+    layers = get_encoder_adapter(model).layers(model)
+    for name, param in layers.named_parameters():
+        assert param.grad is not None and bool(param.grad.ne(0).any()), name
+
+
+@pytest.mark.parametrize("case,structure", TABLE)
+def test_group_movement_resumes_with_the_same_masks(case, structure):
+    model = family_model(case)
+    config = PruningConfig(importance="movement", structure=structure, sparsity=0.5)
+    pruner = Pruner(model, config)
+    pruner.attach_()
+    optimizer = torch.optim.SGD(list(model.parameters()), lr=0.1)
+    for step in range(1, 3):
+        model(**family_batch(model, seed=step)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        pruner.step(step)
+    state = pruner.state_dict()
+    resumed = Pruner(copy.deepcopy(model), config)
+    resumed.load_state_dict(state)
+    for name, mask in pruner.masks().items():
+        assert torch.equal(resumed.masks()[name], mask), name
+    assert resumed.global_step == pruner.global_step
+    # The plan read off the masks compacts to a model computing what the masked one does.
+    plan = pruner.plan()
+    assert 0 < sum(map(len, plan.heads if "heads" in structure else plan.neurons))
+    masked_logits = _logits(model, family_batch(model))
+    pruner.make_permanent_()
+    compact_(model, plan)
+    torch.testing.assert_close(_logits(model, family_batch(model)), masked_logits, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_retraining_free_reconstruction_lowers_the_error(case):
+    model = family_model(case)
+    batches = [family_batch(model, seed=s) for s in range(3)]
+    config = PruningConfig(importance="fisher", structure="heads_and_neurons", target_flops=0.5)
+    plan = plan_structured(model, config, batches)
+    dense = copy.deepcopy(model)
+    compact_(model, plan)
+    errors = reconstruct_(model, dense, batches)
+    assert errors["before"] and len(errors["before"]) == len(errors["after"])
+    assert sum(errors["after"]) <= sum(errors["before"])
+    assert any(after < before for before, after in zip(errors["before"], errors["after"], strict=True))
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def test_structure_the_family_does_not_have():
+    with pytest.raises(UnsupportedArchitectureError, match="no adapter"):
+        plan_structured(MLP(), PruningConfig(importance="magnitude", structure="heads", sparsity=0.5))
+
+
+def test_fused_layer_whose_index_map_does_not_divide_evenly():
+    model = family_model("modernbert")
+    # A fused query/key/value projection with one row too many: its three parts are not whole heads.
+    model.model.layers[0].attn.Wqkv = torch.nn.Linear(32, 97, bias=False)
+    plan = PruningPlan.dense(model)
+    plan.heads[0] = [0, 1]
+    with pytest.raises(PlanMismatchError, match="does not divide this layer evenly"):
+        compact_(model, PruningPlan.from_dict(plan.to_dict()))
+
+
+def test_plan_written_for_another_family():
+    bert_plan = PruningPlan.dense(family_model("bert"))
+    with pytest.raises(PlanMismatchError, match="plan is for a bert"):
+        compact_(family_model("modernbert"), bert_plan)
