@@ -19,7 +19,7 @@ from torch import nn
 
 from .compaction import PruningPlan, encoder_structure
 from .errors import ConfigError
-from .hub import atomic_directory, auto_class_name
+from .hub import atomic_directory, auto_class_name, save_weights
 from .masks import merged_state_dict
 
 
@@ -58,7 +58,7 @@ def export_remote_code(
         config.hfprune_plan = plan.config_entry()  # what the remote code's apply_plan reads
         config.auto_map = {auto_class_name(base_class): f"modeling_hfprune.{class_name}"}
         try:
-            model.save_pretrained(staging, state_dict=merged_state_dict(model))  # type: ignore[operator]
+            save_weights(model, staging)
         finally:
             config.__dict__.pop("hfprune_plan", None)
             if previous_plan is not None:

@@ -258,6 +258,7 @@ _AUTO_CLASSES = {
     "ForQuestionAnswering": "AutoModelForQuestionAnswering",
     "ForMaskedLM": "AutoModelForMaskedLM",
     "ForMultipleChoice": "AutoModelForMultipleChoice",
+    "ForImageClassification": "AutoModelForImageClassification",
     "Model": "AutoModel",
 }
 
@@ -528,7 +529,7 @@ def save_pruned(
     source = str(getattr(getattr(model, "config", None), "_name_or_path", "") or "")
     base_model = base_model or source or "unknown"
     with atomic_directory(save_directory, overwrite=overwrite, inputs=(source, base_model)) as staging:
-        model.save_pretrained(staging, state_dict=merged_state_dict(model))
+        save_weights(model, staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         pruning_config.save_pretrained(staging)
@@ -566,6 +567,18 @@ def local_folder(name_or_path: str | os.PathLike) -> Path:
             f"{str(name_or_path)!r} is neither a local folder nor a downloadable Hub repository "
             f"({type(err).__name__}: {err})."
         ) from err
+
+
+def save_weights(model: nn.Module, directory: str | os.PathLike) -> None:
+    """``model.save_pretrained`` with the masks multiplied in.
+
+    A compacted model's weights are read back by module name (`load_pruned`, the remote-code class), so they are
+    written under the names the modules have, not converted back to an older checkpoint layout (transformers 5
+    renames e.g. ViT's ``attention.attention.query`` to ``attention.q_proj`` and reverses that on save).
+    """
+    compacted = getattr(getattr(model, "config", None), "hfprune_plan", None) is not None
+    options = {"save_original_format": False} if compacted else {}
+    model.save_pretrained(directory, state_dict=merged_state_dict(model), **options)  # type: ignore[operator]
 
 
 def load_pruned(directory: str | os.PathLike, **model_kwargs: Any) -> nn.Module:
