@@ -13,7 +13,7 @@ import textwrap
 import pytest
 import torch
 
-from hfprune import PlanMismatchError, PruningConfig, PruningPlan, Pruner, compact_, load_pruned
+from hfprune import PlanMismatchError, Pruner, PruningConfig, PruningPlan, compact_, load_pruned
 from hfprune.adapters import get_encoder_adapter
 from hfprune.adapters.base import structured_model_types
 from hfprune.errors import UnsupportedArchitectureError
