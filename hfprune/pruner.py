@@ -146,8 +146,9 @@ class Pruner:
                 )
             if not config.importance.follows_sparsity:  # type: ignore[union-attr]
                 raise ConfigError(
-                    f"{config.importance.registered_name} keeps what its threshold keeps, so it cannot aim at {budget}. Use movement "
-                    "(top-k) with a FLOPs/parameter target, or tune soft_movement's final_lambda."
+                    f"{config.importance.registered_name} keeps what its threshold keeps, so it cannot aim at "  # type: ignore
+                    f"{budget}. Use movement (top-k) with a FLOPs/parameter target, or tune soft_movement's "
+                    "final_lambda."
                 )
             sparsity = 1.0 - kept_fraction(config, dims)
         if config.structure.uniform and config.scope == "global":  # type: ignore[union-attr]

@@ -100,7 +100,8 @@ def test_save_load_and_remote_code_give_the_same_logits(case, tmp_path):
     export_remote_code(model, plan, tmp_path / "export")
     torch.save(batch, tmp_path / "inputs.pt")
     torch.save(expected, tmp_path / "expected.pt")
-    auto = "AutoModelForImageClassification" if model.config.model_type == "vit" else "AutoModelForSequenceClassification"
+    task = "ImageClassification" if model.config.model_type == "vit" else "SequenceClassification"
+    auto = f"AutoModelFor{task}"
     # A fresh interpreter in which importing hfprune fails: only transformers and the folder's own code are used.
     script = textwrap.dedent(f"""
         import sys, torch
