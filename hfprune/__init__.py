@@ -28,7 +28,6 @@ from .reporting import PruningReport, compare_reports, report
 from .schedules import ConstantSchedule, CubicSchedule, LinearSchedule
 from .structured import plan_structured
 from .structures import Blocks, Heads, HeadsAndNeurons, Neurons, Unstructured
-from .trainer import PruningCallback, PruningTrainer
 
 
 __all__ = [
@@ -70,3 +69,13 @@ __all__ = [
     "prune_",
     "report",
 ]
+
+
+def __getattr__(name: str):
+    # The trainer pulls in transformers.Trainer (accelerate, datasets, pandas: ~2 s and ~300 MB); one-shot pruning
+    # and loading do not need it, so it is imported on first use.
+    if name in ("PruningTrainer", "PruningCallback"):
+        from . import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'hfprune' has no attribute {name!r}")

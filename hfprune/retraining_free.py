@@ -23,6 +23,10 @@ from .errors import ConfigError
 from .targets import require_real_weights
 
 
+#: Tokens whose per-head contributions are materialized at once in the least squares.
+TOKENS_PER_SLICE = 1024
+
+
 class _Stop(Exception):
     """Raised from a hook to end a forward pass once the needed activation is captured."""
 
@@ -189,10 +193,14 @@ def _reconstruct_sublayer(
             gram += ((activation.t() @ activation) * (weight.t() @ weight)).cpu().double()
             target_dot += (activation * projected).sum(0).cpu().double()
         else:
-            contributions = _contributions(activation, weight, head_size)
-            flat = contributions.reshape(contributions.shape[0], -1).to(exact)
-            gram += (flat @ flat.t()).cpu().double()
-            target_dot += (flat @ target.reshape(-1).to(exact)).cpu().double()
+            # Per-head contributions are [heads, tokens, hidden]: built a slice of tokens at a time, so memory does
+            # not grow with the batch's length.
+            for start in range(0, activation.shape[0], TOKENS_PER_SLICE):
+                rows = slice(start, start + TOKENS_PER_SLICE)
+                contributions = _contributions(activation[rows], weight, head_size)
+                flat = contributions.reshape(contributions.shape[0], -1).to(exact)
+                gram += (flat @ flat.t()).cpu().double()
+                target_dot += (flat @ target[rows].reshape(-1).to(exact)).cpu().double()
         target_norm += float(target.to(exact).pow(2).sum())
     ones = torch.ones(width, dtype=torch.float64)
     regularized = gram + damping * gram.diagonal().mean() * torch.eye(width, dtype=torch.float64)

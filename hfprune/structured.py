@@ -7,7 +7,7 @@ removes the units, and `apply_plan_masks_` zeroes them instead (same outputs, de
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,6 +206,7 @@ class UnitStatistics:
         self.num_batches = num_batches
         self.loss_fn = loss_fn
         self.matrices = matrices
+        self.max_tokens: int | None = MAX_TOKENS_PER_BACKWARD
         _, self.layers, self.groups = encoder_structure(model)
         self.dims = encoder_dims(model)
 
@@ -251,7 +252,7 @@ class UnitStatistics:
         """
         if self.dataloader is None:
             raise MissingDataError("Gradient-based unit scores need a dataloader of labelled calibration batches.")
-        model, dims, matrices = self.model, self.dims, self.matrices
+        model, dims = self.model, self.dims
         widths = {"heads": dims.num_heads, "neurons": dims.intermediate_size}
         totals = {kind: torch.zeros(dims.num_layers, width, dtype=torch.float64) for kind, width in widths.items()}
         handles = []
@@ -263,11 +264,15 @@ class UnitStatistics:
                 activation = inputs[0]
                 if not activation.requires_grad:
                     return
+                # The hook closes over a detached view, not over the tensor it is registered on: that would be a
+                # reference cycle, freed only by the garbage collector, and every batch's activations would pile
+                # up until it ran (gigabytes over a calibration set).
+                detached = activation.detach()
 
                 def backward_hook(grad: Tensor) -> None:
                     # Half-precision models: multiply and sum over tokens in float32 (a bf16 sum of hundreds of
                     # products keeps ~3 significant digits); the totals are float64 on the CPU, whatever the device.
-                    per_token = activation.detach().float() * grad.float()  # [batch, (seq,) width]
+                    per_token = detached.float() * grad.float()  # [batch, (seq,) width]
                     per_example = per_token.reshape(per_token.shape[0], -1, per_token.shape[-1]).sum(1)
                     if unit_size > 1:
                         per_example = per_example.reshape(per_example.shape[0], -1, unit_size).sum(-1)
@@ -281,35 +286,95 @@ class UnitStatistics:
             for kind, group in self.groups.items():
                 consumer = layer.get_submodule(group.consumer)
                 handles.append(consumer.register_forward_hook(make_hook(kind, index, group.unit_size)))
+        # Only activation gradients are needed: weights get no .grad (no weight-gradient matmuls, no gradient
+        # buffers); the first layer's input is made to require grad so the backward pass reaches every layer.
+        handles.append(self.layers[0].register_forward_pre_hook(_input_requires_grad, with_kwargs=True))
+        trainable = [param for param in model.parameters() if param.requires_grad]
         was_training = model.training
         model.eval()
         seen = 0
         scale = initial_loss_scale(model)
         try:
+            for param in trainable:
+                param.requires_grad_(False)
             for batch in self.dataloader:
                 if self.num_batches is not None and seen >= self.num_batches:
                     break
-                scale = scaled_backward(model, batch, self.loss_fn, scale, lambda: [value for *_, value in pending],
-                                        before=pending.clear)  # fmt: skip
-                for kind, index, per_example in pending:
-                    per_example = per_example / scale
-                    if fisher:
-                        totals[kind][index] += per_example.pow(2).sum(0)
-                        if matrices is not None:
-                            # Block-diagonal (per-layer) Fisher for mask rearrangement.
-                            key = (kind, index)
-                            matrices[key] = matrices.get(key, 0) + per_example.t() @ per_example
-                    else:
-                        totals[kind][index] += per_example.sum(0)
+                for chunk, share in token_chunks(batch, self.max_tokens):
+                    scale = self._accumulate(chunk, share, scale, pending, totals, fisher)
                 seen += 1
         finally:
             for handle in handles:
                 handle.remove()
+            for param in trainable:
+                param.requires_grad_(True)
             model.zero_grad(set_to_none=True)
             model.train(was_training)
         if seen == 0:
             raise MissingDataError("The calibration dataloader yielded no batches.")
         return {kind: value.float() for kind, value in totals.items()}
+
+
+    def _accumulate(
+        self,
+        batch: Any,
+        share: float,
+        scale: float,
+        pending: list[tuple[str, int, Tensor]],
+        totals: dict[str, Tensor],
+        fisher: bool,
+    ) -> float:
+        """One backward pass over ``batch`` (``share`` of a calibration batch), folded into the totals."""
+        matrices = self.matrices
+        scale = scaled_backward(self.model, batch, self.loss_fn, scale, lambda: [value for *_, value in pending],
+                                before=pending.clear)  # fmt: skip
+        for kind, index, per_example in pending:
+            # A chunk's loss is its own mean: ``share`` rescales its gradients to the whole batch's mean loss.
+            per_example = per_example * (share / scale)
+            if fisher:
+                totals[kind][index] += per_example.pow(2).sum(0)
+                if matrices is not None:
+                    # Block-diagonal (per-layer) Fisher for mask rearrangement.
+                    key = (kind, index)
+                    if key not in matrices:
+                        matrices[key] = torch.zeros(per_example.shape[1], per_example.shape[1], dtype=torch.float64)
+                    matrices[key].addmm_(per_example.t(), per_example)
+            else:
+                totals[kind][index] += per_example.sum(0)
+        pending.clear()
+        return scale
+
+
+#: Tokens per backward pass in one-shot unit scoring; longer calibration batches are split (same gradients, as
+#: the model is in eval mode, and a fraction of the activation memory).
+MAX_TOKENS_PER_BACKWARD = 1024
+
+
+def token_chunks(batch: Any, max_tokens: int | None) -> Iterator[tuple[Any, float]]:
+    """``batch`` split along its first dimension into pieces of at most ``max_tokens`` tokens, each with its share
+    of the examples. Only dict batches of token ids are split; anything else is one piece."""
+    ids = batch.get("input_ids") if isinstance(batch, Mapping) else None
+    if max_tokens is None or not isinstance(ids, Tensor) or ids.dim() != 2 or ids.numel() <= max_tokens:
+        yield batch, 1.0
+        return
+    size = ids.shape[0]
+    step = max(1, max_tokens // ids.shape[1])
+    for start in range(0, size, step):
+        stop = min(size, start + step)
+        piece = {key: value[start:stop] if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == size
+                 else value for key, value in batch.items()}  # fmt: skip
+        yield piece, (stop - start) / size
+
+
+def _input_requires_grad(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Forward pre-hook: the layer's hidden states become a leaf that requires grad (weights do not)."""
+    if args and isinstance(args[0], Tensor) and args[0].is_floating_point():
+        args = (args[0].detach().requires_grad_(), *args[1:])
+    elif isinstance(kwargs.get("hidden_states"), Tensor):
+        kwargs = {**kwargs, "hidden_states": kwargs["hidden_states"].detach().requires_grad_()}
+    return args, kwargs
 
 
 #: Criteria whose unit scores need calibration batches.
