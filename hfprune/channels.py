@@ -27,7 +27,6 @@ from .calibration import initial_loss_scale, inputs_like_model, scaled_backward,
 from .compaction import PLAN_NAME, PlanMismatchError, checked_indices, is_integer_value, read_plan_json
 from .config import PruningConfig
 from .errors import ConfigError, HfPruneError, MissingDataError, UnsupportedArchitectureError
-from .importance import APoZImportance, BNScaleImportance, MagnitudeImportance, RandomImportance, TaylorImportance
 from .structures import Channels
 from .targets import require_real_weights
 
@@ -268,6 +267,66 @@ def _apoz_scores(model: nn.Module, groups: dict[str, Any], batches: list[Any]) -
     return {name: 1.0 - counts[name] / totals[name] for name in groups}
 
 
+class ChannelStatistics:
+    """What scoring CNN channels can gather, computed when a criterion asks for it (`Importance.channel_scores`);
+    results are one score per output channel of each group, by the group's conv name."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        groups: dict[str, Any],
+        seed: int,
+        dataloader: Iterable[Any] | None,
+        num_batches: int | None,
+        loss_fn: Callable[..., Tensor] | None,
+    ) -> None:
+        self.model, self.groups, self.seed = model, groups, seed
+        self.dataloader, self.num_batches, self.loss_fn = dataloader, num_batches, loss_fn
+
+    def weight_norms(self, p: int) -> dict[str, Tensor]:
+        """Group L1/L2 norms of every weight coupled to each channel (Torch-Pruning's group magnitude)."""
+        criterion = tp.importance.GroupMagnitudeImportance(p=p, normalizer=None)
+        with _half_weights_in_float32(self.model):
+            return {name: criterion(group).detach().float() for name, group in self.groups.items()}
+
+    def bn_scales(self) -> dict[str, Tensor]:
+        """|gamma| of the BatchNorm after each pruned conv."""
+        criterion = tp.importance.BNScaleImportance(normalizer=None)
+        with _half_weights_in_float32(self.model):
+            scores = {name: criterion(group) for name, group in self.groups.items()}
+        missing = [name for name, value in scores.items() if value is None]
+        if missing:
+            raise ConfigError(f"bn_scale needs a BatchNorm after each pruned conv; none follows {missing[:3]}.")
+        return {name: value.detach().float() for name, value in scores.items()}
+
+    def random(self) -> dict[str, Tensor]:
+        """Uniform draws, seeded from the config."""
+        generator = torch.Generator().manual_seed(self.seed)
+        return {name: torch.rand(self.model.get_submodule(name).out_channels, generator=generator)
+                for name in self.groups}  # fmt: skip
+
+    def nonzero_rates(self) -> dict[str, Tensor]:
+        """Fraction of positive post-BN activations per channel on the data (``1 - APoZ``)."""
+        return _apoz_scores(self.model, self.groups, take_batches(self.dataloader, self.num_batches))  # type: ignore
+
+    def gradient_weight_products(self) -> dict[str, Tensor]:
+        """``|sum over the group of w * dL/dw|`` with gradients summed over the data (group Taylor)."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        summed = _summed_gradients(model, take_batches(self.dataloader, self.num_batches), self.loss_fn)  # type: ignore
+        criterion = tp.importance.GroupTaylorImportance(normalizer=None)
+        # The backward ran in the model's dtype (that is the network being pruned); weight x gradient is summed
+        # per channel in float32.
+        with _half_weights_in_float32(model):
+            for param, grad in summed.items():
+                param.grad = grad
+            scores = {name: criterion(group).detach().float().abs() for name, group in self.groups.items()}
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+        return scores
+
+
 def score_channels(
     model: nn.Module,
     groups: dict[str, Any],
@@ -279,47 +338,13 @@ def score_channels(
 ) -> dict[str, Tensor]:
     """One score per output channel of each group (higher = keep)."""
     importance = config.importance
-    needs_data = isinstance(importance, (TaylorImportance, APoZImportance))
-    if needs_data and dataloader is None:
+    if importance.needs in ("gradients", "per_example_gradients", "activations") and dataloader is None:  # type: ignore
         raise MissingDataError(
             f"Importance {importance.registered_name!r} is measured on data: pass a dataloader of (images, labels) "  # type: ignore
             "batches."
         )
-    if isinstance(importance, MagnitudeImportance):
-        criterion = tp.importance.GroupMagnitudeImportance(p=importance.p, normalizer=None)
-        with _half_weights_in_float32(model):
-            return {name: criterion(group).detach().float() for name, group in groups.items()}
-    if isinstance(importance, BNScaleImportance):
-        criterion = tp.importance.BNScaleImportance(normalizer=None)
-        with _half_weights_in_float32(model):
-            scores = {name: criterion(group) for name, group in groups.items()}
-        missing = [name for name, value in scores.items() if value is None]
-        if missing:
-            raise ConfigError(f"bn_scale needs a BatchNorm after each pruned conv; none follows {missing[:3]}.")
-        return {name: value.detach().float() for name, value in scores.items()}
-    if isinstance(importance, RandomImportance):
-        generator = torch.Generator().manual_seed(config.seed)
-        return {name: torch.rand(model.get_submodule(name).out_channels, generator=generator) for name in groups}
-    if isinstance(importance, APoZImportance):
-        return _apoz_scores(model, groups, take_batches(dataloader, num_batches))  # type: ignore[arg-type]
-    if isinstance(importance, TaylorImportance):
-        was_training = model.training
-        model.eval()
-        summed = _summed_gradients(model, take_batches(dataloader, num_batches), loss_fn)  # type: ignore[arg-type]
-        criterion = tp.importance.GroupTaylorImportance(normalizer=None)
-        # The backward ran in the model's dtype (that is the network being pruned); weight x gradient is summed
-        # per channel in float32.
-        with _half_weights_in_float32(model):
-            for param, grad in summed.items():
-                param.grad = grad
-            scores = {name: criterion(group).detach().float().abs() for name, group in groups.items()}
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
-        return scores
-    raise ConfigError(
-        f"Importance {importance.registered_name!r} cannot score CNN channels; use magnitude, l2, bn_scale, apoz, "  # type: ignore
-        "taylor or random."
-    )
+    stats = ChannelStatistics(model, groups, config.seed, dataloader, num_batches, loss_fn)
+    return importance.channel_scores(stats)  # type: ignore[union-attr]
 
 
 def _summed_gradients(

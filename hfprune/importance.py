@@ -18,6 +18,7 @@ from .registry import Registry, SerializableComponent
 
 
 if TYPE_CHECKING:
+    from .channels import ChannelStatistics
     from .structured import UnitStatistics
 
 
@@ -70,6 +71,10 @@ class Importance(SerializableComponent):
         """Whether one-shot unit scoring should also gather each layer's per-example gradient products."""
         return False
 
+    def channel_scores(self, stats: ChannelStatistics) -> dict[str, Tensor]:
+        """One score per output channel of each CNN channel group, from what `needs` gathered."""
+        raise ConfigError(unsupported_pair_message(self, "channels"))
+
     # Training hooks: a criterion that shapes training (soft movement) says how here; the Pruner and the trainer
     # call these for every criterion and know none of them.
     #: The kept count follows the schedule's sparsity (False: the criterion decides it, e.g. by a threshold).
@@ -102,6 +107,9 @@ class MagnitudeImportance(Importance):
 
     def score(self, state: dict[str, Tensor], weight: Tensor) -> Tensor:
         return weight.detach().abs().float().pow(self.p)
+
+    def channel_scores(self, stats: ChannelStatistics) -> dict[str, Tensor]:
+        return stats.weight_norms(self.p)
 
     def unit_scores(self, stats: UnitStatistics) -> dict[str, Tensor]:
         # A unit's magnitude is that of every weight it owns (query/key/value rows and output columns of a head).
@@ -136,6 +144,9 @@ class RandomImportance(Importance):
     def unit_scores(self, stats: UnitStatistics) -> dict[str, Tensor]:
         return stats.random()
 
+    def channel_scores(self, stats: ChannelStatistics) -> dict[str, Tensor]:
+        return stats.random()
+
 
 @IMPORTANCES.register("taylor", "gradient_weight")
 @dataclass(frozen=True)
@@ -155,6 +166,9 @@ class TaylorImportance(Importance):
     def unit_scores(self, stats: UnitStatistics) -> dict[str, Tensor]:
         # First-order loss change of removing the unit, accumulated over the data.
         return {kind: total.abs() for kind, total in stats.mask_gradient_sums().items()}
+
+    def channel_scores(self, stats: ChannelStatistics) -> dict[str, Tensor]:
+        return stats.gradient_weight_products()
 
     def update(self, state: dict[str, Tensor], weight: Tensor, grad: Tensor) -> None:
         state["sum"] += (weight.detach().float() * grad.detach().float()).abs()
@@ -296,6 +310,9 @@ class BNScaleImportance(Importance):
     def score(self, state: dict[str, Tensor], weight: Tensor) -> Tensor:
         raise ConfigError("bn_scale scores CNN channels: use structure='channels'.")
 
+    def channel_scores(self, stats: ChannelStatistics) -> dict[str, Tensor]:
+        return stats.bn_scales()
+
 
 @IMPORTANCES.register("apoz")
 @dataclass(frozen=True)
@@ -306,11 +323,13 @@ class APoZImportance(Importance):
     """
 
     needs: ClassVar[str] = "activations"
-
     supported_structures: ClassVar[tuple[str, ...]] = CHANNEL_STRUCTURES
 
     def score(self, state: dict[str, Tensor], weight: Tensor) -> Tensor:
         raise ConfigError("apoz scores CNN channels: use structure='channels'.")
+
+    def channel_scores(self, stats: ChannelStatistics) -> dict[str, Tensor]:
+        return stats.nonzero_rates()
 
 
 def unsupported_pair_message(importance: Importance, structure_name: str) -> str:

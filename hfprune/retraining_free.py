@@ -137,24 +137,32 @@ def reconstruct_(
     pruned_sublayers = adapter.sublayers(pruned)
     dense_sublayers = adapter.sublayers(dense)
     errors: dict[str, list[float]] = {"before": [], "after": []}
-    # Streaming: the dense targets of one layer at a time (one partial forward per batch), never all of them.
-    for layer_index in range(len(layers)):
-        pairs = [(p, d) for p, d in zip(pruned_sublayers, dense_sublayers, strict=True) if p.layer == layer_index]
-        streams = [d.stream for _, d in pairs]
-        dense_targets = [_dense_streams(dense, streams, batch) for batch in batches]
-        for sublayer, dense_sublayer in pairs:
-            group = groups[sublayer.kind]
-            width = group.num_units(layers[layer_index])
-            if width == 0:
-                continue
-            consumer = pruned.get_submodule(sublayer.consumer)
-            norm = pruned.get_submodule(sublayer.stream)
-            errors_of = _reconstruct_sublayer(consumer, norm, pruned, batches, dense_targets, dense_sublayer.stream,
-                                              width, group.unit_size, damping, max_scale)  # fmt: skip
-            errors["before"].append(errors_of[0])
-            errors["after"].append(errors_of[1])
+    # Streaming: the dense targets of one sublayer at a time (a partial forward per batch, real tokens only),
+    # never all of them.
+    for sublayer, dense_sublayer in zip(pruned_sublayers, dense_sublayers, strict=True):
+        group = groups[sublayer.kind]
+        width = group.num_units(layers[sublayer.layer])
+        if width == 0:
+            continue
+        dense_targets = [_real_tokens(_dense_streams(dense, [dense_sublayer.stream], batch)[dense_sublayer.stream],
+                                      batch) for batch in batches]  # fmt: skip
+        consumer = pruned.get_submodule(sublayer.consumer)
+        norm = pruned.get_submodule(sublayer.stream)
+        before, after = _reconstruct_sublayer(consumer, norm, pruned, batches, dense_targets, width, group.unit_size,
+                                              damping, max_scale)  # fmt: skip
+        errors["before"].append(before)
+        errors["after"].append(after)
         del dense_targets
     return errors
+
+
+def _real_tokens(values: Tensor, batch: dict[str, Tensor]) -> Tensor:
+    """``values`` (``[batch, seq, width]``) as ``[tokens, width]``, without padding tokens (not part of the
+    objective)."""
+    flat = values.reshape(-1, values.shape[-1])
+    if "attention_mask" not in batch:
+        return flat
+    return flat[batch["attention_mask"].reshape(-1).bool().to(flat.device)]
 
 
 def _reconstruct_sublayer(
@@ -162,8 +170,7 @@ def _reconstruct_sublayer(
     norm: nn.Module,
     pruned: nn.Module,
     batches: list[dict[str, Tensor]],
-    dense_targets: list[dict[str, Tensor]],
-    stream: str,
+    dense_targets: list[Tensor],
     width: int,
     head_size: int,
     damping: float,
@@ -182,12 +189,9 @@ def _reconstruct_sublayer(
         # target is the dense residual stream: the kept units also make up for the drift of the pruned
         # model's residual input (what the following LayerNorm sees is what matters).
         activation, residual = _capture(pruned, consumer, norm, batch)
-        dense_stream = dense_targets[batch_index][stream].float().to(residual.device)
-        activation = activation.reshape(-1, activation.shape[-1]).float()
-        target = (dense_stream - residual).reshape(-1, dense_stream.shape[-1]) - bias
-        if "attention_mask" in batch:  # padding tokens are not part of the objective
-            keep = batch["attention_mask"].reshape(-1).bool().to(activation.device)
-            activation, target = activation[keep], target[keep]
+        activation = _real_tokens(activation, batch).float()
+        residual = _real_tokens(residual, batch)
+        target = dense_targets[batch_index].float().to(residual.device) - residual - bias
         if head_size == 1:
             projected = target @ weight  # [tokens, units]: <W[:, u], T_token>
             gram += ((activation.t() @ activation) * (weight.t() @ weight)).cpu().double()

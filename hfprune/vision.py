@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import re
 import zipfile
@@ -258,10 +259,27 @@ def folder_label_index(
 
 
 def eval_transform(model: nn.Module) -> Callable[[Any], Tensor]:
-    """The model's own evaluation preprocessing, from its timm data config (resize, crop, normalize)."""
+    """The model's own evaluation preprocessing (resize, crop, normalize).
+
+    timm and torchvision models: their timm data config. transformers image models (ViT): the size from
+    ``config.image_size`` and, when the model's folder has a ``preprocessor_config.json``, its mean, std and
+    resampling (transformers' ViT processors resize straight to the size, without a crop); else ImageNet's.
+    """
     from timm.data import create_transform, resolve_data_config
 
-    return create_transform(**resolve_data_config({}, model=model), is_training=False)
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "image_size"):
+        return create_transform(**resolve_data_config({}, model=model), is_training=False)
+    size = config.image_size if isinstance(config.image_size, int) else max(config.image_size)
+    settings: dict[str, Any] = {"input_size": (getattr(config, "num_channels", 3), size, size), "crop_pct": 1.0}
+    processor = Path(str(getattr(config, "_name_or_path", "") or "")) / "preprocessor_config.json"
+    if processor.is_file():
+        values = json.loads(processor.read_text())
+        settings.update({key: tuple(values[name]) for key, name in (("mean", "image_mean"), ("std", "image_std"))
+                         if name in values})  # fmt: skip
+        # PIL resampling codes: 2 bilinear, 3 bicubic.
+        settings["interpolation"] = {3: "bicubic"}.get(values.get("resample"), "bilinear")
+    return create_transform(**resolve_data_config(settings), is_training=False)
 
 
 @torch.no_grad()
