@@ -23,6 +23,7 @@ from .config import PruningConfig
 from .distillation import DistillationConfig, distillation_loss
 from .errors import ConfigError, HfPruneError, HfPruneWarning
 from .pruner import Pruner
+from .regularizers import BatchNormL1, Regularizer
 
 
 PRUNER_STATE_NAME = "hfprune_pruner.pt"
@@ -136,8 +137,11 @@ class PruningTrainer(Trainer):
             a teacher is given.
         score_learning_rate (`float`, defaults to 1e-2): Learning rate of learned pruning scores (movement), in
             their own optimizer group without weight decay (the movement-pruning paper's value).
-        bn_l1 (`float`, defaults to 0.0): Weight of an L1 penalty on BatchNorm scales (network slimming), so that
-            ``bn_scale`` channel pruning afterwards finds channels the network learned to switch off.
+        bn_l1 (`float`, defaults to 0.0): Shorthand for ``regularizers=[BatchNormL1(bn_l1)]``: an L1 penalty on
+            BatchNorm scales (network slimming), so that ``bn_scale`` channel pruning afterwards finds channels the
+            network learned to switch off.
+        regularizers (`Sequence[Regularizer]`, *optional*): Penalties added to the training loss
+            (`hfprune.regularizers`), each logged under its ``log_name``.
         **kwargs: Everything else `Trainer` takes (``train_dataset``, ``eval_dataset``, ``processing_class``,
             ``data_collator``, ``compute_metrics``, ``callbacks``, ...).
 
@@ -164,6 +168,7 @@ class PruningTrainer(Trainer):
         distillation_config: DistillationConfig | None = None,
         score_learning_rate: float = 1e-2,
         bn_l1: float = 0.0,
+        regularizers: Sequence[Regularizer] = (),
         **kwargs: Any,
     ) -> None:
         if model is None:
@@ -183,12 +188,9 @@ class PruningTrainer(Trainer):
             raise ConfigError("distillation_config was given without a teacher_model.")
         self.distillation_config = distillation_config or (DistillationConfig() if teacher_model is not None else None)
         self.score_learning_rate = float(score_learning_rate)
-        if bn_l1 < 0:
-            raise ConfigError(f"bn_l1 must be >= 0; got {bn_l1}.")
-        self.bn_l1 = float(bn_l1)
-        self._batch_norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if self.bn_l1 and not self._batch_norms:
-            raise ConfigError("bn_l1 > 0 penalizes BatchNorm scales, but the model has no BatchNorm layer.")
+        self.regularizers = list(regularizers) + ([BatchNormL1(float(bn_l1))] if bn_l1 else [])
+        for regularizer in self.regularizers:
+            regularizer.check(model)
         super().__init__(model=model, args=args, callbacks=callbacks, **kwargs)
         self.teacher_model = teacher_model
         if teacher_model is not None:
@@ -248,10 +250,10 @@ class PruningTrainer(Trainer):
             if regularization is not None:
                 terms["regularization_loss"] = regularization
                 loss = loss + regularization
-        if self.bn_l1 and model.training:
-            # Network slimming (Liu et al. 2017): sparsify BN scales so bn_scale pruning finds unneeded channels.
-            terms["bn_l1_loss"] = self.bn_l1 * sum(norm.weight.abs().sum() for norm in self._batch_norms)
-            loss = loss + terms["bn_l1_loss"]
+        if model.training:
+            for regularizer in self.regularizers:
+                terms[regularizer.log_name] = regularizer.loss(model)
+                loss = loss + terms[regularizer.log_name]
         if model.training and terms:
             for name, value in terms.items():
                 self._loss_sums[name] += float(value.detach())
