@@ -9,13 +9,9 @@ FLOPs targets, EagleEye candidate search, a JSON `ChannelPlan`, and plan-based r
 from __future__ import annotations
 
 import copy
-import json
-import os
 import random
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,109 +20,11 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .calibration import initial_loss_scale, inputs_like_model, scaled_backward, take_batches
-from .compaction import PLAN_NAME, PlanMismatchError, checked_indices, is_integer_value, read_plan_json
 from .config import PruningConfig
-from .errors import ConfigError, HfPruneError, MissingDataError, UnsupportedArchitectureError
+from .errors import ConfigError, MissingDataError, UnsupportedArchitectureError
+from .plan import ChannelPlan, PlanMismatchError
 from .structures import Channels
 from .targets import require_real_weights
-
-
-CHANNEL_PLAN_VERSION = 1
-
-
-@dataclass
-class ChannelPlan:
-    """Kept output channels of each prunable group, keyed by the group's root convolution.
-
-    Args:
-        num_channels (`dict[str, int]`): Original output channels of each root convolution.
-        kept (`dict[str, list[int]]`): Kept channel indices (into the original model) of each root.
-    """
-
-    num_channels: dict[str, int]
-    kept: dict[str, list[int]]
-    plan_version: int = CHANNEL_PLAN_VERSION
-    kind: str = "channels"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Check every field's type and every group's kept indices (sorting them); called on construction and
-        again by `apply_channel_plan_`, since a plan can be edited after it was built.
-
-        Raises:
-            PlanMismatchError: naming the group or field and what is wrong with it.
-        """
-        for field_name in ("num_channels", "kept"):
-            if not isinstance(getattr(self, field_name), dict):
-                raise PlanMismatchError(
-                    f"Channel plan field {field_name} must map convolution names to "
-                    f"{'channel counts' if field_name == 'num_channels' else 'kept channel indices'}; got "
-                    f"{type(getattr(self, field_name)).__name__}."
-                )
-        for name, count in self.num_channels.items():
-            if not isinstance(name, str) or not is_integer_value(count) or count < 1:
-                raise PlanMismatchError(
-                    f"Channel plan num_channels[{name!r}] must be a positive integer channel count; got {count!r}."
-                )
-        if self.kind != "channels":
-            raise PlanMismatchError(f"Not a channel plan (kind={self.kind!r}).")
-        if not is_integer_value(self.plan_version):
-            raise PlanMismatchError(f"Channel plan field plan_version must be an integer; got {self.plan_version!r}.")
-        if not isinstance(self.extra, dict):
-            raise PlanMismatchError(f"Channel plan field extra must be a dict; got {type(self.extra).__name__}.")
-        for name, kept in self.kept.items():
-            if name not in self.num_channels:
-                raise PlanMismatchError(f"Plan keeps channels of {name!r} but does not say how many it had.")
-            indices = checked_indices(kept, f"Group {name!r}: kept channels", self.num_channels[name])
-            if not indices:
-                raise PlanMismatchError(
-                    f"Group {name!r}: kept channels are empty; a convolution must keep at least one channel."
-                )
-            self.kept[name] = indices
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ChannelPlan:
-        """Build and validate a plan from `to_dict`'s output (e.g. parsed ``pruning_plan.json``).
-
-        Raises:
-            PlanMismatchError: the data is not a channel plan (wrong kind or types, missing fields, bad indices).
-        """
-        if not isinstance(data, dict):
-            raise PlanMismatchError(f"A channel plan must be a JSON object (dict); got {type(data).__name__}.")
-        if data.get("kind") != "channels":
-            raise PlanMismatchError(f"Not a channel plan (kind={data.get('kind')!r}).")
-        version = data.get("plan_version", CHANNEL_PLAN_VERSION)
-        if not is_integer_value(version):
-            raise PlanMismatchError(f"Channel plan field plan_version must be an integer; got {version!r}.")
-        if version > CHANNEL_PLAN_VERSION:
-            raise PlanMismatchError(
-                f"Channel plan version {version} is newer than this hfprune understands ({CHANNEL_PLAN_VERSION})."
-            )
-        missing = [key for key in ("num_channels", "kept") if key not in data]
-        if missing:
-            raise PlanMismatchError(f"The channel plan lacks the fields {missing} (it has {sorted(data)}).")
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        path = Path(directory) / PLAN_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        return path
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> ChannelPlan:
-        path = Path(directory) / PLAN_NAME
-        if not path.is_file():
-            raise PlanMismatchError(f"No {PLAN_NAME} in {directory}.")
-        try:
-            return cls.from_dict(read_plan_json(path))
-        except PlanMismatchError as err:
-            raise PlanMismatchError(f"{path}: {err}") from err
 
 
 def default_ignored_layers(model: nn.Module) -> list[str]:
@@ -635,50 +533,6 @@ def eagleeye_search(
 
 
 # ------------------------------------------------------------------------------------------------- persistence
-def save_channel_pruned(
-    model: nn.Module,
-    directory: str | os.PathLike,
-    plan: ChannelPlan,
-    *,
-    architecture: str,
-    num_classes: int,
-    pruning_config: PruningConfig | None = None,
-    base_model: str | None = None,
-    evaluation: Any = None,
-    method_notes: list[str] | tuple[str, ...] = (),
-    overwrite: bool = False,
-) -> Path:
-    """Write ``config.json`` (timm style), ``model.safetensors``, ``pruning_plan.json`` and a model card atomically.
-
-    ``evaluation`` (a `hfprune.hub.CardEvaluation`, e.g. top-1/top-5 before and after) goes into the card's
-    model-index; the card also has parameters and FLOPs before/after and the kept channels per layer.
-    """
-    from safetensors.torch import save_file
-
-    from .hub import atomic_directory, write_model_card
-    from .reporting import report
-
-    pretrained_cfg = {k: v for k, v in (getattr(model, "pretrained_cfg", None) or {}).items()
-                      if isinstance(v, (str, int, float, list, tuple, type(None)))}  # fmt: skip
-    with atomic_directory(directory, overwrite=overwrite) as staging:
-        config = {"architecture": architecture, "num_classes": num_classes, "pretrained_cfg": pretrained_cfg}
-        (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(staging / "model.safetensors"))
-        plan.save_pretrained(staging)
-        if pruning_config is not None:
-            pruning_config.save_pretrained(staging)
-        example = torch.zeros(1, *(pretrained_cfg.get("input_size") or (3, 224, 224)))
-        # The base model's size comes from the same architecture with the plan's full widths.
-        dense = create_base_model(architecture, num_classes)
-        after, before = (report(m, inputs_like_model(example, m), measure_latency=False, target_modules=r".*")
-                         for m in (model, dense))  # fmt: skip
-        write_model_card(staging, model, base_model or architecture, pruning_config, report=after, base_report=before,
-                         plan=plan, evaluation=evaluation, method_notes=method_notes, library="timm",
-                         model_name=Path(directory).name)  # fmt: skip
-    return Path(directory)
-
-
 def create_base_model(architecture: str, num_classes: int) -> nn.Module:
     """``timm.create_model(architecture)`` or, for ``torchvision:<name>``, ``torchvision.models.get_model``."""
     if architecture.startswith("torchvision:"):
@@ -693,42 +547,3 @@ def create_base_model(architecture: str, num_classes: int) -> nn.Module:
         return timm.create_model(architecture, pretrained=False, num_classes=num_classes)
     except RuntimeError as err:
         raise UnsupportedArchitectureError(f"Unknown model architecture {architecture!r}: {err}") from err
-
-
-def load_channel_pruned(directory: str | os.PathLike) -> nn.Module:
-    """Rebuild a channel-pruned CNN from a folder or a Hub id: base architecture -> plan -> weights. No pickles."""
-    from safetensors.torch import load_file
-
-    from .hub import local_folder, saved_dtype
-
-    directory = local_folder(directory)
-    config_path = directory / "config.json"
-    if not config_path.is_file():
-        raise HfPruneError(f"{config_path} is missing.")
-    try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise HfPruneError(f"{config_path} is not valid JSON ({err}); the saved folder is corrupt.") from err
-    fields = config if isinstance(config, dict) else {}
-    missing = [key for key in ("architecture", "num_classes") if key not in fields]
-    if missing:
-        raise HfPruneError(
-            f"{config_path} lacks {missing}: it was not written by hfprune's save_channel_pruned (or was edited)."
-        )
-    plan = ChannelPlan.from_pretrained(directory)
-    weights = directory / "model.safetensors"
-    if not weights.is_file():
-        raise HfPruneError(f"{weights} is missing.")
-    model = create_base_model(config["architecture"], config["num_classes"])
-    size = (config.get("pretrained_cfg") or {}).get("input_size") or [3, 224, 224]
-    apply_channel_plan_(model, plan, torch.zeros(1, *size))
-    state = load_file(str(weights))
-    model.to(saved_dtype(state))  # a bf16/fp16 model reloads in its own dtype
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:  # shape mismatches or missing keys: weights and plan do not belong together
-        raise PlanMismatchError(
-            f"Weights in {weights} do not fit the model {PLAN_NAME} builds ({str(err)[:500]}). The plan and the "
-            "weights come from different runs: save them together with save_channel_pruned."
-        ) from err
-    return model.eval()

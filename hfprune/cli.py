@@ -325,12 +325,12 @@ def _model_folder(name: str) -> Path | None:
 
 
 def _is_channel_model(folder: Path | None) -> bool:
-    plan = folder / "pruning_plan.json" if folder is not None else None
-    if plan is None or not plan.is_file():
+    if folder is None or not (folder / "pruning_plan.json").is_file():
         return False
-    _check_json_files(folder)  # type: ignore[arg-type]
-    content = json.loads(plan.read_text(encoding="utf-8"))
-    return isinstance(content, dict) and content.get("kind") == "channels"
+    _check_json_files(folder)
+    from .plan import ChannelPlan, read_plan
+
+    return isinstance(read_plan(folder), ChannelPlan)
 
 
 def _check_output_file(path: str | None, flag: str = "--output") -> None:
@@ -346,9 +346,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if _is_channel_model(folder):
         import torch
 
-        from .channels import load_channel_pruned
-
-        model = load_channel_pruned(folder)  # type: ignore[arg-type]
+        model = load_pruned(folder)  # type: ignore[arg-type]
         size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size") or (3, 224, 224)
         example: Any = torch.zeros(args.batch_size, *size)
     else:
@@ -411,7 +409,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _eval_images(args: argparse.Namespace) -> dict[str, Any]:
-    from .channels import create_base_model, load_channel_pruned
+    from .channels import create_base_model
     from .recipes import class_list
     from .vision import LabelledImages, eval_transform, evaluate_images, model_class_names
 
@@ -428,7 +426,7 @@ def _eval_images(args: argparse.Namespace) -> dict[str, Any]:
         if args.checkpoint is not None:
             raise ConfigError("--checkpoint loads weights into a timm architecture given by name; a saved folder "
                               f"({args.model}) has its own weights.")  # fmt: skip
-        model = load_channel_pruned(folder)
+        model = load_pruned(folder)
     else:
         if args.num_classes is None:
             raise ConfigError("Evaluating a timm architecture by name needs --num-classes.")

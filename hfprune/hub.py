@@ -23,11 +23,12 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors.torch import load_file
 from torch import nn
 
-from .compaction import PLAN_NAME, PlanMismatchError, PruningPlan, compact_
+from .compaction import compact_
 from .config import PruningConfig
 from .errors import ConfigError, HfPruneError, HfPruneWarning
 from .masks import merged_state_dict
-from .reporting import PruningReport, compare_reports
+from .plan import PLAN_NAME, ChannelPlan, PlanMismatchError, PruningPlan, read_plan
+from .reporting import PruningReport, compare_reports, report
 
 
 TEMPLATE_PATH = Path(__file__).parent / "model_cards" / "pruned_model.md"
@@ -366,8 +367,8 @@ def _load_section(model: nn.Module, repo_or_path: str, plan: Any, library: str) 
     if library == "timm":
         return (
             "The convolutions were physically shrunk (`pruning_plan.json` lists the kept channels):\n\n"
-            "```python\nfrom hfprune.channels import load_channel_pruned\n\n"
-            f"model = load_channel_pruned({repo_or_path!r})  # base architecture -> plan -> weights\n```\n"
+            "```python\nimport hfprune\n\n"
+            f"model = hfprune.load_pruned({repo_or_path!r})  # base architecture -> plan -> weights\n```\n"
         )
     try:
         auto = auto_class_name(architecture)
@@ -524,6 +525,18 @@ def save_pruned(
     compacted model) ``pruning_plan.json`` is written too; load such a folder with `hfprune.load_pruned`. The card
     gets ``evaluation`` as model-index eval results, and a ``kept_structure.png`` figure when matplotlib is there.
     """
+    if isinstance(plan, ChannelPlan):
+        # A channel-pruned timm CNN: its architecture name rebuilds the base model on load.
+        architecture = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+        num_classes = getattr(model, "num_classes", None)
+        if not architecture or not isinstance(num_classes, int):
+            raise ConfigError(
+                f"{type(model).__name__} does not say its timm architecture and class count; save it with "
+                "hfprune.hub.save_channel_pruned(model, folder, plan, architecture=..., num_classes=...)."
+            )
+        return save_channel_pruned(model, save_directory, plan, architecture=architecture, num_classes=num_classes,
+                                   pruning_config=pruning_config, base_model=base_model, evaluation=evaluation,
+                                   method_notes=method_notes, overwrite=overwrite)  # fmt: skip
     if not hasattr(model, "save_pretrained"):
         raise ConfigError(f"{type(model).__name__} has no save_pretrained(); save_pruned needs a transformers model.")
     source = str(getattr(getattr(model, "config", None), "_name_or_path", "") or "")
@@ -587,15 +600,21 @@ def load_pruned(directory: str | os.PathLike, **model_kwargs: Any) -> nn.Module:
     ``directory`` is a folder or a Hub repository id. The plan comes from ``pruning_plan.json`` (written by
     hfprune), or from ``config.hfprune_plan`` (written by `compact_`, so a compacted model saved or pushed with
     transformers' own ``save_pretrained``/``push_to_hub`` loads too). Folders without a plan (unstructured pruning)
-    load with plain ``from_pretrained``.
+    load with plain ``from_pretrained``. Channel-pruned CNN folders (a channel plan, written by
+    `save_channel_pruned`) load too: timm/torchvision base architecture -> plan -> weights.
     """
     import transformers
 
     directory = local_folder(directory)
+    plan: PruningPlan | ChannelPlan | None = read_plan(directory)
+    if isinstance(plan, ChannelPlan):
+        if model_kwargs:
+            raise ConfigError(
+                f"{directory} is a channel-pruned CNN; it takes no model options ({sorted(model_kwargs)})."
+            )
+        return load_channel_pruned(directory)
     config = transformers.AutoConfig.from_pretrained(directory)
-    if (directory / PLAN_NAME).is_file():
-        plan = PruningPlan.from_pretrained(directory)
-    else:
+    if plan is None:
         plan = PruningPlan.from_config(config)  # saved by transformers' save_pretrained/push_to_hub
     if plan is None:
         return load_model(directory, **model_kwargs)
@@ -647,3 +666,85 @@ def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if not isinstance(resolved, torch.dtype):
         raise ConfigError(f"dtype={dtype!r} is not a torch dtype; use e.g. torch.bfloat16, 'float16' or 'auto'.")
     return resolved
+
+
+# ------------------------------------------------------------------------------------------------ CNN folders
+def save_channel_pruned(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    plan: ChannelPlan,
+    *,
+    architecture: str,
+    num_classes: int,
+    pruning_config: PruningConfig | None = None,
+    base_model: str | None = None,
+    evaluation: Any = None,
+    method_notes: list[str] | tuple[str, ...] = (),
+    overwrite: bool = False,
+) -> Path:
+    """Write ``config.json`` (timm style), ``model.safetensors``, ``pruning_plan.json`` and a model card atomically.
+
+    ``evaluation`` (a `hfprune.hub.CardEvaluation`, e.g. top-1/top-5 before and after) goes into the card's
+    model-index; the card also has parameters and FLOPs before/after and the kept channels per layer.
+    """
+    from safetensors.torch import save_file
+
+    from .calibration import inputs_like_model
+    from .channels import create_base_model
+
+    pretrained_cfg = {k: v for k, v in (getattr(model, "pretrained_cfg", None) or {}).items()
+                      if isinstance(v, (str, int, float, list, tuple, type(None)))}  # fmt: skip
+    with atomic_directory(directory, overwrite=overwrite) as staging:
+        config = {"architecture": architecture, "num_classes": num_classes, "pretrained_cfg": pretrained_cfg}
+        (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(staging / "model.safetensors"))
+        plan.save_pretrained(staging)
+        if pruning_config is not None:
+            pruning_config.save_pretrained(staging)
+        example = torch.zeros(1, *(pretrained_cfg.get("input_size") or (3, 224, 224)))
+        # The base model's size comes from the same architecture with the plan's full widths.
+        dense = create_base_model(architecture, num_classes)
+        after, before = (report(m, inputs_like_model(example, m), measure_latency=False, target_modules=r".*")
+                         for m in (model, dense))  # fmt: skip
+        write_model_card(staging, model, base_model or architecture, pruning_config, report=after, base_report=before,
+                         plan=plan, evaluation=evaluation, method_notes=method_notes, library="timm",
+                         model_name=Path(directory).name)  # fmt: skip
+    return Path(directory)
+
+
+def load_channel_pruned(directory: str | os.PathLike) -> nn.Module:
+    """Rebuild a channel-pruned CNN from a folder or a Hub id: base architecture -> plan -> weights. No pickles."""
+    from .channels import apply_channel_plan_, create_base_model
+
+    directory = local_folder(directory)
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise HfPruneError(f"{config_path} is missing.")
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise HfPruneError(f"{config_path} is not valid JSON ({err}); the saved folder is corrupt.") from err
+    fields = config if isinstance(config, dict) else {}
+    missing = [key for key in ("architecture", "num_classes") if key not in fields]
+    if missing:
+        raise HfPruneError(
+            f"{config_path} lacks {missing}: it was not written by hfprune's save_channel_pruned (or was edited)."
+        )
+    plan = ChannelPlan.from_pretrained(directory)
+    weights = directory / "model.safetensors"
+    if not weights.is_file():
+        raise HfPruneError(f"{weights} is missing.")
+    model = create_base_model(config["architecture"], config["num_classes"])
+    size = (config.get("pretrained_cfg") or {}).get("input_size") or [3, 224, 224]
+    apply_channel_plan_(model, plan, torch.zeros(1, *size))
+    state = load_file(str(weights))
+    model.to(saved_dtype(state))  # a bf16/fp16 model reloads in its own dtype
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # shape mismatches or missing keys: weights and plan do not belong together
+        raise PlanMismatchError(
+            f"Weights in {weights} do not fit the model {PLAN_NAME} builds ({str(err)[:500]}). The plan and the "
+            "weights come from different runs: save them together with save_channel_pruned."
+        ) from err
+    return model.eval()

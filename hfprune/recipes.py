@@ -688,13 +688,12 @@ def train_image(recipe: ImageRecipe) -> dict[str, Any]:
         count_flops,
         create_base_model,
         eagleeye_search,
-        plan_channels,
-        save_channel_pruned,  # fmt: skip
+        plan_channels,  # fmt: skip
     )
 
     # Under `accelerate launch` every rank runs this function: the main process plans, evaluates and writes; the
     # others receive its plan and only take part in fine-tuning.
-    from .hub import check_output_directory
+    from .hub import check_output_directory, save_channel_pruned
     from .vision import ImageClassifier, LabelledImages, eval_transform, evaluate_images, model_class_names
 
     training_args = build_training_arguments(recipe.training) if recipe.training is not None else None

@@ -15,12 +15,10 @@ from hfprune.channels import (
     apply_channel_plan_,
     channel_groups,
     eagleeye_search,
-    load_channel_pruned,
     plan_channels,
-    save_channel_pruned,
     score_channels,
 )
-from hfprune.hub import save_pruned
+from hfprune.hub import load_channel_pruned, save_channel_pruned, save_pruned
 from hfprune.retraining_free import reconstruct_
 from hfprune.structured import apply_plan_masks_, score_units
 from hfprune.structures import Channels

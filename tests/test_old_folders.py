@@ -17,7 +17,6 @@ import torch
 from safetensors.torch import load_file
 
 from hfprune import load_pruned
-from hfprune.channels import load_channel_pruned
 
 
 FIXTURES = Path(__file__).parent / "fixtures" / "written_before_one_engine"
@@ -59,6 +58,30 @@ def test_old_remote_code_folder_still_loads_without_hfprune(tmp_path):
 
 def test_channel_pruned_folder_loads():
     saved = load_file(str(FIXTURES / "resnet20_inputs_and_logits.safetensors"))
-    model = load_channel_pruned(FIXTURES / "resnet20_channels")
+    model = load_pruned(FIXTURES / "resnet20_channels")  # the one loader reads channel plans too
     with torch.no_grad():
         torch.testing.assert_close(model(saved["images"]), saved["logits"], rtol=1e-4, atol=1e-5)
+
+
+def test_one_compact_and_one_saver_for_channel_plans(tmp_path):
+    """compact_ applies a channel plan (tracing with example inputs), save_pruned writes it, load_pruned reads it."""
+    import copy
+
+    import timm
+
+    import hfprune.models  # noqa: F401  (registers the CIFAR ResNets)
+    from hfprune import PlanMismatchError, PruningConfig, compact_
+    from hfprune.channels import plan_channels
+    from hfprune.hub import save_pruned
+
+    torch.manual_seed(0)
+    model = timm.create_model("cifar_resnet20", num_classes=10).eval()
+    images = torch.randn(2, 3, 32, 32)
+    config = PruningConfig(structure="channels", target_flops=0.6)
+    plan = plan_channels(model, config, images)
+    with pytest.raises(PlanMismatchError, match="pass example_inputs"):
+        compact_(copy.deepcopy(model), plan)
+    compact_(model, plan, example_inputs=images)
+    save_pruned(model, tmp_path / "cnn", pruning_config=config, plan=plan)
+    with torch.no_grad():
+        torch.testing.assert_close(load_pruned(tmp_path / "cnn")(images), model(images))

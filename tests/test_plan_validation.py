@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from hfprune import HfPruneError, PlanMismatchError, PruningConfig, PruningPlan, compact_, load_pruned, prune_
-from hfprune.channels import ChannelPlan, apply_channel_plan_, load_channel_pruned
+from hfprune.channels import ChannelPlan, apply_channel_plan_
 from hfprune.compaction import PLAN_NAME
+from hfprune.hub import load_channel_pruned
 from hfprune.structured import apply_plan_masks_
 
 from .models import ConvNet, bert_batch, tiny_bert

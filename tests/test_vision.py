@@ -16,11 +16,10 @@ from hfprune.channels import (
     count_flops,
     create_base_model,
     eagleeye_search,
-    load_channel_pruned,
     plan_channels,
-    save_channel_pruned,
 )
 from hfprune.compaction import PlanMismatchError
+from hfprune.hub import load_channel_pruned, save_channel_pruned
 from hfprune.structures import Channels
 from hfprune.vision import ImageDataError, LabelledImages, eval_transform, evaluate_images
 
@@ -104,7 +103,7 @@ def test_flops_target_is_met_and_save_load_round_trips(tmp_path):
 
     card = ModelCard.load(tmp_path / "out" / "README.md")
     assert card.data.eval_results is None and card.data.library_name == "timm"
-    assert "| channels | layer1.0.conv1 |" in card.text and "load_channel_pruned" in card.text
+    assert "| channels | layer1.0.conv1 |" in card.text and "hfprune.load_pruned" in card.text
     assert "| GFLOPs (dense) |" in card.text  # before/after size and FLOPs
     reloaded = load_channel_pruned(tmp_path / "out")
     images = torch.randn(3, 3, 32, 32)
@@ -245,7 +244,7 @@ def test_run_image_recipe_eagleeye_finetune_and_reload(tmp_path, launcher):
 
     card = ModelCard.load(tmp_path / "out" / "README.md")
     assert {result.metric_type for result in card.data.eval_results} == {"accuracy", "top_5_accuracy"}
-    assert "| channels | layer1.0.conv1 |" in card.text and "load_channel_pruned" in card.text
+    assert "| channels | layer1.0.conv1 |" in card.text and "hfprune.load_pruned" in card.text
     reloaded = load_channel_pruned(tmp_path / "out")
     assert sum(p.numel() for p in reloaded.parameters()) == results["pruned_params"]
     with pytest.raises(ConfigError, match="Unknown key 'num_candidatez'"):

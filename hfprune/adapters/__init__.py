@@ -4,7 +4,15 @@ Importing this package registers every family (one module each).
 """
 
 from . import bert, deberta, modernbert, vit  # noqa: F401  (registers the adapters)
-from .base import ADAPTERS, ArchAdapter, EncoderAdapter, Sublayer, get_adapter, get_encoder_adapter
+from .base import ADAPTERS, ArchAdapter, EncoderAdapter, Sublayer, encoder_structure, get_adapter, get_encoder_adapter
 
 
-__all__ = ["ADAPTERS", "ArchAdapter", "EncoderAdapter", "Sublayer", "get_adapter", "get_encoder_adapter"]
+__all__ = [
+    "ADAPTERS",
+    "ArchAdapter",
+    "EncoderAdapter",
+    "Sublayer",
+    "encoder_structure",
+    "get_adapter",
+    "get_encoder_adapter",
+]

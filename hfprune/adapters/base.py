@@ -269,6 +269,12 @@ def get_encoder_adapter(model: nn.Module) -> ArchAdapter:
     return adapter
 
 
+def encoder_structure(model: nn.Module) -> tuple[ArchAdapter, nn.ModuleList, dict[str, UnitGroup]]:
+    """The adapter, the repeated layers and the unit groups (by kind) of a model with heads and neurons."""
+    adapter = get_encoder_adapter(model)
+    return adapter, adapter.layers(model), adapter.unit_groups(model)
+
+
 def text_example_inputs(model: nn.Module, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
     """Random token ids within the model's vocabulary and a full attention mask.
 

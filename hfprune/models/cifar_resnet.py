@@ -70,7 +70,7 @@ class CifarResNet(nn.Module):
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110); got {depth}.")
         blocks = (depth - 2) // 6
         self.num_classes = num_classes
-        self.pretrained_cfg = dict(PRETRAINED_CFG, num_classes=num_classes)
+        self.pretrained_cfg = dict(PRETRAINED_CFG, num_classes=num_classes, architecture=f"cifar_resnet{depth}")
         self.conv1 = nn.Conv2d(in_chans, 16, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         in_planes = 16
