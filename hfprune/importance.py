@@ -8,7 +8,7 @@ element; `structures` reduces them to blocks, heads or channels.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar, Protocol
 
 import torch
 from torch import Tensor
@@ -17,9 +17,25 @@ from .errors import ConfigError
 from .registry import Registry, SerializableComponent
 
 
-if TYPE_CHECKING:
-    from .channels import ChannelStatistics
-    from .structured import UnitStatistics
+class UnitStats(Protocol):
+    """What one-shot head/neuron scoring gathers on demand (`hfprune.structured.UnitStatistics` implements it);
+    each result is ``{kind: [layers, units]}``."""
+
+    def weight_norms(self, p: int) -> dict[str, Tensor]: ...
+    def random(self) -> dict[str, Tensor]: ...
+    def mask_gradient_sums(self) -> dict[str, Tensor]: ...
+    def mask_gradient_squares(self) -> dict[str, Tensor]: ...
+
+
+class ChannelStats(Protocol):
+    """What CNN channel scoring gathers on demand (`hfprune.channels.ChannelStatistics` implements it); each result
+    is one score per output channel of each group."""
+
+    def weight_norms(self, p: int) -> dict[str, Tensor]: ...
+    def bn_scales(self) -> dict[str, Tensor]: ...
+    def random(self) -> dict[str, Tensor]: ...
+    def nonzero_rates(self) -> dict[str, Tensor]: ...
+    def gradient_weight_products(self) -> dict[str, Tensor]: ...
 
 
 IMPORTANCES: Registry[Importance] = Registry("importance")
@@ -63,7 +79,7 @@ class Importance(SerializableComponent):
         """Elementwise scores, same shape as ``weight``; larger means more important."""
         raise TypeError(f"{type(self).__name__} must implement score()")
 
-    def unit_scores(self, stats: UnitStatistics) -> dict[str, Tensor]:
+    def unit_scores(self, stats: UnitStats) -> dict[str, Tensor]:
         """One-shot scores of every head and neuron (``{kind: [layers, units]}``) from what `needs` gathered."""
         raise ConfigError(unsupported_pair_message(self, "heads_and_neurons"))
 
@@ -71,7 +87,7 @@ class Importance(SerializableComponent):
         """Whether one-shot unit scoring should also gather each layer's per-example gradient products."""
         return False
 
-    def channel_scores(self, stats: ChannelStatistics) -> dict[str, Tensor]:
+    def channel_scores(self, stats: ChannelStats) -> dict[str, Tensor]:
         """One score per output channel of each CNN channel group, from what `needs` gathered."""
         raise ConfigError(unsupported_pair_message(self, "channels"))
 
@@ -108,10 +124,10 @@ class MagnitudeImportance(Importance):
     def score(self, state: dict[str, Tensor], weight: Tensor) -> Tensor:
         return weight.detach().abs().float().pow(self.p)
 
-    def channel_scores(self, stats: ChannelStatistics) -> dict[str, Tensor]:
+    def channel_scores(self, stats: ChannelStats) -> dict[str, Tensor]:
         return stats.weight_norms(self.p)
 
-    def unit_scores(self, stats: UnitStatistics) -> dict[str, Tensor]:
+    def unit_scores(self, stats: UnitStats) -> dict[str, Tensor]:
         # A unit's magnitude is that of every weight it owns (query/key/value rows and output columns of a head).
         return stats.weight_norms(self.p)
 
@@ -141,10 +157,10 @@ class RandomImportance(Importance):
     def score(self, state: dict[str, Tensor], weight: Tensor) -> Tensor:
         return state["scores"]
 
-    def unit_scores(self, stats: UnitStatistics) -> dict[str, Tensor]:
+    def unit_scores(self, stats: UnitStats) -> dict[str, Tensor]:
         return stats.random()
 
-    def channel_scores(self, stats: ChannelStatistics) -> dict[str, Tensor]:
+    def channel_scores(self, stats: ChannelStats) -> dict[str, Tensor]:
         return stats.random()
 
 
@@ -163,11 +179,11 @@ class TaylorImportance(Importance):
     def init_state(self, weight: Tensor, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         return {"sum": torch.zeros_like(weight, dtype=torch.float32), "count": torch.zeros((), dtype=torch.long)}
 
-    def unit_scores(self, stats: UnitStatistics) -> dict[str, Tensor]:
+    def unit_scores(self, stats: UnitStats) -> dict[str, Tensor]:
         # First-order loss change of removing the unit, accumulated over the data.
         return {kind: total.abs() for kind, total in stats.mask_gradient_sums().items()}
 
-    def channel_scores(self, stats: ChannelStatistics) -> dict[str, Tensor]:
+    def channel_scores(self, stats: ChannelStats) -> dict[str, Tensor]:
         return stats.gradient_weight_products()
 
     def update(self, state: dict[str, Tensor], weight: Tensor, grad: Tensor) -> None:
@@ -284,7 +300,7 @@ class FisherImportance(Importance):
     supported_structures: ClassVar[tuple[str, ...]] = UNIT_STRUCTURES
     rearrange: bool = True
 
-    def unit_scores(self, stats: UnitStatistics) -> dict[str, Tensor]:
+    def unit_scores(self, stats: UnitStats) -> dict[str, Tensor]:
         return stats.mask_gradient_squares()
 
     def wants_unit_interactions(self) -> bool:
@@ -310,7 +326,7 @@ class BNScaleImportance(Importance):
     def score(self, state: dict[str, Tensor], weight: Tensor) -> Tensor:
         raise ConfigError("bn_scale scores CNN channels: use structure='channels'.")
 
-    def channel_scores(self, stats: ChannelStatistics) -> dict[str, Tensor]:
+    def channel_scores(self, stats: ChannelStats) -> dict[str, Tensor]:
         return stats.bn_scales()
 
 
@@ -328,7 +344,7 @@ class APoZImportance(Importance):
     def score(self, state: dict[str, Tensor], weight: Tensor) -> Tensor:
         raise ConfigError("apoz scores CNN channels: use structure='channels'.")
 
-    def channel_scores(self, stats: ChannelStatistics) -> dict[str, Tensor]:
+    def channel_scores(self, stats: ChannelStats) -> dict[str, Tensor]:
         return stats.nonzero_rates()
 
 

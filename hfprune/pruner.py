@@ -19,7 +19,7 @@ from .calibration import initial_loss_scale, scaled_backward
 from .config import PruningConfig
 from .errors import ConfigError, MissingDataError, NoPrunableModulesError
 from .masks import find_mask, get_raw_weight, merge_masks_, remove_mask_, set_mask_
-from .selection import select_global, select_local
+from .selection import round_count, select_global, select_local
 from .structures import Channels, EncoderUnits
 from .targets import require_real_weights, resolve_overrides, resolve_targets
 
@@ -339,14 +339,12 @@ class Pruner:
 
     def _fix_unit_counts(self, keep: dict[str, Tensor], unit_scores: dict[str, Tensor]) -> dict[str, Tensor]:
         """Round kept neurons per layer to ``round_to``, and never remove the last attention head of the model."""
-        from .structured import _round_count
-
         round_to = self.config.structure.round_to  # type: ignore[union-attr]
         for name, (kind, _) in self.units.items():
             count = int(keep[name].sum())
             width = keep[name].numel()
             if kind == "neurons" and round_to > 1:
-                rounded = _round_count(count, width, round_to)
+                rounded = round_count(count, width, round_to)
                 if rounded != count:
                     keep[name] = select_local(unit_scores[name], 1.0 - rounded / width)
         heads = [name for name, (kind, _) in self.units.items() if kind == "heads"]

@@ -17,6 +17,14 @@ def num_to_prune(num_units: int, sparsity: float) -> int:
     return min(num_units, int(round(sparsity * num_units)))
 
 
+def round_count(count: int, total: int, multiple: int) -> int:
+    """``count`` kept units rounded to the nearest multiple of ``multiple`` (at least one multiple, at most
+    ``total``); 0 stays 0 (a layer that keeps nothing is skipped, not rounded up)."""
+    if multiple <= 1 or count == 0:
+        return count
+    return min(total, max(multiple, int(round(count / multiple)) * multiple))
+
+
 def _keep_all_but_lowest(scores: Tensor, k: int) -> Tensor:
     keep = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
     if k > 0:

@@ -21,6 +21,7 @@ from .compaction import PlanMismatchError, PruningPlan, encoder_structure
 from .config import PruningConfig
 from .errors import ConfigError, MissingDataError
 from .masks import set_mask_
+from .selection import round_count
 from .shrink import UnitGroup, unit_mask
 from .structures import ColumnGroups, EncoderUnits
 from .targets import require_real_weights
@@ -403,12 +404,6 @@ def score_units(
 
 
 # ------------------------------------------------------------------------------------------------------ selection
-def _round_count(count: int, total: int, multiple: int) -> int:
-    if multiple <= 1 or count == 0:
-        return count
-    return min(total, max(multiple, int(round(count / multiple)) * multiple))
-
-
 def _top(scores: Tensor, count: int) -> list[int]:
     if count <= 0:
         return []
@@ -522,7 +517,7 @@ def select_units(scores: dict[str, Tensor], config: PruningConfig, dims: Encoder
                 kept[kind] = [_top(scores[kind][layer], count) for layer in range(dims.num_layers)]
     if structure.round_to > 1 and "neurons" in kinds:
         kept["neurons"] = [
-            _top(scores["neurons"][layer], _round_count(len(layer_kept), widths["neurons"], structure.round_to))
+            _top(scores["neurons"][layer], round_count(len(layer_kept), widths["neurons"], structure.round_to))
             for layer, layer_kept in enumerate(kept["neurons"])
         ]
     if "heads" in kinds and not any(kept["heads"]):
