@@ -29,8 +29,30 @@ class PlanMismatchError(HfPruneError, ValueError):
     """A `PruningPlan` does not fit the model it is applied to."""
 
 
+class PlanFile:
+    """Reading and writing ``pruning_plan.json``, shared by both kinds of plan (each defines its ``from_dict``)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        path = Path(directory) / PLAN_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> Any:
+        path = Path(directory) / PLAN_NAME
+        if not path.is_file():
+            raise PlanMismatchError(f"No {PLAN_NAME} in {directory}: it is not a structurally pruned hfprune model.")
+        try:
+            return cls.from_dict(read_plan_json(path))  # type: ignore[attr-defined]
+        except PlanMismatchError as err:
+            raise PlanMismatchError(f"{path}: {err}") from err
+
+
 @dataclass
-class PruningPlan:
+class PruningPlan(PlanFile):
     """Kept attention heads and FFN neurons of every encoder layer, as indices into the original model.
 
     Args:
@@ -153,9 +175,6 @@ class PruningPlan:
             "neurons": sum(map(len, self.neurons)) / (self.intermediate_size * self.num_layers),
         }
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruningPlan:
         """Build and validate a plan from `to_dict`'s output (e.g. parsed ``pruning_plan.json``).
@@ -180,20 +199,6 @@ class PruningPlan:
         known = set(cls.__dataclass_fields__)
         return cls(**{key: value for key, value in data.items() if key in known})
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        path = Path(directory) / PLAN_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        return path
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> PruningPlan:
-        path = Path(directory) / PLAN_NAME
-        if not path.is_file():
-            raise PlanMismatchError(f"No {PLAN_NAME} in {directory}: it is not a structurally pruned hfprune model.")
-        try:
-            return cls.from_dict(read_plan_json(path))
-        except PlanMismatchError as err:
-            raise PlanMismatchError(f"{path}: {err}") from err
 
 
 def read_plan_json(path: Path) -> Any:
@@ -251,7 +256,7 @@ CHANNEL_PLAN_VERSION = 1
 
 
 @dataclass
-class ChannelPlan:
+class ChannelPlan(PlanFile):
     """Kept output channels of each prunable group, keyed by the group's root convolution.
 
     Args:
@@ -303,9 +308,6 @@ class ChannelPlan:
                 )
             self.kept[name] = indices
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ChannelPlan:
         """Build and validate a plan from `to_dict`'s output (e.g. parsed ``pruning_plan.json``).
@@ -328,21 +330,6 @@ class ChannelPlan:
         if missing:
             raise PlanMismatchError(f"The channel plan lacks the fields {missing} (it has {sorted(data)}).")
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        path = Path(directory) / PLAN_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        return path
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> ChannelPlan:
-        path = Path(directory) / PLAN_NAME
-        if not path.is_file():
-            raise PlanMismatchError(f"No {PLAN_NAME} in {directory}.")
-        try:
-            return cls.from_dict(read_plan_json(path))
-        except PlanMismatchError as err:
-            raise PlanMismatchError(f"{path}: {err}") from err
 
 
 def plan_from_dict(data: Any) -> PruningPlan | ChannelPlan:

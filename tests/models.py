@@ -60,17 +60,10 @@ class NoWeights(nn.Module):
 
 def tiny_encoder(model_type: str, num_labels: int = 2):
     """A tiny sequence classifier of any BERT-family architecture hfprune supports (2 layers, 4 heads, FFN 37)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
-    if model_type == "distilbert":
-        sizes = dict(dim=32, n_layers=2, n_heads=4, hidden_dim=37)
-    else:
-        sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
-    if model_type == "electra":
-        sizes["embedding_size"] = 32
-    config = AutoConfig.for_model(
-        model_type, vocab_size=100, max_position_embeddings=64, num_labels=num_labels, pad_token_id=1, **sizes
-    )
+    config = _bert_family_config(model_type)
+    config.num_labels = num_labels
     torch.manual_seed(0)
     return AutoModelForSequenceClassification.from_config(config).eval()
 
