@@ -139,6 +139,10 @@ def step_overhead(args: argparse.Namespace, steps: int = 30, rounds: int = 3) ->
         "movement": PruningConfig(importance={"type": "movement", "update_every": 10}, sparsity=0.9,
                                   schedule=CubicSchedule(start_step=0, end_step=2 * steps, every=10)),
         "magnitude": PruningConfig(sparsity=0.9, schedule=CubicSchedule(start_step=0, end_step=2 * steps, every=10)),
+        # Heads and FFN neurons through the adapter's unit groups (one score per unit, masks on the consumers).
+        "group_movement": PruningConfig(importance={"type": "movement", "update_every": 10},
+                                        structure="heads_and_neurons", sparsity=0.5,
+                                        schedule=CubicSchedule(start_step=0, end_step=2 * steps, every=10)),
     }  # fmt: skip
     variants = {
         "trainer": lambda m, t: Trainer(model=m, args=training, train_dataset=train, callbacks=[t],
@@ -147,6 +151,8 @@ def step_overhead(args: argparse.Namespace, steps: int = 30, rounds: int = 3) ->
             callbacks=[t], data_collator=DataCollatorWithPadding(tokenizer), pruning_config=pruning["magnitude"]),
         "pruning_trainer_movement": lambda m, t: PruningTrainer(model=m, args=training, train_dataset=train,
             callbacks=[t], data_collator=DataCollatorWithPadding(tokenizer), pruning_config=pruning["movement"]),
+        "pruning_trainer_group_movement": lambda m, t: PruningTrainer(model=m, args=training, train_dataset=train,
+            callbacks=[t], data_collator=DataCollatorWithPadding(tokenizer), pruning_config=pruning["group_movement"]),
         "trainer_distillation": lambda m, t: PruningTrainer(model=m, args=training, train_dataset=train,
             callbacks=[t], data_collator=DataCollatorWithPadding(tokenizer), teacher_model=teacher),
         "pruning_trainer_movement_distillation": lambda m, t: PruningTrainer(model=m, args=training,
@@ -164,6 +170,7 @@ def step_overhead(args: argparse.Namespace, steps: int = 30, rounds: int = 3) ->
         "median_step_s": medians,
         "ratio_pruning_magnitude_vs_trainer": medians["pruning_trainer_magnitude"] / medians["trainer"],
         "ratio_pruning_movement_vs_trainer": medians["pruning_trainer_movement"] / medians["trainer"],
+        "ratio_group_movement_vs_trainer": medians["pruning_trainer_group_movement"] / medians["trainer"],
         "ratio_movement_distillation_vs_distillation": (
             medians["pruning_trainer_movement_distillation"] / medians["trainer_distillation"]
         ),

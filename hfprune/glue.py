@@ -524,7 +524,7 @@ def evaluate_glue(
     task: str | GlueTask,
     data_dir: str | os.PathLike | None = None,
     *,
-    batch_size: int = 64,
+    batch_size: int = 32,
     max_length: int = 128,
 ) -> dict[str, dict[str, float]]:
     """Metrics of ``model`` on every evaluation split of ``task``: ``{"validation": {"accuracy": ...}}``.

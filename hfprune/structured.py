@@ -348,7 +348,7 @@ class UnitStatistics:
 
 #: Tokens per backward pass in one-shot unit scoring; longer calibration batches are split (same gradients, as
 #: the model is in eval mode, and a fraction of the activation memory).
-MAX_TOKENS_PER_BACKWARD = 1024
+MAX_TOKENS_PER_BACKWARD = 512
 
 
 def token_chunks(batch: Any, max_tokens: int | None) -> Iterator[tuple[Any, float]]:
