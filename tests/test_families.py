@@ -193,3 +193,19 @@ def test_plan_written_for_another_family():
     bert_plan = PruningPlan.dense(family_model("bert"))
     with pytest.raises(PlanMismatchError, match="plan is for a bert"):
         compact_(family_model("modernbert"), bert_plan)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_report_counts_fewer_flops_after_compaction(case):
+    from hfprune import report
+
+    model = family_model(case)
+    before = report(model, measure_latency=False)
+    plan = PruningPlan.dense(model)
+    plan.heads = [[0] for _ in range(plan.num_layers)]
+    plan.neurons = [list(range(5)) for _ in range(plan.num_layers)]
+    compact_(model, PruningPlan.from_dict(plan.to_dict()))
+    after = report(model, measure_latency=False)
+    assert before.flops and after.flops and after.flops < before.flops
+    assert after.total_params < before.total_params
+    assert after.prunable_params < before.prunable_params  # the adapter's default targets follow the shrunk layers

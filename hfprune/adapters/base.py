@@ -93,7 +93,7 @@ class EncoderAdapter(ArchAdapter):
     Args:
         model_types (`tuple[str, ...]`): ``config.model_type`` values.
         default_target_modules (`str`): Full-match regex of the linear layers unstructured pruning targets.
-        layers (`str`): Name (or suffix of the name) of the ``nn.ModuleList`` of encoder layers.
+        layers_path (`str`): Name (or suffix of the name) of the ``nn.ModuleList`` of encoder layers.
         heads (`UnitGroup`): Where a head lives, relative to a layer (``unit_size`` is filled in per model; an
             attribute value of `UNIT_SIZE` means "the head size").
         neurons (`UnitGroup`): Where an FFN neuron lives.
@@ -119,6 +119,8 @@ class EncoderAdapter(ArchAdapter):
     attention_products: int = 2
     unit_kinds: tuple[str, ...] = ("heads", "neurons")
     neurons_config_attribute: str = "intermediate_size"
+    #: Position embeddings reserved before the first token (RoBERTa-style models count from padding_idx + 1).
+    reserved_positions: int = 0
 
     def head_size(self, config: Any) -> int:
         """Size of one head, from the config (``head_dim`` or ``attention_head_size`` where the family sets it)."""
@@ -185,7 +187,7 @@ class EncoderAdapter(ArchAdapter):
         return flops + 2 * products * seq_len * seq_len * group.unit_size
 
     def example_inputs(self, model: nn.Module, batch_size: int = 1, seq_len: int = 128) -> dict[str, Any]:
-        return text_example_inputs(model, batch_size, seq_len)
+        return text_example_inputs(model, batch_size, seq_len, reserved_positions=self.reserved_positions)
 
 
 def unit_weight_count(group: UnitGroup, layer: nn.Module) -> int:
@@ -275,13 +277,18 @@ def encoder_structure(model: nn.Module) -> tuple[ArchAdapter, nn.ModuleList, dic
     return adapter, adapter.layers(model), adapter.unit_groups(model)
 
 
-def text_example_inputs(model: nn.Module, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
+def text_example_inputs(
+    model: nn.Module, batch_size: int, seq_len: int, reserved_positions: int = 0
+) -> dict[str, torch.Tensor]:
     """Random token ids within the model's vocabulary and a full attention mask.
 
-    ``seq_len`` is capped at the model's ``max_position_embeddings`` (small test models have short ones).
+    ``seq_len`` is capped at the positions the model has, ``max_position_embeddings`` less the
+    ``reserved_positions`` its family keeps before the first token (small test models have few).
     """
     config = model.config  # type: ignore[attr-defined]
-    seq_len = min(seq_len, getattr(config, "max_position_embeddings", seq_len))
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None:
+        seq_len = min(seq_len, positions - reserved_positions)
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=generator)
     device = next(model.parameters()).device

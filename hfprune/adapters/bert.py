@@ -6,13 +6,15 @@ them is the data below.
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..shrink import ParamSlice, UnitGroup
 from .base import UNIT_SIZE, EncoderAdapter, register_adapter
 
 
 BERT = register_adapter(
     EncoderAdapter(
-        model_types=("bert", "roberta", "xlm-roberta", "electra", "camembert"),
+        model_types=("bert", "electra"),
         default_target_modules=(
             r"(.*\.)?encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense"
             r"|intermediate\.dense|output\.dense)"
@@ -38,6 +40,11 @@ BERT = register_adapter(
         attention_stream="attention.output.LayerNorm",
         ffn_stream="output.LayerNorm",
     )
+)
+
+# RoBERTa-style models: the same layout; their positions start after padding_idx (two fewer usable positions).
+ROBERTA = register_adapter(
+    dataclasses.replace(BERT, model_types=("roberta", "xlm-roberta", "camembert"), reserved_positions=2)
 )
 
 DISTILBERT = register_adapter(
