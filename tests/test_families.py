@@ -209,3 +209,15 @@ def test_report_counts_fewer_flops_after_compaction(case):
     assert before.flops and after.flops and after.flops < before.flops
     assert after.total_params < before.total_params
     assert after.prunable_params < before.prunable_params  # the adapter's default targets follow the shrunk layers
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_unstructured_defaults_target_every_encoder_linear(case):
+    from hfprune import prune_
+
+    model = family_model(case)
+    layers = get_encoder_adapter(model).layers(model)
+    linears = [m for m in layers.modules() if isinstance(m, torch.nn.Linear)]
+    prune_(model, PruningConfig(sparsity=0.5))
+    zeros = sum(int((m.weight == 0).sum()) for m in linears)
+    assert zeros == pytest.approx(0.5 * sum(m.weight.numel() for m in linears), abs=len(linears))
