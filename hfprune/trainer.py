@@ -7,6 +7,7 @@ is a constructor argument.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -285,6 +286,21 @@ class PruningTrainer(Trainer):
             folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             write_pruner_state(self.pruner, folder)
         super()._save_checkpoint(model, trial)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        # Checkpoints are read back by this trainer's resume, key by key (parametrized, masked weights included),
+        # so they are written under the names the modules have. transformers 5 would otherwise convert them back
+        # to an older layout (ViT's attention.attention.query for attention.q_proj), which the resume does not
+        # convert forward again: the weights would silently not load.
+        models = {id(m): m for m in (self.model, self.accelerator.unwrap_model(self.model, keep_torch_compile=False))}
+        patched = [m for m in models.values() if hasattr(m, "save_pretrained")]
+        for model in patched:
+            model.save_pretrained = functools.partial(type(model).save_pretrained, model, save_original_format=False)
+        try:
+            super()._save(output_dir, state_dict)
+        finally:
+            for model in patched:
+                model.__dict__.pop("save_pretrained", None)
 
     # --------------------------------------------------------------------------------------------- resume
     def _resolve_checkpoint(self, resume_from_checkpoint: str | bool) -> str:

@@ -221,3 +221,56 @@ def test_unstructured_defaults_target_every_encoder_linear(case):
     prune_(model, PruningConfig(sparsity=0.5))
     zeros = sum(int((m.weight == 0).sum()) for m in linears)
     assert zeros == pytest.approx(0.5 * sum(m.weight.numel() for m in linears), abs=len(linears))
+
+
+def _training_set(model, size: int = 24):
+    from datasets import Dataset
+
+    batch = family_batch(model, batch_size=size, seed=7)
+    return Dataset.from_dict({key: value.tolist() for key, value in batch.items()}).with_format("torch")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_trainer_with_group_movement_and_distillation_resumes_with_the_same_masks(case, tmp_path):
+    """PruningTrainer (group movement on heads and neurons, KD from the dense model), interrupted after a checkpoint
+    and resumed, ends with the masks, scores and plan of an uninterrupted run."""
+    from transformers import TrainingArguments
+
+    from hfprune import CubicSchedule, PruningTrainer
+    from hfprune.importance import MovementImportance
+
+    from .test_trainer import _InterruptAt
+
+    def student():
+        model = family_model(case)
+        model.config.hidden_dropout_prob = 0.0
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        return model
+
+    def args(folder, **extra):
+        settings = dict(output_dir=str(tmp_path / folder), per_device_train_batch_size=4, max_steps=6, use_cpu=True,
+                        report_to=[], seed=0, disable_tqdm=True, logging_steps=3, save_strategy="no")  # fmt: skip
+        return TrainingArguments(**{**settings, **extra})
+
+    config = PruningConfig(importance=MovementImportance(update_every=1), structure="heads_and_neurons",
+                           sparsity=0.5, schedule=CubicSchedule(end_step=6, every=1))  # fmt: skip
+    teacher = family_model(case)
+    data = _training_set(teacher)
+    full = PruningTrainer(model=student(), args=args("full"), train_dataset=data, pruning_config=config,
+                          teacher_model=teacher)  # fmt: skip
+    full.train()
+    cut = args("cut", save_strategy="steps", save_steps=3)
+    PruningTrainer(model=student(), args=cut, train_dataset=data, pruning_config=config, teacher_model=teacher,
+                   callbacks=[_InterruptAt(3)]).train()  # fmt: skip
+    resumed = PruningTrainer(model=student(), args=cut, train_dataset=data, pruning_config=config,
+                             teacher_model=teacher)  # fmt: skip
+    resumed.train(resume_from_checkpoint=str(tmp_path / "cut" / "checkpoint-3"))
+    assert resumed.pruner.plan().heads == full.pruner.plan().heads
+    assert resumed.pruner.plan().neurons == full.pruner.plan().neurons
+    for name, mask in full.pruner.masks().items():
+        assert torch.equal(resumed.pruner.masks()[name], mask), name
+    for name, scores in full.pruner.named_score_parameters().items():
+        torch.testing.assert_close(resumed.pruner.named_score_parameters()[name], scores)
+    assert "kd_loss" in [entry for entry in full.state.log_history if "loss" in entry][-1]
