@@ -113,7 +113,8 @@ def load_operating_points(paths: str | os.PathLike | Iterable[str | os.PathLike]
 
     Args:
         paths (`str`, `os.PathLike` or an iterable of them): Result files, or folders whose ``*.json`` files are
-            all read.
+            read. In a folder, results without accuracy points (memory, step-time benchmarks) are skipped; a file
+            named on its own must have one of the formats above.
 
     Returns:
         `list[OperatingPoint]`: Per file, the dense point first, then every method in file order.
@@ -125,9 +126,12 @@ def load_operating_points(paths: str | os.PathLike | Iterable[str | os.PathLike]
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     files: list[Path] = []
+    in_folders: set[Path] = set()
     for path in map(Path, paths):
         if path.is_dir():
-            files += sorted(path.glob("*.json"))
+            found = sorted(path.glob("*.json"))
+            files += found
+            in_folders.update(found)
         elif path.is_file():
             files.append(path)
         else:
@@ -140,8 +144,19 @@ def load_operating_points(paths: str | os.PathLike | Iterable[str | os.PathLike]
             data = json.loads(path.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ConfigError(f"{path} is not a JSON benchmark result: {err}") from err
+        if path in in_folders and not _has_accuracy_format(data):
+            continue
         points += _parse_result(path, data)
     return points
+
+
+def _has_accuracy_format(data: Any) -> bool:
+    """Whether ``data`` is one of the accuracy-vs-cost formats `_parse_result` reads."""
+    if not isinstance(data, Mapping):
+        return False
+    variants, methods = data.get("variants"), data.get("methods")
+    return (_entries_have(variants, "dev_accuracy") or _entries_have(variants, "top1_finetuned")
+            or _entries_have(variants, "eval") or _entries_have(methods, "dev_accuracy"))  # fmt: skip
 
 
 def _parse_result(path: Path, data: Any) -> list[OperatingPoint]:

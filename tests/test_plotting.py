@@ -83,6 +83,9 @@ def test_known_values_are_read_from_the_right_keys():
 def test_folder_loads_every_result_file():
     points = load_operating_points(RESULTS)
     assert {point.benchmark for point in points} == {Path(name).stem for name in RESULT_FILES}
+    # Memory and step-time results in the same folder have no accuracy points: skipped there, refused by name.
+    with pytest.raises(ConfigError, match="unknown benchmark result format"):
+        load_operating_points(RESULTS / "retraining_free_memory.json")
 
 
 def test_unknown_format_names_the_file_and_the_expected_keys(tmp_path):
