@@ -259,8 +259,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
             raise ConfigError(f"{model_path} has no tokenizer; calibration data cannot be tokenized.")
         batches = glue_calibration_batches(args.task, args.data_dir, tokenizer, args.num_calibration,
                                            max_seq_length=args.max_seq_length)  # fmt: skip
-    start = time.perf_counter()
     plan = None
+    dense = None if structured else copy.deepcopy(model)
+    start = time.perf_counter()
     if structured:
         plan = plan_structured(model, config, batches)
         # The dense copy (for reconstruction and the before/after report) is made after scoring, whose backward
@@ -270,7 +271,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
         if config.importance.additive_unit_scores and args.reconstruct:  # type: ignore[union-attr]
             reconstruct_(model, dense, batches)  # type: ignore[arg-type]
     else:
-        dense = copy.deepcopy(model)
         prune_(model, config, batches)
     pruning_seconds = time.perf_counter() - start
     from .adapters import get_adapter
