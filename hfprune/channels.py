@@ -236,7 +236,7 @@ def score_channels(
 ) -> dict[str, Tensor]:
     """One score per output channel of each group (higher = keep)."""
     importance = config.importance
-    if importance.needs in ("gradients", "per_example_gradients", "activations") and dataloader is None:  # type: ignore
+    if importance.needs_data and dataloader is None:  # type: ignore[union-attr]
         raise MissingDataError(
             f"Importance {importance.registered_name!r} is measured on data: pass a dataloader of (images, labels) "  # type: ignore
             "batches."

@@ -233,7 +233,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if isinstance(config.structure, EncoderUnits):
         _structure_support(model_path, config)
     structured = isinstance(config.structure, EncoderUnits)
-    needs_data = config.importance.requires_grad  # type: ignore[union-attr]
+    needs_data = config.importance.needs_data  # type: ignore[union-attr]
     if config.importance.learned:  # type: ignore[union-attr]
         raise ConfigError(f"--method {config.importance.registered_name} learns scores during training: use `hfprune "  # type: ignore
                           "train` / scripts/run_glue.py, not one-shot pruning.")  # fmt: skip

@@ -612,7 +612,7 @@ def load_pruned(directory: str | os.PathLike, **model_kwargs: Any) -> nn.Module:
             raise ConfigError(
                 f"{directory} is a channel-pruned CNN; it takes no model options ({sorted(model_kwargs)})."
             )
-        return load_channel_pruned(directory)
+        return _load_channel_folder(directory, plan)
     config = transformers.AutoConfig.from_pretrained(directory)
     if plan is None:
         plan = PruningPlan.from_config(config)  # saved by transformers' save_pretrained/push_to_hub
@@ -715,9 +715,13 @@ def save_channel_pruned(
 
 def load_channel_pruned(directory: str | os.PathLike) -> nn.Module:
     """Rebuild a channel-pruned CNN from a folder or a Hub id: base architecture -> plan -> weights. No pickles."""
+    return _load_channel_folder(local_folder(directory))
+
+
+def _load_channel_folder(directory: Path, plan: ChannelPlan | None = None) -> nn.Module:
+    """`load_channel_pruned` of a local folder; ``plan`` when it is already read."""
     from .channels import apply_channel_plan_, create_base_model
 
-    directory = local_folder(directory)
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise HfPruneError(f"{config_path} is missing.")
@@ -731,7 +735,7 @@ def load_channel_pruned(directory: str | os.PathLike) -> nn.Module:
         raise HfPruneError(
             f"{config_path} lacks {missing}: it was not written by hfprune's save_channel_pruned (or was edited)."
         )
-    plan = ChannelPlan.from_pretrained(directory)
+    plan = plan if plan is not None else ChannelPlan.from_pretrained(directory)
     weights = directory / "model.safetensors"
     if not weights.is_file():
         raise HfPruneError(f"{weights} is missing.")

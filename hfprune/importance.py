@@ -42,6 +42,10 @@ IMPORTANCES: Registry[Importance] = Registry("importance")
 
 #: What a criterion needs from a run, hence what the engines gather for it (and which data it requires).
 NEEDS = ("weights", "seed", "gradients", "per_example_gradients", "activations", "learned_scores")
+#: Needs only calibration (or training) data can meet.
+DATA_NEEDS = ("gradients", "per_example_gradients", "activations")
+#: Needs met by backward passes.
+GRADIENT_NEEDS = ("gradients", "per_example_gradients", "learned_scores")
 
 #: Structure names, grouped by the engine that runs them: per-tensor masks (`Pruner`), encoder units (heads and
 #: FFN neurons) and CNN channels.
@@ -54,12 +58,12 @@ CHANNEL_STRUCTURES = ("channels",)
 class Importance(SerializableComponent):
     """Base class of importance criteria.
 
-    Subclasses set `requires_grad` (whether `update` needs gradients, hence data) and implement `score`.
+    Subclasses set `needs` (from which `requires_grad` and `needs_data` follow) and implement `score` and the
+    `unit_scores`/`channel_scores` of the structures they support.
     """
 
     #: What scoring needs (one of `NEEDS`): the engines gather exactly this, and refuse to run without the data.
     needs: ClassVar[str] = "weights"
-    requires_grad: ClassVar[bool] = False
     #: Scores are trainable parameters (movement pruning) rather than statistics.
     learned: ClassVar[bool] = False
     #: The unit scores are additive estimates of the loss increase, so a budget is met by Kwon et al.'s mask
@@ -67,6 +71,16 @@ class Importance(SerializableComponent):
     additive_unit_scores: ClassVar[bool] = False
     #: Structures some engine scores with this criterion; `PruningConfig` refuses any other pairing.
     supported_structures: ClassVar[tuple[str, ...]] = PER_TENSOR_STRUCTURES + UNIT_STRUCTURES + CHANNEL_STRUCTURES
+
+    @property
+    def requires_grad(self) -> bool:
+        """Whether scoring needs backward passes (call `Pruner.accumulate` after each one)."""
+        return self.needs in GRADIENT_NEEDS
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether scoring needs calibration batches (one-shot pruning refuses to run without them)."""
+        return self.needs in DATA_NEEDS
 
     def init_state(self, weight: Tensor, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Per-tensor state (accumulators, fixed random draws); empty for stateless criteria."""
@@ -174,7 +188,6 @@ class TaylorImportance(Importance):
     """
 
     needs: ClassVar[str] = "gradients"
-    requires_grad: ClassVar[bool] = True
 
     def init_state(self, weight: Tensor, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         return {"sum": torch.zeros_like(weight, dtype=torch.float32), "count": torch.zeros((), dtype=torch.long)}
@@ -217,7 +230,6 @@ class MovementImportance(Importance):
 
     needs: ClassVar[str] = "learned_scores"
     learned: ClassVar[bool] = True
-    requires_grad: ClassVar[bool] = True
     # Learned scores live in masks, which channel pruning (a one-shot dependency-graph plan) does not have.
     supported_structures: ClassVar[tuple[str, ...]] = PER_TENSOR_STRUCTURES + UNIT_STRUCTURES
 
@@ -295,7 +307,6 @@ class FisherImportance(Importance):
     """
 
     needs: ClassVar[str] = "per_example_gradients"
-    requires_grad: ClassVar[bool] = True
     additive_unit_scores: ClassVar[bool] = True
     supported_structures: ClassVar[tuple[str, ...]] = UNIT_STRUCTURES
     rearrange: bool = True

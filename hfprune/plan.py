@@ -45,8 +45,9 @@ class PlanFile:
         path = Path(directory) / PLAN_NAME
         if not path.is_file():
             raise PlanMismatchError(f"No {PLAN_NAME} in {directory}: it is not a structurally pruned hfprune model.")
+        data = read_plan_json(path)  # names the file itself when it is not JSON
         try:
-            return cls.from_dict(read_plan_json(path))  # type: ignore[attr-defined]
+            return cls.from_dict(data)  # type: ignore[attr-defined]
         except PlanMismatchError as err:
             raise PlanMismatchError(f"{path}: {err}") from err
 
@@ -349,7 +350,8 @@ def read_plan(directory: str | os.PathLike) -> PruningPlan | ChannelPlan | None:
     path = Path(directory) / PLAN_NAME
     if not path.is_file():
         return None
+    data = read_plan_json(path)  # names the file itself when it is not JSON
     try:
-        return plan_from_dict(read_plan_json(path))
+        return plan_from_dict(data)
     except PlanMismatchError as err:
         raise PlanMismatchError(f"{path}: {err}") from err

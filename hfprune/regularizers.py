@@ -1,11 +1,13 @@
 """Training-time penalties that prepare a model for a pruning criterion, as components the trainer sums.
 
-The trainer knows no method: it adds ``Regularizer.loss(model)`` for each regularizer it is given (and the pruner's
-own penalty on learned scores, `Pruner.regularization_loss`, e.g. soft movement's L1 ramp).
+The trainer knows no method: it binds each regularizer it is given to the model once (`Regularizer.bind`) and adds
+the bound penalty to every training step's loss, as it adds the pruner's own penalty on learned scores
+(`Pruner.regularization_loss`, e.g. soft movement's L1 ramp).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -15,15 +17,14 @@ from .errors import ConfigError
 
 @dataclass(frozen=True)
 class Regularizer:
-    """A penalty added to the training loss. Subclasses set `log_name` and implement `loss`."""
+    """A penalty added to the training loss. Subclasses set `log_name` and implement `bind`."""
 
     #: The key under which the trainer logs the term.
     log_name = "regularizer_loss"
 
-    def check(self, model: nn.Module) -> None:
-        """Refuse a model the penalty cannot apply to (called once, by the trainer)."""
-
-    def loss(self, model: nn.Module) -> Tensor:
+    def bind(self, model: nn.Module) -> Callable[[], Tensor]:
+        """The penalty of ``model``, as a function called every training step; what it needs from the model is
+        found here, once. Refuses a model the penalty cannot apply to."""
         raise NotImplementedError
 
 
@@ -43,13 +44,8 @@ class BatchNormL1(Regularizer):
         if self.weight < 0:
             raise ConfigError(f"bn_l1 must be >= 0; got {self.weight}.")
 
-    def check(self, model: nn.Module) -> None:
-        if self.weight and not _batch_norms(model):
+    def bind(self, model: nn.Module) -> Callable[[], Tensor]:
+        norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
+        if self.weight and not norms:
             raise ConfigError("bn_l1 > 0 penalizes BatchNorm scales, but the model has no BatchNorm layer.")
-
-    def loss(self, model: nn.Module) -> Tensor:
-        return self.weight * sum(norm.weight.abs().sum() for norm in _batch_norms(model))  # type: ignore[return-value]
-
-
-def _batch_norms(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
+        return lambda: self.weight * sum(norm.weight.abs().sum() for norm in norms)  # type: ignore[return-value]

@@ -13,6 +13,7 @@ Kwon et al.'s mask rearrangement lives in `hfprune.structured.rearrange_` and ru
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -46,7 +47,13 @@ def _capture(
         captured["residual"] = inputs[0].detach().float() - captured["output"].float()
         raise _Stop
 
-    handles = [consumer.register_forward_hook(consumer_hook), norm.register_forward_pre_hook(norm_hook)]
+    _forward_until_stop(model, batch, [consumer.register_forward_hook(consumer_hook),
+                                       norm.register_forward_pre_hook(norm_hook)])  # fmt: skip
+    return captured["input"], captured["residual"]
+
+
+def _forward_until_stop(model: nn.Module, batch: dict[str, Tensor], handles: list[Any]) -> None:
+    """Run ``model`` on ``batch`` (labels dropped) until a hook raises `_Stop`; then remove the hooks."""
     try:
         model(**{k: v for k, v in batch.items() if k != "labels"})
     except _Stop:
@@ -54,31 +61,20 @@ def _capture(
     finally:
         for handle in handles:
             handle.remove()
-    return captured["input"], captured["residual"]
 
 
 @torch.no_grad()
-def _dense_streams(dense: nn.Module, names: list[str], batch: dict[str, Tensor]) -> dict[str, Tensor]:
-    """For one batch: the input of each named module (the residual stream after a sublayer) in the dense model.
-    The forward pass stops once every one is captured."""
-    captured: dict[str, Tensor] = {}
-    handles = []
-    for name in names:
+def _dense_stream(dense: nn.Module, name: str, batch: dict[str, Tensor]) -> Tensor:
+    """For one batch: the input of module ``name`` (the residual stream after a sublayer) in the dense model, as
+    ``[tokens, hidden]`` without padding tokens. The forward pass stops there."""
+    captured: list[Tensor] = []
 
-        def hook(_: nn.Module, inputs: tuple[Tensor, ...], name: str = name) -> None:
-            captured[name] = inputs[0].detach()
-            if len(captured) == len(names):
-                raise _Stop
+    def hook(_: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        captured.append(inputs[0].detach())
+        raise _Stop
 
-        handles.append(dense.get_submodule(name).register_forward_pre_hook(hook))
-    try:
-        dense(**{k: v for k, v in batch.items() if k != "labels"})
-    except _Stop:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
-    return captured
+    _forward_until_stop(dense, batch, [dense.get_submodule(name).register_forward_pre_hook(hook)])
+    return _real_tokens(captured[0], batch)
 
 
 def _exact_dtype(device: torch.device) -> torch.dtype:
@@ -144,8 +140,7 @@ def reconstruct_(
         width = group.num_units(layers[sublayer.layer])
         if width == 0:
             continue
-        dense_targets = [_real_tokens(_dense_streams(dense, [dense_sublayer.stream], batch)[dense_sublayer.stream],
-                                      batch) for batch in batches]  # fmt: skip
+        dense_targets = [_dense_stream(dense, dense_sublayer.stream, batch) for batch in batches]
         consumer = pruned.get_submodule(sublayer.consumer)
         norm = pruned.get_submodule(sublayer.stream)
         before, after = _reconstruct_sublayer(consumer, norm, pruned, batches, dense_targets, width, group.unit_size,

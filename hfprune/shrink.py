@@ -13,7 +13,7 @@ columns of the layer that consumes it (the attention output or FFN output projec
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -66,8 +66,6 @@ class UnitGroup:
     attributes: tuple[tuple[str, str, int], ...] = ()
     empty_module: str | None = None
     empty_output: str | None = None
-    #: Free-form facts for costs (e.g. how many sequence-by-sequence products a head makes); not used here.
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -46,20 +46,16 @@ class EncoderDims:
     intermediate_size: int
     model: nn.Module
 
-    @property
-    def head_size(self) -> int:
-        return self.groups["heads"].unit_size
-
     def _seq_len(self, seq_len: int) -> int:
         return self.adapter.sequence_length(self.model, seq_len)
 
     def head_flops(self, seq_len: int) -> int:
         """Forward FLOPs of one head: every weight it owns plus its attention products."""
-        return self.adapter.unit_flops(self.groups["heads"], self.layer, self._seq_len(seq_len))
+        return self.adapter.unit_flops(self.model, self.groups["heads"], self.layer, self._seq_len(seq_len))
 
     def neuron_flops(self, seq_len: int) -> int:
         """Forward FLOPs of one FFN neuron: its rows of the input layer and column of the output layer."""
-        return self.adapter.unit_flops(self.groups["neurons"], self.layer, self._seq_len(seq_len))
+        return self.adapter.unit_flops(self.model, self.groups["neurons"], self.layer, self._seq_len(seq_len))
 
     def total_flops(self, seq_len: int) -> int:
         return int(self.total(self.head_flops(seq_len), self.neuron_flops(seq_len)))
@@ -207,9 +203,8 @@ class UnitStatistics:
         self.num_batches = num_batches
         self.loss_fn = loss_fn
         self.matrices = matrices
-        self.max_tokens: int | None = MAX_TOKENS_PER_BACKWARD
-        _, self.layers, self.groups = encoder_structure(model)
         self.dims = encoder_dims(model)
+        self.layers, self.groups = self.dims.adapter.layers(model), self.dims.groups
 
     @torch.no_grad()
     def weight_norms(self, p: int) -> dict[str, Tensor]:
@@ -301,7 +296,7 @@ class UnitStatistics:
             for batch in self.dataloader:
                 if self.num_batches is not None and seen >= self.num_batches:
                     break
-                for chunk, share in token_chunks(batch, self.max_tokens):
+                for chunk, share in token_chunks(batch, MAX_TOKENS_PER_BACKWARD):
                     scale = self._accumulate(chunk, share, scale, pending, totals, fisher)
                 seen += 1
         finally:
@@ -314,7 +309,6 @@ class UnitStatistics:
         if seen == 0:
             raise MissingDataError("The calibration dataloader yielded no batches.")
         return {kind: value.float() for kind, value in totals.items()}
-
 
     def _accumulate(
         self,
@@ -351,11 +345,11 @@ class UnitStatistics:
 MAX_TOKENS_PER_BACKWARD = 512
 
 
-def token_chunks(batch: Any, max_tokens: int | None) -> Iterator[tuple[Any, float]]:
+def token_chunks(batch: Any, max_tokens: int) -> Iterator[tuple[Any, float]]:
     """``batch`` split along its first dimension into pieces of at most ``max_tokens`` tokens, each with its share
     of the examples. Only dict batches of token ids are split; anything else is one piece."""
     ids = batch.get("input_ids") if isinstance(batch, Mapping) else None
-    if max_tokens is None or not isinstance(ids, Tensor) or ids.dim() != 2 or ids.numel() <= max_tokens:
+    if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.numel() <= max_tokens:
         yield batch, 1.0
         return
     size = ids.shape[0]
@@ -378,10 +372,6 @@ def _input_requires_grad(
     return args, kwargs
 
 
-#: Criteria whose unit scores need calibration batches.
-_NEEDS_DATA = ("gradients", "per_example_gradients", "activations")
-
-
 def score_units(
     model: nn.Module,
     config: PruningConfig,
@@ -394,7 +384,7 @@ def score_units(
     """Importance of every head (``[layers, heads]``) and FFN neuron (``[layers, neurons]``); higher = keep."""
     require_real_weights(model, "score_units")
     importance = config.importance
-    if importance.needs in _NEEDS_DATA and dataloader is None:  # type: ignore[union-attr]
+    if importance.needs_data and dataloader is None:  # type: ignore[union-attr]
         raise MissingDataError(
             f"Importance {importance.registered_name!r} needs gradients: pass a dataloader of labelled "  # type: ignore
             "calibration batches (a few hundred to two thousand examples)."

@@ -190,8 +190,7 @@ class PruningTrainer(Trainer):
         self.distillation_config = distillation_config or (DistillationConfig() if teacher_model is not None else None)
         self.score_learning_rate = float(score_learning_rate)
         self.regularizers = list(regularizers) + ([BatchNormL1(float(bn_l1))] if bn_l1 else [])
-        for regularizer in self.regularizers:
-            regularizer.check(model)
+        self._penalties = [(regularizer.log_name, regularizer.bind(model)) for regularizer in self.regularizers]
         super().__init__(model=model, args=args, callbacks=callbacks, **kwargs)
         self.teacher_model = teacher_model
         if teacher_model is not None:
@@ -252,9 +251,9 @@ class PruningTrainer(Trainer):
                 terms["regularization_loss"] = regularization
                 loss = loss + regularization
         if model.training:
-            for regularizer in self.regularizers:
-                terms[regularizer.log_name] = regularizer.loss(model)
-                loss = loss + terms[regularizer.log_name]
+            for name, penalty in self._penalties:
+                terms[name] = penalty()
+                loss = loss + terms[name]
         if model.training and terms:
             for name, value in terms.items():
                 self._loss_sums[name] += float(value.detach())

@@ -1,6 +1,3 @@
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -8,39 +5,14 @@ import torch
 from hfprune import ConfigError, PruningPlan, compact_
 from hfprune.export import export_plain, export_remote_code
 
-from .models import bert_batch, tiny_bert, tiny_encoder
+from .models import bert_batch, tiny_bert
 
 
 def _inputs():
     return bert_batch(labels=False)
 
 
-@pytest.mark.parametrize("model_type", ["bert", "distilbert"])
-def test_remote_code_folder_loads_without_hfprune(tmp_path, model_type):
-    model = tiny_bert() if model_type == "bert" else tiny_encoder(model_type)
-    plan = PruningPlan.dense(model)
-    plan.heads = [[0, 3], []]
-    plan.neurons = [[1, 2, 3], list(range(20))]
-    plan = PruningPlan.from_dict(plan.to_dict())
-    compact_(model, plan)
-    expected = model(**_inputs()).logits
-    export_remote_code(model, plan, tmp_path / "export")
-    torch.save(_inputs(), tmp_path / "inputs.pt")
-    torch.save(expected, tmp_path / "expected.pt")
-    # A fresh interpreter in which importing hfprune fails: only transformers and the folder's own code are used.
-    script = textwrap.dedent(f"""
-        import sys, torch
-        sys.modules["hfprune"] = None
-        from transformers import AutoModelForSequenceClassification
-        model = AutoModelForSequenceClassification.from_pretrained({str(tmp_path / "export")!r},
-                                                                   trust_remote_code=True).eval()
-        out = model(**torch.load({str(tmp_path / "inputs.pt")!r})).logits
-        torch.testing.assert_close(out, torch.load({str(tmp_path / "expected.pt")!r}))
-        print("ok", type(model).__name__)
-    """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert f"ok Hfpruned{type(model).__name__}" in result.stdout
+# The remote-code folder of every family loading without hfprune: tests/test_families.py.
 
 
 def test_plain_export_when_widths_are_uniform(tmp_path):

@@ -69,8 +69,8 @@ class ArchAdapter:
         """The residual sublayers, in forward order, for least-squares reconstruction."""
         raise UnsupportedArchitectureError(f"{type(self).__name__} has no sublayers to reconstruct.")
 
-    def unit_flops(self, group: UnitGroup, layer: nn.Module, seq_len: int) -> int:
-        """Forward FLOPs of one unit of ``group`` at ``seq_len`` tokens (one sequence)."""
+    def unit_flops(self, model: nn.Module, group: UnitGroup, layer: nn.Module, seq_len: int) -> int:
+        """Forward FLOPs of one unit of ``group`` in ``layer`` of ``model`` at ``seq_len`` tokens (one sequence)."""
         raise UnsupportedArchitectureError(f"{type(self).__name__} has no unit costs.")
 
     def sequence_length(self, model: nn.Module, requested: int) -> int:
@@ -145,10 +145,7 @@ class EncoderAdapter(ArchAdapter):
         for group, size in ((self.heads, head_size), (self.neurons, 1)):
             assert group is not None
             attributes = tuple((m, a, size if v == UNIT_SIZE else v) for m, a, v in group.attributes)
-            groups[group.kind] = dataclasses.replace(
-                group, unit_size=size, attributes=attributes,
-                extra={"attention_products": self.attention_products_of(model)} if group.kind == "heads" else {},
-            )  # fmt: skip
+            groups[group.kind] = dataclasses.replace(group, unit_size=size, attributes=attributes)
         return groups
 
     def shrink_spec(self, model: nn.Module) -> dict[str, Any]:
@@ -180,10 +177,10 @@ class EncoderAdapter(ArchAdapter):
             result.append(Sublayer("neurons", index, f"{prefix}.{groups['neurons'].consumer}", stream))
         return result
 
-    def unit_flops(self, group: UnitGroup, layer: nn.Module, seq_len: int) -> int:
+    def unit_flops(self, model: nn.Module, group: UnitGroup, layer: nn.Module, seq_len: int) -> int:
         """Two FLOPs per token for each weight a unit owns, plus, for heads, the attention products."""
         flops = 2 * seq_len * unit_weight_count(group, layer)
-        products = group.extra.get("attention_products", 0)
+        products = self.attention_products_of(model) if group.kind == "heads" else 0
         return flops + 2 * products * seq_len * seq_len * group.unit_size
 
     def example_inputs(self, model: nn.Module, batch_size: int = 1, seq_len: int = 128) -> dict[str, Any]:
