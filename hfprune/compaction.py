@@ -70,7 +70,6 @@ def compact_(model: nn.Module, plan: PruningPlan | ChannelPlan | None = None, ex
 
         apply_channel_plan_(model, plan, example_inputs)
         return plan
-    _, layers, groups = encoder_structure(model)
     if plan is None:
         plan = PruningPlan.from_zeros(model)
     elif not isinstance(plan, PruningPlan):
@@ -78,6 +77,19 @@ def compact_(model: nn.Module, plan: PruningPlan | ChannelPlan | None = None, ex
             f"compact_ needs a PruningPlan; got {type(plan).__name__}. Build one with PruningPlan.from_dict(...) or "
             "PruningPlan.from_pretrained(folder)."
         )
+    shrink_to_plan_(model, plan)
+    return plan
+
+
+def shrink_to_plan_(model: nn.Module, plan: PruningPlan) -> None:
+    """`compact_`'s shrinking step, which needs only the model's shapes: check that ``plan`` fits the full-size
+    ``model``, remove the units it drops and record it in ``config.hfprune_plan``.
+
+    Unlike `compact_` it also runs on a model whose weights are still on the meta device, as inside
+    ``from_pretrained`` (`hfprune.load_pruned` builds the compacted architecture there, so that transformers'
+    own loading, key conversion included, fills in the saved weights).
+    """
+    _, layers, groups = encoder_structure(model)
     # The plan's lists may have been edited since it was built: check them again before indexing weights.
     plan.validate()
     model_type = model.config.model_type  # type: ignore[attr-defined]
@@ -113,4 +125,3 @@ def compact_(model: nn.Module, plan: PruningPlan | ChannelPlan | None = None, ex
     # The plan travels in config.json, so transformers' own save_pretrained/push_to_hub keep what load_pruned needs
     # (and the remote-code export reads the same key).
     model.config.hfprune_plan = plan.config_entry()  # type: ignore[union-attr]
-    return plan

@@ -23,7 +23,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors.torch import load_file
 from torch import nn
 
-from .compaction import compact_
+from .compaction import shrink_to_plan_
 from .config import PruningConfig
 from .errors import ConfigError, HfPruneError, HfPruneWarning
 from .masks import merged_state_dict
@@ -272,6 +272,28 @@ def auto_class_name(architecture: str) -> str:
     raise ConfigError(f"No transformers auto class is known for {architecture!r}.")
 
 
+def model_class_of(config: Any, where: str | os.PathLike) -> type | None:
+    """The transformers model class ``config.architectures[0]`` names, ``None`` when it names none.
+
+    Raises:
+        ConfigError: the name is something else in transformers (``"pipeline"``, a config or tokenizer class), or
+            a class transformers does not have.
+    """
+    architectures = getattr(config, "architectures", None) or []
+    if not architectures:
+        return None
+    name = architectures[0]
+    model_class = getattr(transformers, str(name), None)
+    if not (isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel)):
+        found = "is not a model class" if model_class is not None else "is not in this transformers version"
+        raise ConfigError(
+            f"{where}/config.json names the architecture {name!r}, which {found} (transformers "
+            f"{transformers.__version__}). config.json's \"architectures\" must name the model class that saved the "
+            "folder, e.g. [\"BertForSequenceClassification\"]; fix it or save the model again with save_pretrained."
+        )
+    return model_class
+
+
 def load_model(name_or_path: str | os.PathLike, **kwargs: Any) -> nn.Module:
     """Load a transformers model with the class named in its config (``architectures[0]``), else `AutoModel`."""
     try:
@@ -281,11 +303,71 @@ def load_model(name_or_path: str | os.PathLike, **kwargs: Any) -> nn.Module:
             f"Could not load a model config from {str(name_or_path)!r}: {err}. Pass a local folder with config.json "
             "(hub ids need network access)."
         ) from err
-    architectures = getattr(config, "architectures", None) or []
-    model_class = getattr(transformers, architectures[0], None) if architectures else None
-    if model_class is None:
-        model_class = transformers.AutoModel
-    return model_class.from_pretrained(name_or_path, config=config, **kwargs)
+    model_class = model_class_of(config, name_or_path) or transformers.AutoModel
+    return _from_pretrained(model_class, name_or_path, None, config=config, **kwargs)
+
+
+def _from_pretrained(
+    model_class: Any, name_or_path: str | os.PathLike, plan: PruningPlan | None, **kwargs: Any
+) -> nn.Module:
+    """``model_class.from_pretrained`` that refuses weights which do not fit instead of initialising them anew.
+
+    transformers loads what fits and fills the rest with fresh values (with a logged report); a pruned model with
+    fresh values in place of its weights would run and give wrong outputs, so every key it did not load is an error
+    naming the likely cause: the plan (``plan``: the one applied, ``None`` when the folder has none), or the options
+    the caller passed.
+    """
+    from safetensors import SafetensorError
+
+    options = {key: value for key, value in kwargs.items() if key not in ("config", "dtype")}
+    accept_new_shapes = bool(kwargs.pop("ignore_mismatched_sizes", False))
+    try:
+        # Always asked to load past mismatches, so that they come back in `info` (with their shapes) and are judged
+        # below; otherwise transformers raises with the shapes only in its logged report.
+        model, info = model_class.from_pretrained(
+            name_or_path, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+        )
+    except SafetensorError as err:
+        raise HfPruneError(
+            f"The weights in {name_or_path} cannot be read ({err}): model.safetensors is damaged or was cut short. "
+            "Copy the folder again from where it was saved."
+        ) from err
+    mismatched = sorted(info["mismatched_keys"])
+    missing: list[str] = []
+    unexpected: list[str] = []
+    if plan is not None:
+        # A compacted folder is hfprune's own: every weight must be there. (An ordinary checkpoint may lack a head
+        # or carry unused weights, which transformers reports and handles as usual.) Non-persistent buffers
+        # (position ids) are rebuilt by the model itself.
+        missing = sorted(key for key in info["missing_keys"] if not key.endswith("position_ids"))
+        unexpected = sorted(info["unexpected_keys"])
+    if accept_new_shapes:
+        mismatched = []  # the caller asked for new weights where the shapes differ (e.g. a new num_labels)
+    if not (missing or unexpected or mismatched):
+        return model
+    shapes = [f"{key}: saved {tuple(saved)}, model {tuple(built)}" for key, saved, built in mismatched[:3]]
+    found = "; ".join(part for part in (
+        f"shapes differ ({'; '.join(shapes)}{' ...' if len(mismatched) > 3 else ''})" if mismatched else "",
+        f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
+    ) if part)  # fmt: skip
+    if plan is None and mismatched:
+        cause = (
+            "No pruning plan was found (neither pruning_plan.json nor config.hfprune_plan), but the weights are "
+            "smaller than config.json describes: this looks like a compacted model whose plan was lost. Copy "
+            "pruning_plan.json back from where the model was saved, or prune the base model again."
+        )
+    elif options:
+        cause = (
+            f"The options {sorted(options)} change the model the folder describes. To start new weights where the "
+            "shapes differ (e.g. a classifier for another num_labels), pass ignore_mismatched_sizes=True."
+        )
+    else:
+        cause = (
+            "The plan and the weights come from different pruning runs: save them together with "
+            "hfprune.hub.save_pruned (or compact_ then save_pretrained)."
+        )
+    built = "the model config.json describes" if plan is None else "the model the plan builds"
+    raise PlanMismatchError(f"The weights in {name_or_path} do not fit {built}: {found}. {cause}")
 
 
 @dataclass
@@ -583,15 +665,10 @@ def local_folder(name_or_path: str | os.PathLike) -> Path:
 
 
 def save_weights(model: nn.Module, directory: str | os.PathLike) -> None:
-    """``model.save_pretrained`` with the masks multiplied in.
-
-    A compacted model's weights are read back by module name (`load_pruned`, the remote-code class), so they are
-    written under the names the modules have, not converted back to an older checkpoint layout (transformers 5
-    renames e.g. ViT's ``attention.attention.query`` to ``attention.q_proj`` and reverses that on save).
-    """
-    compacted = getattr(getattr(model, "config", None), "hfprune_plan", None) is not None
-    options = {"save_original_format": False} if compacted else {}
-    model.save_pretrained(directory, state_dict=merged_state_dict(model), **options)  # type: ignore[operator]
+    """``model.save_pretrained`` with the masks multiplied in (no parametrization keys), in transformers' own
+    checkpoint layout: `load_pruned` and the remote-code class read it back through ``from_pretrained``, which
+    converts keys as it does for any checkpoint."""
+    model.save_pretrained(directory, state_dict=merged_state_dict(model))  # type: ignore[operator]
 
 
 def load_pruned(directory: str | os.PathLike, **model_kwargs: Any) -> nn.Module:
@@ -599,15 +676,23 @@ def load_pruned(directory: str | os.PathLike, **model_kwargs: Any) -> nn.Module:
 
     ``directory`` is a folder or a Hub repository id. The plan comes from ``pruning_plan.json`` (written by
     hfprune), or from ``config.hfprune_plan`` (written by `compact_`, so a compacted model saved or pushed with
-    transformers' own ``save_pretrained``/``push_to_hub`` loads too). Folders without a plan (unstructured pruning)
-    load with plain ``from_pretrained``. Channel-pruned CNN folders (a channel plan, written by
-    `save_channel_pruned`) load too: timm/torchvision base architecture -> plan -> weights.
+    transformers' own ``save_pretrained``/``push_to_hub`` loads too). The weights are read by transformers' own
+    ``from_pretrained`` (its key conversions included) into the architecture the plan shrinks, and every weight must
+    fit: none is initialised anew. ``model_kwargs`` go to ``from_pretrained`` (``dtype``, ``num_labels`` with
+    ``ignore_mismatched_sizes=True``, ...). Folders without a plan (unstructured pruning) load with plain
+    ``from_pretrained``. Channel-pruned CNN folders (a channel plan, written by `save_channel_pruned`) load too:
+    timm/torchvision base architecture -> plan -> weights.
     """
-    import transformers
-
     directory = local_folder(directory)
     plan: PruningPlan | ChannelPlan | None = read_plan(directory)
     if isinstance(plan, ChannelPlan):
+        model_type = _transformers_model_type(directory)
+        if model_type is not None:
+            raise PlanMismatchError(
+                f"{directory / PLAN_NAME} is a CNN channel plan, but config.json describes a transformers "
+                f"{model_type} model, whose plans list heads and neurons: the plan file belongs to another model. "
+                "Copy the plan saved with this model back, or prune it again."
+            )
         if model_kwargs:
             raise ConfigError(
                 f"{directory} is a channel-pruned CNN; it takes no model options ({sorted(model_kwargs)})."
@@ -618,36 +703,39 @@ def load_pruned(directory: str | os.PathLike, **model_kwargs: Any) -> nn.Module:
         plan = PruningPlan.from_config(config)  # saved by transformers' save_pretrained/push_to_hub
     if plan is None:
         return load_model(directory, **model_kwargs)
-    architectures = getattr(config, "architectures", None) or []
-    model_class = getattr(transformers, architectures[0], None) if architectures else None
+    model_class = model_class_of(config, directory)
     if model_class is None:
-        raise ConfigError(f"{directory}/config.json names no known architecture ({architectures}).")
-    # dtype is not a config attribute: like from_pretrained's default ("auto"), the model gets the weights' dtype.
-    dtype = model_kwargs.pop("dtype", model_kwargs.pop("torch_dtype", "auto"))
-    for key, value in model_kwargs.items():
-        setattr(config, key, value)
-    config.__dict__.pop("hfprune_plan", None)  # the base architecture is built full size, then compacted
-    weights = directory / "model.safetensors"
-    if not weights.is_file():
-        raise HfPruneError(f"{weights} is missing.")
-    model = model_class(config)
-    compact_(model, plan)
-    state = load_file(weights)
-    model.to(saved_dtype(state) if dtype == "auto" else _as_dtype(dtype))
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # shape mismatches: the weights were saved with another plan
-        raise PlanMismatchError(
-            f"Weights in {weights} do not fit the model the plan builds ({err}). The plan and the weights come from "
-            "different pruning runs: save them together with hfprune.hub.save_pruned."
-        ) from err
-    # Non-persistent buffers (position ids) are rebuilt by the model itself.
-    missing = [key for key in missing if not key.endswith("position_ids")]
-    if missing or unexpected:
-        raise PlanMismatchError(
-            f"Weights in {weights} do not fit the planned model: missing {missing[:5]}, unexpected {unexpected[:5]}."
-        )
+        raise ConfigError(f"{directory}/config.json names no architecture; it cannot say which model to rebuild.")
+    if not any((directory / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
+        raise HfPruneError(f"{directory / 'model.safetensors'} is missing.")
+    model_kwargs.setdefault("dtype", model_kwargs.pop("torch_dtype", "auto"))  # the weights' dtype, as saved
+    model = _from_pretrained(_compacted_class(model_class, plan), directory, plan, **model_kwargs)
+    model.__class__ = model_class  # the subclass only shrank the layers at construction: the model is a plain one
     return model.eval()
+
+
+def _transformers_model_type(directory: Path) -> str | None:
+    """``model_type`` of the folder's ``config.json`` when it is a transformers config, else ``None``."""
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return config.get("model_type") if isinstance(config, dict) else None
+
+
+def _compacted_class(model_class: type, plan: PruningPlan) -> type:
+    """``model_class`` whose constructor shrinks the full-size layers to ``plan``, for ``from_pretrained``.
+
+    The remote-code export does the same with hfprune's shrink module copied into the folder; here hfprune's own
+    checks run too (`shrink_to_plan_`).
+    """
+
+    def __init__(self: nn.Module, config: Any, *args: Any, **kwargs: Any) -> None:
+        config.__dict__.pop("hfprune_plan", None)  # the base architecture is built full size, then shrunk
+        model_class.__init__(self, config, *args, **kwargs)  # type: ignore[misc]
+        shrink_to_plan_(self, plan)
+
+    return type(model_class.__name__, (model_class,), {"__init__": __init__, "__module__": model_class.__module__})
 
 
 def saved_dtype(state: dict[str, torch.Tensor]) -> torch.dtype:

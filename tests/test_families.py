@@ -119,6 +119,23 @@ def test_save_load_and_remote_code_give_the_same_logits(case, tmp_path):
 
 
 @pytest.mark.parametrize("case", CASES)
+def test_transformers_save_pretrained_loads_back(case, tmp_path):
+    # What the README promises: a compacted model saved the transformers way (which converts keys to the family's
+    # checkpoint layout, e.g. ViT's attention.attention.query) reloads with load_pruned from config.json alone.
+    model = family_model(case)
+    plan = PruningPlan.dense(model)
+    plan.heads = [[1]] + [[0, 2, 3] for _ in range(1, plan.num_layers)]
+    plan.neurons = [[4, 7]] + [list(range(11)) for _ in range(1, plan.num_layers)]
+    compact_(model, PruningPlan.from_dict(plan.to_dict()))
+    batch = family_batch(model, labels=False)
+    model.save_pretrained(tmp_path)
+    reloaded = load_pruned(tmp_path)
+    assert type(reloaded) is type(model)
+    torch.testing.assert_close(_logits(reloaded, batch), _logits(model.eval(), batch))
+    assert reloaded.config.hfprune_plan == model.config.hfprune_plan
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_gradient_reaches_every_kept_parameter(case):
     model = family_model(case)
     plan = PruningPlan.dense(model)

@@ -200,3 +200,50 @@ def test_corrupt_channel_folder_names_the_file(tmp_path):
     (folder / "config.json").write_text("{not json")
     with pytest.raises(HfPruneError, match=r"config\.json is not valid JSON"):
         load_channel_pruned(folder)
+
+
+# ------------------------------------------------------------------------------- folders that do not fit together
+def test_a_channel_plan_in_a_transformers_folder_names_the_plan_kind(tmp_path):
+    folder, _ = _saved_pruned(tmp_path)
+    ChannelPlan(num_channels={"conv1": 8}, kept={"conv1": [0, 1]}).save_pretrained(folder)
+    with pytest.raises(PlanMismatchError, match=r"is a CNN channel plan, but config\.json describes a transformers bert"):
+        load_pruned(folder)
+
+
+def test_a_compacted_folder_without_its_plan_says_the_plan_is_missing(tmp_path):
+    folder, _ = _saved_pruned(tmp_path)
+    (folder / PLAN_NAME).unlink()
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["hfprune_plan"]
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(PlanMismatchError, match="No pruning plan was found.*plan was lost"):
+        load_pruned(folder)
+
+
+def test_load_options_that_change_shapes_are_named_with_the_way_out(tmp_path):
+    folder, _ = _saved_pruned(tmp_path)
+    with pytest.raises(PlanMismatchError, match=r"classifier\.weight: saved \(2, 32\), model \(5, 32\).*"
+                                                r"\['num_labels'\] change the model.*ignore_mismatched_sizes=True"):
+        load_pruned(folder, num_labels=5)
+    model = load_pruned(folder, num_labels=5, ignore_mismatched_sizes=True)
+    assert model(**bert_batch(labels=False)).logits.shape[-1] == 5
+
+
+@pytest.mark.parametrize("name", ["pipeline", "BertConfig", "NoSuchModelClass"])
+def test_an_architecture_that_is_not_a_model_class_is_refused(tmp_path, name):
+    folder, _ = _saved_pruned(tmp_path)
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    config["architectures"] = [name]
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(HfPruneError, match=rf"names the architecture '{name}', which is not"):
+        load_pruned(folder)
+
+
+def test_a_truncated_weights_file_is_named(tmp_path):
+    folder, _ = _saved_pruned(tmp_path)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(HfPruneError, match=rf"{folder}.*damaged or was cut short"):
+        load_pruned(folder)
