@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import random
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -21,8 +22,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .calibration import initial_loss_scale, inputs_like_model, scaled_backward, take_batches
 from .config import PruningConfig
-from .errors import ConfigError, MissingDataError, UnsupportedArchitectureError
+from .errors import ConfigError, HfPruneWarning, MissingDataError, UnsupportedArchitectureError
 from .plan import ChannelPlan, PlanMismatchError
+from .selection import check_round_to, round_count
 from .structures import Channels
 from .targets import require_real_weights
 
@@ -266,16 +268,15 @@ def _summed_gradients(
 
 
 def _kept_count(num: int, ratio: float, round_to: int) -> int:
-    keep = max(1, num - int(round(ratio * num)))
-    if round_to > 1:
-        keep = min(num, max(round_to, int(round(keep / round_to)) * round_to))
-    return keep
+    return round_count(max(1, num - int(round(ratio * num))), num, round_to)
 
 
 def plan_from_ratios(scores: dict[str, Tensor], ratios: dict[str, float], round_to: int = 1) -> ChannelPlan:
     """Keep the best ``1 - ratio`` channels of each group."""
     kept = {}
     for name, score in scores.items():
+        if ratios.get(name, 0.0) > 0:
+            check_round_to(round_to, score.numel(), f"the pruned group {name!r}", "channels")
         count = _kept_count(score.numel(), ratios.get(name, 0.0), round_to)
         kept[name] = sorted(torch.sort(score, descending=True, stable=True).indices[:count].tolist())
     return ChannelPlan(num_channels={name: s.numel() for name, s in scores.items()}, kept=kept)
@@ -436,14 +437,32 @@ def plan_channels(
     dense, per_channel = _linear_flops_model(model, scores, example_inputs)
     # The linear FLOPs model over-counts savings when coupled groups shrink both sides of a layer: re-aim a few
     # times at the measured FLOPs.
-    aim = config.target_flops
+    target = config.target_flops
+    aim, best = target, None
     for _ in range(4):
-        ratios = _scale_to_budget({n: 1.0 for n in scores}, scores, dense, per_channel, aim, max_ratio)
+        try:
+            ratios = _scale_to_budget({n: 1.0 for n in scores}, scores, dense, per_channel, aim, max_ratio)
+        except ConfigError:
+            if best is None:  # the target itself is out of reach: the error names it
+                raise
+            break  # a re-aimed target is out of reach: keep the closest plan so far
         plan = plan_from_ratios(scores, ratios, structure.round_to)
         achieved = _pruned_flops(model, plan, example_inputs) / dense
-        if abs(achieved - config.target_flops) <= 0.01:
+        if best is None or abs(achieved - target) < abs(best[1] - target):
+            best = (plan, achieved)
+        if abs(achieved - target) <= 0.01:
             break
-        aim = min(1.0, max(1e-3, aim + (config.target_flops - achieved)))
+        aim = min(1.0, max(1e-3, aim + (target - achieved)))
+    plan, achieved = best
+    if abs(achieved - target) > 0.01:
+        why = (f"round_to={structure.round_to} keeps multiples of {structure.round_to} channels per group, which is "
+               "too coarse here; lower round_to" if structure.round_to > 1
+               else f"the prunable groups cannot get closer (at most {max_ratio:.0%} of a group is removed)")  # fmt: skip
+        warnings.warn(
+            f"target_flops={target} was missed: the plan keeps {achieved:.3f} of the FLOPs, because {why}.",
+            HfPruneWarning,
+            stacklevel=2,
+        )
     plan.extra["flops_fraction"] = achieved
     return plan
 

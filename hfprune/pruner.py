@@ -19,7 +19,7 @@ from .calibration import initial_loss_scale, scaled_backward
 from .config import PruningConfig
 from .errors import ConfigError, MissingDataError, NoPrunableModulesError
 from .masks import find_mask, get_raw_weight, merge_masks_, remove_mask_, set_mask_
-from .selection import round_count, select_global, select_local
+from .selection import check_round_to, round_count, select_global, select_local
 from .structures import Channels, EncoderUnits
 from .targets import require_real_weights, resolve_overrides, resolve_targets
 
@@ -156,6 +156,11 @@ class Pruner:
                 "uniform=True keeps the same widths in every layer, but scope='global' ranks units across layers. "
                 "During training, scope='local' prunes every layer to the same fraction; use that."
             )
+        round_to = config.structure.round_to  # type: ignore[union-attr]
+        for name, (kind, _) in self.units.items():
+            if kind == "neurons" and round_to > 1:
+                width = self.structures[name].reduce(get_raw_weight(self.modules[name])).numel()
+                check_round_to(round_to, width, f"the FFN of {name}")
         heads = [name for name, (kind, _) in self.units.items() if kind == "heads"]
         if heads and config.importance.follows_sparsity:  # type: ignore[union-attr]
             widths = [self.structures[name].reduce(get_raw_weight(self.modules[name])).numel() for name in heads]
@@ -340,11 +345,13 @@ class Pruner:
     def _fix_unit_counts(self, keep: dict[str, Tensor], unit_scores: dict[str, Tensor]) -> dict[str, Tensor]:
         """Round kept neurons per layer to ``round_to``, and never remove the last attention head of the model."""
         round_to = self.config.structure.round_to  # type: ignore[union-attr]
+        # Under a FLOPs/parameter target, rounding up could overshoot it: round down instead.
+        down = self.config.target_flops is not None or self.config.target_params is not None
         for name, (kind, _) in self.units.items():
             count = int(keep[name].sum())
             width = keep[name].numel()
             if kind == "neurons" and round_to > 1:
-                rounded = round_count(count, width, round_to)
+                rounded = round_count(count, width, round_to, down=down)
                 if rounded != count:
                     keep[name] = select_local(unit_scores[name], 1.0 - rounded / width)
         heads = [name for name, (kind, _) in self.units.items() if kind == "heads"]

@@ -8,6 +8,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from .errors import ConfigError
+
 
 Scope = Literal["local", "global"]
 
@@ -17,12 +19,25 @@ def num_to_prune(num_units: int, sparsity: float) -> int:
     return min(num_units, int(round(sparsity * num_units)))
 
 
-def round_count(count: int, total: int, multiple: int) -> int:
+def round_count(count: int, total: int, multiple: int, down: bool = False) -> int:
     """``count`` kept units rounded to the nearest multiple of ``multiple`` (at least one multiple, at most
-    ``total``); 0 stays 0 (a layer that keeps nothing is skipped, not rounded up)."""
+    ``total``); 0 stays 0 (a layer that keeps nothing is skipped, not rounded up). ``down``: the multiple at or
+    below ``count`` (possibly 0), for counts that a FLOPs or parameter budget caps."""
     if multiple <= 1 or count == 0:
         return count
+    if down:
+        return count if count == total else count // multiple * multiple
     return min(total, max(multiple, int(round(count / multiple)) * multiple))
+
+
+def check_round_to(round_to: int, width: int, what: str = "this model's FFN layers", unit: str = "neurons") -> None:
+    """Refuse a ``round_to`` wider than the layer it rounds: the layer would keep all its units, silently."""
+    if round_to > width:
+        raise ConfigError(
+            f"round_to={round_to} is wider than {what} ({width} {unit}): rounding would keep all {width} {unit}, so "
+            f"nothing would be pruned there. Use a round_to of at most {width} (a divisor of it, e.g. 8, keeps the "
+            "widths even)."
+        )
 
 
 def _keep_all_but_lowest(scores: Tensor, k: int) -> Tensor:

@@ -21,7 +21,7 @@ from .compaction import PlanMismatchError, PruningPlan, encoder_structure
 from .config import PruningConfig
 from .errors import ConfigError, MissingDataError
 from .masks import set_mask_
-from .selection import round_count
+from .selection import check_round_to, round_count
 from .shrink import UnitGroup, unit_mask
 from .structures import ColumnGroups, EncoderUnits
 from .targets import require_real_weights
@@ -469,6 +469,39 @@ def _best_counts(
     return None if best is None else (best[1], best[2])
 
 
+def _rounded_within_budget(
+    kept: dict[str, list[list[int]]], neuron_scores: Tensor, budget: Budget, multiple: int, uniform: bool
+) -> list[int]:
+    """Kept neurons per layer as multiples of ``multiple`` that stay within ``budget``.
+
+    Rounding to the nearest multiple can overshoot the target (a 0.5 FLOPs target ended at 0.65 with
+    ``round_to=32`` on 37-wide layers); here each layer's count is rounded down (possibly to 0: the layer's FFN is
+    then skipped), then the budget this frees is spent a multiple at a time on the layer whose next neurons score
+    highest (on every layer at once when ``uniform``). The counts the budget search chose are within it, so the
+    rounded ones are too.
+    """
+    width = neuron_scores.shape[1]
+    ranked = torch.sort(neuron_scores.double(), dim=1, descending=True).values
+    cumulative = torch.cat([torch.zeros(len(ranked), 1, dtype=torch.float64), ranked.cumsum(1)], dim=1)
+    counts = [round_count(len(layer), width, multiple, down=True) for layer in kept["neurons"]]
+    head_cost = sum(map(len, kept["heads"])) * budget.head
+
+    def cost(values: list[int]) -> float:
+        return head_cost + sum(values) * budget.neuron
+
+    while True:
+        grown = [min(width, count + multiple) for count in counts]
+        if uniform:
+            candidates = [grown] if grown != counts else []
+        else:
+            candidates = [counts[:layer] + [grown[layer]] + counts[layer + 1 :]
+                          for layer in range(len(counts)) if grown[layer] != counts[layer]]  # fmt: skip
+        candidates = [option for option in candidates if cost(option) <= budget.amount * (1 + 1e-9)]
+        if not candidates:
+            return counts
+        counts = max(candidates, key=lambda option: float(sum(cumulative[i, c] for i, c in enumerate(option))))
+
+
 def select_units(scores: dict[str, Tensor], config: PruningConfig, dims: EncoderDims, model_type: str) -> PruningPlan:
     """Decide which heads and neurons to keep, per layer (local) or across layers (global / FLOPs target)."""
     structure = config.structure
@@ -506,10 +539,12 @@ def select_units(scores: dict[str, Tensor], config: PruningConfig, dims: Encoder
                 count = widths[kind] - int(round(config.sparsity * widths[kind]))
                 kept[kind] = [_top(scores[kind][layer], count) for layer in range(dims.num_layers)]
     if structure.round_to > 1 and "neurons" in kinds:
-        kept["neurons"] = [
-            _top(scores["neurons"][layer], round_count(len(layer_kept), widths["neurons"], structure.round_to))
-            for layer, layer_kept in enumerate(kept["neurons"])
-        ]
+        if budget is None:
+            counts = [round_count(len(layer_kept), widths["neurons"], structure.round_to)
+                      for layer_kept in kept["neurons"]]  # fmt: skip
+        else:
+            counts = _rounded_within_budget(kept, scores["neurons"], budget, structure.round_to, structure.uniform)
+        kept["neurons"] = [_top(scores["neurons"][layer], count) for layer, count in enumerate(counts)]
     if "heads" in kinds and not any(kept["heads"]):
         raise ConfigError(
             "This pruning would remove every attention head of every layer, leaving no attention at all. Lower the "
@@ -582,6 +617,9 @@ def plan_structured(
         ```
     """
     require_real_weights(model, "plan_structured")
+    structure = config.structure
+    if isinstance(structure, EncoderUnits) and "neurons" in structure.kinds:
+        check_round_to(structure.round_to, encoder_dims(model).intermediate_size)  # before any calibration work
     importance = config.importance
     matrices: dict[tuple[str, int], Tensor] | None = {} if importance.wants_unit_interactions() else None  # type: ignore
     scores = score_units(model, config, dataloader, num_batches=num_batches, loss_fn=loss_fn, matrices=matrices)

@@ -16,7 +16,7 @@ import torch
 from hfprune import PlanMismatchError, Pruner, PruningConfig, PruningPlan, compact_, load_pruned
 from hfprune.adapters import get_encoder_adapter
 from hfprune.adapters.base import structured_model_types
-from hfprune.errors import UnsupportedArchitectureError
+from hfprune.errors import ConfigError, UnsupportedArchitectureError
 from hfprune.export import export_remote_code
 from hfprune.hub import save_pruned
 from hfprune.importance import UNIT_STRUCTURES
@@ -64,6 +64,39 @@ def test_target_reached_and_compacted_equals_masked(case, structure):
     torch.testing.assert_close(_logits(compacted, batch), _logits(masked, batch), rtol=1e-4, atol=1e-5)
     removed = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in compacted.parameters())
     assert removed > 0
+
+
+NEURON_STRUCTURES = [structure for structure in UNIT_STRUCTURES if "neurons" in structure]
+
+
+@pytest.mark.parametrize("case,structure", [(c, s) for c in CASES for s in NEURON_STRUCTURES])
+def test_round_to_wider_than_the_ffn_is_refused_with_both_numbers(case, structure):
+    model = family_model(case)
+    width = encoder_dims(model).intermediate_size
+    batches = [family_batch(model)]
+    for target in ({"sparsity": 0.5}, {"target_flops": 0.6}):
+        config = PruningConfig(importance="taylor", structure={"type": structure, "round_to": width + 1}, **target)
+        with pytest.raises(ConfigError, match=rf"round_to={width + 1} is wider than .*\({width} neurons\)"):
+            plan_structured(model, config, batches)
+    config = PruningConfig(importance="movement", structure={"type": structure, "round_to": 64}, sparsity=0.5)
+    with pytest.raises(ConfigError, match=rf"round_to=64 is wider than the FFN of .*\({width} neurons\)"):
+        Pruner(model, config)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("importance", ["fisher", "taylor"])
+def test_round_to_never_takes_a_plan_past_its_target(case, importance):
+    # Rounding kept neurons to the nearest multiple used to overshoot (0.5 FLOPs -> 0.65 with round_to=32 on 37-wide
+    # layers); rounded plans stay within the target and keep multiples (or the whole layer).
+    model = family_model(case)
+    dims = encoder_dims(model)
+    batches = [family_batch(model, seed=s) for s in range(2)]
+    for round_to in (8, 16, 32):
+        config = PruningConfig(importance=importance, target_flops=0.5,
+                               structure={"type": "heads_and_neurons", "round_to": round_to})  # fmt: skip
+        plan = plan_structured(model, config, batches)
+        assert plan.extra["encoder_flops_fraction"] <= 0.5
+        assert all(len(kept) % round_to == 0 or len(kept) == dims.intermediate_size for kept in plan.neurons)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -10,6 +10,7 @@ from torch.utils.data import Subset
 
 import hfprune.models  # noqa: F401 - registers the CIFAR ResNets with timm
 from hfprune import ConfigError, PruningConfig
+from hfprune.errors import HfPruneWarning
 from hfprune.channels import (
     ChannelPlan,
     apply_channel_plan_,
@@ -120,6 +121,22 @@ def test_other_cnns_prune_and_run(architecture):
     pruned = apply_channel_plan_(copy.deepcopy(model), plan, x)
     assert count_flops(pruned, x) < 0.9 * count_flops(model, x)
     assert pruned(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+
+
+def test_round_to_wider_than_a_pruned_layer_is_refused_with_both_numbers():
+    model = create_base_model("cifar_resnet20", num_classes=10)  # its first stage has 16 channels
+    with pytest.raises(ConfigError, match=r"round_to=32 is wider than the pruned group '.*' \(16 channels\)"):
+        plan_channels(model, PruningConfig(structure=Channels(round_to=32), sparsity=0.5), X32)
+
+
+def test_a_flops_target_that_round_to_makes_unreachable_is_named():
+    # With 16/32/64-channel stages, multiples of 16 cannot come near 30% of the FLOPs; this used to fail naming a
+    # re-aimed target of 0.001 that the user never set (and a 0.7 target with round_to=8 silently gave 0.84).
+    model = create_base_model("cifar_resnet20", num_classes=10)
+    config = PruningConfig(structure=Channels(round_to=16), target_flops=0.3)
+    with pytest.warns(HfPruneWarning, match=r"target_flops=0\.3 was missed: the plan keeps 0\.6\d\d .*round_to=16"):
+        plan = plan_channels(model, config, X32)
+    assert plan.extra["flops_fraction"] == pytest.approx(0.6, abs=0.01)
 
 
 def test_eagleeye_picks_the_best_candidate_within_budget():
