@@ -131,7 +131,7 @@ class MagnitudeImportance(Importance):
 
     p: int = 1
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if self.p not in (1, 2):
             raise ConfigError(f"MagnitudeImportance.p must be 1 (L1) or 2 (L2); got {self.p!r}.")
 
@@ -236,7 +236,7 @@ class MovementImportance(Importance):
     score_init: float = 0.0
     update_every: int = 1
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if self.update_every < 1:
             raise ConfigError(f"update_every must be >= 1; got {self.update_every}.")
 
@@ -269,8 +269,8 @@ class SoftMovementImportance(MovementImportance):
     final_lambda: float = 400.0
     min_density: float = 0.005
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def validate(self) -> None:
+        super().validate()
         for name in ("initial_threshold", "final_threshold"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:

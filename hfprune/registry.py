@@ -123,12 +123,15 @@ class Registry(Generic[T]):
         )
 
     def check(self, component: T) -> T:
-        """Coerce a component's fields to their declared types (``every: 2.0`` -> 2); refuse ``every: 2.5``."""
+        """Coerce a component's fields to their declared types (``every: 2.0`` -> 2); refuse ``every: 2.5``.
+
+        Components check themselves when built; this names the field by its config key (``importance.every``)
+        and covers components whose fields were changed after construction."""
         if dataclasses.is_dataclass(component):
             coerce_fields(component, prefix=f"{self.kind}.")
-            post_init = getattr(component, "__post_init__", None)
-            if post_init is not None:
-                post_init()  # re-validate with the coerced values
+            validate = getattr(component, "validate", None)
+            if validate is not None:
+                validate()  # re-validate with the coerced values
         return component
 
     def names(self) -> list[str]:
@@ -151,6 +154,15 @@ class SerializableComponent:
     """Mixin for frozen dataclass components: ``to_dict`` writes ``{"type": registered_name, **fields}``."""
 
     registered_name: str | None = None
+
+    def __post_init__(self) -> None:
+        # Built in Python, a component is checked as one read from a file: `update_every=2.5` is refused, not
+        # truncated later; `every=2.0` becomes 2.
+        coerce_fields(self, prefix=f"{type(self).__name__}.")
+        self.validate()
+
+    def validate(self) -> None:
+        """Range and consistency checks of the component's fields (their types are already right)."""
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"type": self.registered_name}

@@ -54,7 +54,7 @@ class _RampSchedule(Schedule):
     end_step: int = 1000
     every: int = 1
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         _check_fraction("initial", self.initial)
         if self.start_step < 0 or self.end_step <= self.start_step:
             raise ConfigError(

@@ -71,7 +71,7 @@ class Blocks(Structure):
     rows: int = 32
     cols: int = 32
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if self.rows < 1 or self.cols < 1:
             raise ConfigError(f"Block sizes must be positive; got rows={self.rows}, cols={self.cols}.")
 
@@ -158,7 +158,7 @@ class EncoderUnits(Structure):
     round_to: int = 1
     uniform: bool = False
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if self.round_to < 1:
             raise ConfigError(f"round_to must be >= 1; got {self.round_to}.")
 
@@ -211,7 +211,7 @@ class Channels(Structure):
     round_to: int = 1
     keep_residual_width: bool = True
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if self.round_to < 1:
             raise ConfigError(f"round_to must be >= 1; got {self.round_to}.")
 

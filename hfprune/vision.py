@@ -294,6 +294,7 @@ def evaluate_images(
         with torch.inference_mode():
             logits = model(images.to(device))
         logits = getattr(logits, "logits", logits).cpu()
+        _check_labels(labels, logits.shape[-1], dataset)
         top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
         correct1 += int((top[:, 0] == labels).sum())
         correct5 += int((top == labels[:, None]).any(-1).sum())
@@ -301,6 +302,23 @@ def evaluate_images(
     if total == 0:
         raise MissingDataError("The evaluation data holds no images; check its folder (or indices file).")
     return {"top1": correct1 / total, "top5": correct5 / total, "num_images": total}
+
+
+def _check_labels(labels: Tensor, num_outputs: int, dataset: Dataset) -> None:
+    """Refuse labels the model cannot predict: scored, they would only count as misses and lower the accuracy."""
+    if bool(((labels >= 0) & (labels < num_outputs)).all()):
+        return
+    samples = getattr(dataset, "samples", None)
+    if isinstance(samples, list):
+        bad = [(path, label) for path, label in samples if not 0 <= label < num_outputs]
+        example = f"{len(bad)} of {len(samples)} images have labels outside it, e.g. {bad[0][0]} -> {bad[0][1]}"
+    else:
+        example = f"e.g. label {int(labels[(labels < 0) | (labels >= num_outputs)][0])}"
+    raise ImageDataError(
+        f"The model predicts {num_outputs} classes (labels 0..{num_outputs - 1}), but {example}. Those images would "
+        "only count as misses. Check the labels CSV or the class folders (an extra class folder, or labels from "
+        "another dataset), or pass num_classes= to LabelledImages to check them when the data is read."
+    )
 
 
 def image_card_evaluation(after: dict[str, float], before: dict[str, float] | None, dataset_name: str) -> Any:

@@ -55,7 +55,7 @@ def test_what_users_plainly_mean_is_coerced():
 
 
 def test_component_objects_are_type_checked_too():
-    with pytest.raises(ConfigError, match="structure.round_to must be an integer"):
+    with pytest.raises(ConfigError, match=r"HeadsAndNeurons\.round_to must be an integer"):
         PruningConfig(structure=HeadsAndNeurons(round_to=2.5))
 
 
@@ -100,3 +100,24 @@ def test_newer_files_still_load_with_a_warning_for_nested_unknown_keys():
             {"config_version": 99, "structure": {"type": "heads", "round_too": 8, "round_to": 2}}
         )
     assert config.structure.round_to == 2
+
+
+def _components_with_integer_fields():
+    from hfprune.field_types import field_types
+    from hfprune.importance import IMPORTANCES
+    from hfprune.schedules import SCHEDULES
+    from hfprune.structures import STRUCTURES
+
+    for registry in (IMPORTANCES, STRUCTURES, SCHEDULES):
+        for cls in registry.classes():
+            for name, annotation in field_types(cls).items():
+                if annotation is int:
+                    yield pytest.param(cls, name, id=f"{cls.__name__}.{name}")
+
+
+@pytest.mark.parametrize("cls, name", list(_components_with_integer_fields()))
+def test_components_built_in_python_refuse_fractional_integers(cls, name):
+    # MovementImportance(update_every=2.5) used to be accepted in Python (recipes and JSON refused it).
+    extra = {"end_step": 10} if "end_step" in {f.name for f in dataclasses.fields(cls)} and name != "end_step" else {}
+    with pytest.raises(ConfigError, match=rf"{cls.__name__}\.{name} must be an integer \(e\.g\. 3\); got 2\.5"):
+        cls(**extra, **{name: 2.5})

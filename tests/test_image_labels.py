@@ -119,3 +119,27 @@ def test_train_image_and_cli_eval_use_the_same_mapping(tmp_path, capsys):
     (tmp_path / "classes.txt").write_text("\n".join(CLASSES[:4]) + "\n")
     assert main([*base, "--classes", str(tmp_path / "classes.txt")]) == 2
     assert "classes has 4 names but num_classes is 5" in capsys.readouterr().err
+
+
+def test_labels_the_model_cannot_predict_are_refused_when_evaluating(tmp_path):
+    # Through the Python API without num_classes: an extra class folder gets label 5 for a 5-class model.
+    root = _tree(tmp_path / "val", CLASSES + ["zebra"], red_of=CLASSES + ["zebra"])
+    data = LabelledImages(root, transform=_to_tensor, class_names=CLASSES + ["zebra"])
+    with pytest.raises(ImageDataError, match=r"predicts 5 classes \(labels 0\.\.4\), but 2 of 12 images have labels "
+                                             r"outside it, e\.g\. zebra/0\.png -> 5"):
+        evaluate_images(RedReader(), data, batch_size=4)
+
+
+def test_labels_csv_beyond_the_model_is_refused_when_evaluating(tmp_path):
+    root = tmp_path / "flat"
+    root.mkdir()
+    for i in range(3):
+        Image.new("RGB", (4, 4), (40 * i, 0, 0)).save(root / f"{i}.png")
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,label\n0.png,0\n1.png,1\n2.png,10\n")
+    data = LabelledImages(root, csv, transform=_to_tensor)
+    with pytest.raises(ImageDataError, match=r"1 of 3 images have labels outside it, e\.g\. 2\.png -> 10"):
+        evaluate_images(RedReader(), data)
+    rows = [(torch.zeros(3, 4, 4), 7)]  # any dataset of (image, label) pairs
+    with pytest.raises(ImageDataError, match="e.g. label 7"):
+        evaluate_images(RedReader(), rows)
