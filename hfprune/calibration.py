@@ -9,19 +9,41 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .adapters.base import check_text_length
 from .errors import MissingDataError
 
 
-def take_batches(dataloader: Iterable[Any], num_batches: int | None = None) -> list[Any]:
-    """The first ``num_batches`` batches of ``dataloader`` (all if ``None``); an empty result is an error."""
+def take_batches(
+    dataloader: Iterable[Any], num_batches: int | None = None, model: nn.Module | None = None
+) -> list[Any]:
+    """The first ``num_batches`` batches of ``dataloader`` (all if ``None``); an empty result is an error. With
+    ``model``, each batch is checked to fit it (`check_calibration_batch`)."""
     batches = []
     for index, batch in enumerate(dataloader):
         if num_batches is not None and index >= num_batches:
             break
+        if model is not None:
+            check_calibration_batch(model, batch, index)
         batches.append(batch)
     if not batches:
         raise MissingDataError("The calibration dataloader yielded no batches.")
     return batches
+
+
+def check_calibration_batch(model: nn.Module, batch: Any, index: int) -> None:
+    """Refuse a calibration batch the model cannot be scored on, naming it: one without rows, or one with longer
+    token sequences than the model has positions for (both otherwise fail deep inside the model)."""
+    inputs = next(iter(batch.values()), None) if isinstance(batch, Mapping) else batch
+    if isinstance(batch, (tuple, list)) and batch:
+        inputs = batch[0]
+    if isinstance(inputs, Tensor) and inputs.dim() > 0 and inputs.shape[0] == 0:
+        raise MissingDataError(
+            f"Calibration batch {index} holds no rows (its inputs have shape {tuple(inputs.shape)}). Drop empty "
+            "batches from the dataloader (e.g. a last batch cut to nothing, or a filter that removed every row)."
+        )
+    token_ids = batch.get("input_ids") if isinstance(batch, Mapping) else None
+    if isinstance(token_ids, Tensor) and token_ids.dim() > 1:
+        check_text_length(model, token_ids.shape[-1], f"Calibration batch {index}")
 
 
 def initial_loss_scale(model: nn.Module) -> float:

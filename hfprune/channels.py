@@ -207,14 +207,14 @@ class ChannelStatistics:
 
     def nonzero_rates(self) -> dict[str, Tensor]:
         """Fraction of positive post-BN activations per channel on the data (``1 - APoZ``)."""
-        return _apoz_scores(self.model, self.groups, take_batches(self.dataloader, self.num_batches))  # type: ignore
+        return _apoz_scores(self.model, self.groups, take_batches(self.dataloader, self.num_batches, self.model))  # type: ignore
 
     def gradient_weight_products(self) -> dict[str, Tensor]:
         """``|sum over the group of w * dL/dw|`` with gradients summed over the data (group Taylor)."""
         model = self.model
         was_training = model.training
         model.eval()
-        summed = _summed_gradients(model, take_batches(self.dataloader, self.num_batches), self.loss_fn)  # type: ignore
+        summed = _summed_gradients(model, take_batches(self.dataloader, self.num_batches, self.model), self.loss_fn)  # type: ignore
         criterion = tp.importance.GroupTaylorImportance(normalizer=None)
         # The backward ran in the model's dtype (that is the network being pruned); weight x gradient is summed
         # per channel in float32.
@@ -455,9 +455,11 @@ def plan_channels(
         aim = min(1.0, max(1e-3, aim + (target - achieved)))
     plan, achieved = best
     if abs(achieved - target) > 0.01:
-        why = (f"round_to={structure.round_to} keeps multiples of {structure.round_to} channels per group, which is "
-               "too coarse here; lower round_to" if structure.round_to > 1
-               else f"the prunable groups cannot get closer (at most {max_ratio:.0%} of a group is removed)")  # fmt: skip
+        if structure.round_to > 1:
+            why = (f"round_to={structure.round_to} keeps multiples of {structure.round_to} channels per group, which "
+                   "is too coarse here; lower round_to")  # fmt: skip
+        else:
+            why = f"the prunable groups cannot get closer (at most {max_ratio:.0%} of a group is removed)"
         warnings.warn(
             f"target_flops={target} was missed: the plan keeps {achieved:.3f} of the FLOPs, because {why}.",
             HfPruneWarning,

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from .adapters.base import check_text_length
 from .compaction import compact_
 from .config import PruningConfig
 from .errors import ConfigError, HfPruneError
@@ -248,6 +249,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     print(f"Loading {model_path}", file=sys.stderr)
     model = load_model(model_path)
     model.eval()
+    if needs_data or args.eval:
+        check_text_length(model, args.max_seq_length, "--max-seq-length")
     tokenizer = _tokenizer_or_none(model_path)
     if args.eval and tokenizer is None:
         raise ConfigError(f"--eval needs a tokenizer, and {model_path} has none.")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .adapters.base import check_text_length
 from .errors import ConfigError, HfPruneError, HfPruneWarning, MissingDataError
 
 
@@ -535,6 +536,7 @@ def evaluate_glue(
     import torch
 
     task = get_task(task)
+    check_text_length(model, max_length, "max_length")
     model.eval()
     device = next(model.parameters()).device
     results: dict[str, dict[str, float]] = {}

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .adapters import get_adapter
-from .calibration import initial_loss_scale, scaled_backward
+from .calibration import check_calibration_batch, initial_loss_scale, scaled_backward
 from .config import PruningConfig
 from .errors import ConfigError, MissingDataError, NoPrunableModulesError
 from .masks import find_mask, get_raw_weight, merge_masks_, remove_mask_, set_mask_
@@ -561,6 +561,7 @@ def prune_(
         for batch in dataloader:
             if num_batches is not None and seen >= num_batches:
                 break
+            check_calibration_batch(model, batch, seen)
             scale = scaled_backward(model, batch, loss_fn, scale,
                                     lambda: [get_raw_weight(m).grad for m in pruner.modules.values()])  # fmt: skip
             pruner.accumulate(loss_scale=scale)

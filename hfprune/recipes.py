@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from .adapters.base import check_text_length
 from .config import PruningConfig
 from .distillation import DistillationConfig
 from .errors import ConfigError, HfPruneError
@@ -438,6 +439,9 @@ def train_glue(recipe: GlueRecipe) -> dict[str, Any]:
     teacher = None
     if recipe.teacher is not None:
         teacher = AutoModelForSequenceClassification.from_pretrained(recipe.teacher)
+    for network in (model, teacher):
+        if network is not None:
+            check_text_length(network, recipe.max_seq_length, "max_seq_length")  # before any training step
 
     def compute_metrics(prediction: Any) -> dict[str, float]:
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from .calibration import take_batches
 from .compaction import encoder_structure
-from .errors import ConfigError
+from .errors import ConfigError, MissingDataError
 from .targets import require_real_weights
 
 
@@ -127,7 +127,14 @@ def reconstruct_(
     dense_layers = encoder_structure(dense)[1]
     if len(layers) != len(dense_layers):
         raise ConfigError(f"pruned has {len(layers)} layers but dense has {len(dense_layers)}.")
-    batches = take_batches(dataloader, num_batches)
+    batches = take_batches(dataloader, num_batches, pruned)
+    masks = [batch["attention_mask"] for batch in batches if isinstance(batch, dict) and "attention_mask" in batch]
+    if len(masks) == len(batches) and not any(bool(mask.any()) for mask in masks):
+        # The objective counts real tokens only: with none, every sublayer's system would be all zeros.
+        raise MissingDataError(
+            "The calibration batches hold only padding (every attention_mask is 0), so there is nothing to "
+            "reconstruct from. Pass batches of real, tokenized examples."
+        )
     pruned.eval()
     dense.eval()
     pruned_sublayers = adapter.sublayers(pruned)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .adapters import ArchAdapter
 from .adapters.base import unit_param_count
-from .calibration import initial_loss_scale, scaled_backward
+from .calibration import check_calibration_batch, initial_loss_scale, scaled_backward
 from .compaction import PlanMismatchError, PruningPlan, encoder_structure
 from .config import PruningConfig
 from .errors import ConfigError, MissingDataError
@@ -296,6 +296,7 @@ class UnitStatistics:
             for batch in self.dataloader:
                 if self.num_batches is not None and seen >= self.num_batches:
                     break
+                check_calibration_batch(model, batch, seen)
                 for chunk, share in token_chunks(batch, MAX_TOKENS_PER_BACKWARD):
                     scale = self._accumulate(chunk, share, scale, pending, totals, fisher)
                 seen += 1

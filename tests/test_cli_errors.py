@@ -11,7 +11,7 @@ from PIL import Image
 from hfprune.cli import main
 from hfprune.glue import GlueDataError, load_glue
 
-from .models import tiny_bert
+from .models import family_model, tiny_bert
 from .test_recipe_types import _complete_checkpoint
 
 
@@ -32,6 +32,10 @@ def files(tmp_path_factory):
         root / "gpt2"
     )
     paths["gpt2"] = root / "gpt2"
+    tiny_bert(max_position_embeddings=16).save_pretrained(root / "short_bert")
+    paths["short_bert"] = root / "short_bert"
+    family_model("deberta-v2").save_pretrained(root / "deberta")  # 64 positions
+    paths["deberta"] = root / "deberta"
     (root / "a_file").write_text("not a folder")
     paths["a_file"] = root / "a_file"
     (root / "bad.yaml").write_text("pruning:\n  sparsity: 0.5\n   importance: l1\n")
@@ -91,6 +95,13 @@ CASES = {
                                     "{root}/o"], "calibration.num_examples must be a positive integer"),
     "recipe YAML syntax": (["prune", "--model", "{bert}", "--config", "{bad_yaml}", "--output", "{root}/o"],
                            "is not valid YAML: line 3"),
+    "sequences longer than the positions": (
+        ["prune", "--model", "{short_bert}", "--method", "taylor", "--task", "sst2", "--max-seq-length", "64",
+         "--output", "{root}/o"], "--max-seq-length asks for 64 tokens, but this bert model takes at most 16"),
+    "sequences longer than DeBERTa's positions": (
+        ["prune", "--model", "{deberta}", "--method", "fisher", "--structure", "heads", "--task", "sst2",
+         "--max-seq-length", "4096", "--output", "{root}/o"], "asks for 4096 tokens, but this deberta-v2 model takes "
+        "at most 64"),
     "output is a file": (["prune", "--model", "{bert}", "--output", "{a_file}"], "is a file, not a folder"),
     "output holds user files": (["prune", "--model", "{bert}", "--output", "{busy}", "--overwrite"],
                                 "holds files hfprune did not write (notes.txt)"),

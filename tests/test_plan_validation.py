@@ -206,7 +206,7 @@ def test_corrupt_channel_folder_names_the_file(tmp_path):
 def test_a_channel_plan_in_a_transformers_folder_names_the_plan_kind(tmp_path):
     folder, _ = _saved_pruned(tmp_path)
     ChannelPlan(num_channels={"conv1": 8}, kept={"conv1": [0, 1]}).save_pretrained(folder)
-    with pytest.raises(PlanMismatchError, match=r"is a CNN channel plan, but config\.json describes a transformers bert"):
+    with pytest.raises(PlanMismatchError, match=r"CNN channel plan, but config\.json describes a transformers bert"):
         load_pruned(folder)
 
 

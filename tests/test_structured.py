@@ -320,3 +320,43 @@ def test_parameter_target_counts_weights_not_operations():
         PruningConfig(structure="channels", target_params=0.5)
     with pytest.raises(ConfigError, match=r"target_params is the fraction .* must be in \(0, 1\]"):
         PruningConfig(structure="heads", target_params=0.0)
+
+
+# ------------------------------------------------------------------------------- calibration batches that cannot work
+def test_calibration_sequences_longer_than_the_model_takes_are_refused_naming_the_batch():
+    model = tiny_bert(max_position_embeddings=16)
+    batches = [bert_batch(seq_len=12), bert_batch(seq_len=20)]
+    config = PruningConfig(importance="fisher", structure="heads_and_neurons", target_flops=0.5)
+    with pytest.raises(ConfigError, match="Calibration batch 1 asks for 20 tokens, but this bert model takes at most"):
+        plan_structured(model, config, batches)
+    with pytest.raises(ConfigError, match="Calibration batch 1 asks for 20 tokens"):
+        prune_(model, PruningConfig(importance="taylor", sparsity=0.5), batches)
+
+
+def test_roberta_positions_start_after_the_padding_index():
+    model = tiny_encoder("roberta")  # 64 position embeddings, of which 2 are reserved
+    with pytest.raises(ConfigError, match="asks for 63 tokens, but this roberta model takes at most 62"):
+        plan_structured(model, PruningConfig(importance="taylor", structure="heads", sparsity=0.5),
+                        [{**bert_batch(seq_len=63)}])  # fmt: skip
+
+
+def test_an_empty_calibration_batch_is_named():
+    from .models import family_batch, family_model
+
+    model = family_model("vit")
+    empty = {key: value[:0] for key, value in family_batch(model).items()}
+    config = PruningConfig(importance="fisher", structure="heads_and_neurons", target_flops=0.5)
+    with pytest.raises(HfPruneError, match=r"Calibration batch 1 holds no rows \(its inputs have shape \(0, 3, 16,"):
+        plan_structured(model, config, [family_batch(model), empty])
+
+
+def test_reconstruction_from_padding_only_is_refused():
+    from hfprune.retraining_free import reconstruct_
+
+    dense = tiny_bert()
+    pruned = copy.deepcopy(dense)
+    compact_(pruned, _uneven_plan(pruned))
+    batch = bert_batch()
+    batch["attention_mask"] = torch.zeros_like(batch["attention_mask"])
+    with pytest.raises(HfPruneError, match="hold only padding"):
+        reconstruct_(pruned, dense, [batch])

@@ -10,7 +10,6 @@ from torch.utils.data import Subset
 
 import hfprune.models  # noqa: F401 - registers the CIFAR ResNets with timm
 from hfprune import ConfigError, PruningConfig
-from hfprune.errors import HfPruneWarning
 from hfprune.channels import (
     ChannelPlan,
     apply_channel_plan_,
@@ -20,6 +19,7 @@ from hfprune.channels import (
     plan_channels,
 )
 from hfprune.compaction import PlanMismatchError
+from hfprune.errors import HfPruneWarning
 from hfprune.hub import load_channel_pruned, save_channel_pruned
 from hfprune.structures import Channels
 from hfprune.vision import ImageDataError, LabelledImages, eval_transform, evaluate_images

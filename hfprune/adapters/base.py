@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import UnsupportedArchitectureError
+from ..errors import ConfigError, UnsupportedArchitectureError
 from ..shrink import ParamSlice, UnitGroup, find_layers
 
 
@@ -184,7 +184,7 @@ class EncoderAdapter(ArchAdapter):
         return flops + 2 * products * seq_len * seq_len * group.unit_size
 
     def example_inputs(self, model: nn.Module, batch_size: int = 1, seq_len: int = 128) -> dict[str, Any]:
-        return text_example_inputs(model, batch_size, seq_len, reserved_positions=self.reserved_positions)
+        return text_example_inputs(model, batch_size, seq_len)
 
 
 def unit_weight_count(group: UnitGroup, layer: nn.Module) -> int:
@@ -274,18 +274,40 @@ def encoder_structure(model: nn.Module) -> tuple[ArchAdapter, nn.ModuleList, dic
     return adapter, adapter.layers(model), adapter.unit_groups(model)
 
 
-def text_example_inputs(
-    model: nn.Module, batch_size: int, seq_len: int, reserved_positions: int = 0
-) -> dict[str, torch.Tensor]:
+def max_text_length(model: nn.Module) -> int | None:
+    """The longest token sequence ``model`` takes: ``max_position_embeddings`` less the positions its family
+    reserves before the first token (RoBERTa-style models count from ``padding_idx + 1``); ``None`` when the config
+    sets no limit."""
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not isinstance(positions, int) or isinstance(positions, bool):
+        return None
+    adapter = get_adapter(model, required=False)
+    return positions - int(getattr(adapter, "reserved_positions", 0))
+
+
+def check_text_length(model: nn.Module, length: int, option: str) -> None:
+    """Refuse sequences longer than ``model`` takes, before any work (they fail deep in the embeddings otherwise).
+
+    ``option`` names what set the length (``"--max-seq-length"``, ``"max_length"``, ``"calibration batch 3"``).
+    """
+    limit = max_text_length(model)
+    if limit is not None and length > limit:
+        raise ConfigError(
+            f"{option} asks for {length} tokens, but this {model_type_of(model) or type(model).__name__} model takes "
+            f"at most {limit} (config.max_position_embeddings = {model.config.max_position_embeddings}). "  # type: ignore
+            f"Use a maximum length of at most {limit}."
+        )
+
+
+def text_example_inputs(model: nn.Module, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
     """Random token ids within the model's vocabulary and a full attention mask.
 
-    ``seq_len`` is capped at the positions the model has, ``max_position_embeddings`` less the
-    ``reserved_positions`` its family keeps before the first token (small test models have few).
+    ``seq_len`` is capped at the positions the model has (small test models have few).
     """
     config = model.config  # type: ignore[attr-defined]
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions is not None:
-        seq_len = min(seq_len, positions - reserved_positions)
+    limit = max_text_length(model)
+    if limit is not None:
+        seq_len = min(seq_len, limit)
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=generator)
     device = next(model.parameters()).device
