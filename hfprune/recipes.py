@@ -230,6 +230,17 @@ class GlueRecipe:
         self.training = coerce_training_arguments(self.training)
         if self.training.get("output_dir") is None:
             raise ConfigError("The training section needs output_dir (where checkpoints go).")
+        if self.output_dir is not None:
+            final = Path(self.output_dir).expanduser().resolve()
+            checkpoints = Path(str(self.training["output_dir"])).expanduser().resolve()
+            if final == checkpoints or final in checkpoints.parents:
+                # Training writes checkpoints there, and the final save refuses (or would replace) a folder
+                # holding them: the run would train every step and then lose its model.
+                raise ConfigError(
+                    f"output_dir ({final}) is, or contains, training.output_dir ({checkpoints}), where training "
+                    "writes its checkpoints; the final model could not be saved there. Choose a separate output_dir "
+                    "(or leave it out: the model goes to <training.output_dir>/final)."
+                )
         if self.pruning is not None:
             _check_keys("the pruning section", self.pruning, [f.name for f in dataclasses.fields(PruningConfig)])
         if self.distillation is not None:

@@ -339,11 +339,31 @@ class PruningTrainer(Trainer):
         """
         if resume_from_checkpoint not in (None, False):
             resume_from_checkpoint = self._resolve_checkpoint(resume_from_checkpoint)
+            if self.pruner is None:
+                self._refuse_pruning_checkpoint(Path(resume_from_checkpoint))
             if self.pruner is not None:
                 state = load_pruner_state(Path(resume_from_checkpoint) / PRUNER_STATE_NAME)
                 self._check_same_config(state, resume_from_checkpoint)
                 self.pruner.load_state_dict(state)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _refuse_pruning_checkpoint(self, checkpoint: Path) -> None:
+        """A checkpoint written while pruning cannot resume without its pruner: its optimizer has the score group
+        (torch would only say "different number of parameter groups") and its masks would be dropped."""
+        if not (checkpoint / PRUNER_STATE_NAME).is_file():
+            return
+        saved = load_pruner_state(checkpoint / PRUNER_STATE_NAME).get("config")
+        try:
+            fields = PruningConfig().differences(PruningConfig.from_dict(saved)) if saved is not None else {}
+            described = ", ".join(f"{name}={theirs!r}" for name, (_, theirs) in sorted(fields.items()))
+        except ConfigError:
+            described = ""
+        raise ConfigError(
+            f"Checkpoint {checkpoint} was written by a PruningTrainer with a pruning config"
+            f"{f' (PruningConfig({described}))' if described else ''}, but this trainer has none: its masks, scores "
+            "and optimizer groups cannot be restored. Build the PruningTrainer with that pruning_config to resume, "
+            "or start a new run in a new output_dir."
+        )
 
     def _check_same_config(self, state: dict[str, Any], checkpoint: str) -> None:
         saved = state.get("config")

@@ -188,16 +188,30 @@ def test_an_image_recipe_refuses_a_folder_holding_the_users_file_before_any_work
     assert _names(out) == ["my_notes.txt"]
 
 
-def test_a_glue_recipe_refuses_its_training_folder_as_the_output_before_training(tmp_path, bert_folder):
+def test_a_glue_recipe_refuses_an_output_holding_others_files_before_training(tmp_path, bert_folder):
     from hfprune.recipes import GlueRecipe, train_glue
 
-    run = tmp_path / "run"
-    (run / "checkpoint-500").mkdir(parents=True)
-    recipe = GlueRecipe(model=str(bert_folder), task="sst2", output_dir=str(run),
-                        training={"output_dir": str(run), "max_steps": 1, "use_cpu": True})  # fmt: skip
+    out = tmp_path / "out"
+    (out / "checkpoint-500").mkdir(parents=True)
+    recipe = GlueRecipe(model=str(bert_folder), task="sst2", output_dir=str(out),
+                        training={"output_dir": str(tmp_path / "run"), "max_steps": 1, "use_cpu": True})  # fmt: skip
     with pytest.raises(OutputDirectoryError, match=r"did not write \(checkpoint-500\)"):
         train_glue(recipe)
-    assert _names(run) == ["checkpoint-500"]
+    assert _names(out) == ["checkpoint-500"]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("final", [".", ".."])
+def test_a_glue_recipe_whose_output_is_its_training_folder_is_refused_when_read(tmp_path, final):
+    # With an empty training folder this used to pass the up-front check, train every step, then fail to save.
+    from hfprune.errors import ConfigError
+    from hfprune.recipes import GlueRecipe
+
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"output_dir \(.*\) is, or contains, training\.output_dir"):
+        GlueRecipe(model="m", task="sst2", output_dir=str(run / final),
+                   training={"output_dir": str(run), "max_steps": 1})  # fmt: skip
+    assert not run.exists()
 
 
 @pytest.fixture

@@ -89,3 +89,16 @@ def test_resume_true_without_any_complete_checkpoint_is_clear(tmp_path):
     (tmp_path / "checkpoint-2").mkdir(parents=True)
     with pytest.raises(HfPruneError, match=r"No complete checkpoint .* \(incomplete: checkpoint-2\)"):
         _trainer(tmp_path, max_steps=4).train(resume_from_checkpoint=True)
+
+
+@pytest.mark.parametrize("resume", ["true", "path"])
+def test_resuming_a_pruning_checkpoint_without_a_pruning_config_names_the_config(tmp_path, resume):
+    # It used to end in torch's "loaded state dict has a different number of parameter groups".
+    movement = PruningConfig(importance="movement", sparsity=0.6, schedule=CubicSchedule(end_step=10, every=1))
+    _trainer(tmp_path, config=movement, max_steps=4).train()
+    plain = _trainer(tmp_path, config=None, max_steps=6)
+    target = True if resume == "true" else str(tmp_path / "checkpoint-4")
+    with pytest.raises(ConfigError, match=r"checkpoint-4 was written by a PruningTrainer with a pruning config "
+                                          r"\(PruningConfig\(importance=MovementImportance.*sparsity=0\.6\)\), but "
+                                          r"this trainer has none"):
+        plain.train(resume_from_checkpoint=target)
