@@ -560,11 +560,26 @@ def create_base_model(architecture: str, num_classes: int) -> nn.Module:
         import torchvision
 
         return torchvision.models.get_model(architecture.split(":", 1)[1], weights=None, num_classes=num_classes)
+    import huggingface_hub
     import timm
 
     from . import models  # noqa: F401 - registers the CIFAR ResNets with timm
 
+    on_hub = architecture.startswith("hf-hub:")
+    hub_advice = (
+        f"timm builds {architecture!r} from a config it downloads from the Hugging Face Hub. Connect once (timm "
+        "caches it), or name the timm architecture itself (e.g. 'resnet50' instead of 'hf-hub:timm/resnet50.a1_in1k')."
+    )
+    if on_hub and huggingface_hub.is_offline_mode():
+        # Said before trying: offline, timm would fail deep in the Hub client.
+        raise UnsupportedArchitectureError(f"The Hub is offline (HF_HUB_OFFLINE=1), and {hub_advice}")
     try:
         return timm.create_model(architecture, pretrained=False, num_classes=num_classes)
     except RuntimeError as err:
         raise UnsupportedArchitectureError(f"Unknown model architecture {architecture!r}: {err}") from err
+    except (OSError, huggingface_hub.errors.HfHubHTTPError) as err:
+        if not on_hub:
+            raise
+        raise UnsupportedArchitectureError(
+            f"The Hub could not be reached ({type(err).__name__}), and {hub_advice}"
+        ) from err

@@ -33,6 +33,7 @@ from .retraining_free import reconstruct_
 from .schedules import SCHEDULES
 from .structured import plan_structured
 from .structures import STRUCTURES, EncoderUnits
+from .targets import check_module_patterns
 
 
 RECIPE_KEYS = {"model", "pruning", "calibration"}
@@ -136,19 +137,8 @@ def build_config(args: argparse.Namespace, recipe: dict[str, Any]) -> PruningCon
 
 def _check_patterns(key: str, value: Any) -> None:
     """A target/exclude regex that does not compile is an error naming the flag, the pattern and the problem."""
-    patterns = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else []
-    flag = "--" + key.replace("_", "-")
-    for pattern in patterns:
-        if not isinstance(pattern, str):
-            continue
-        text = pattern[3:] if pattern.startswith("re:") else pattern
-        try:
-            re.compile(text)
-        except re.error as err:
-            raise ConfigError(
-                f"{flag} (pruning.{key}) {pattern!r} is not a valid regular expression: {err}. Escape special "
-                r"characters with a backslash (e.g. '\[' for a literal '['), or use e.g. '.*attention.*'."
-            ) from None
+    # PruningConfig checks them too; here the message names the flag and the recipe key.
+    check_module_patterns(f"--{key.replace('_', '-')} (pruning.{key})", value if isinstance(value, str) else None)
 
 
 def _positive_int(text: str) -> int:

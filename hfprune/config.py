@@ -23,6 +23,7 @@ from .importance import IMPORTANCES, Importance, unsupported_pair_message
 from .registry import check_unknown_keys, tolerate_unknown_keys
 from .schedules import SCHEDULES, Schedule
 from .structures import STRUCTURES, Structure
+from .targets import check_module_patterns
 
 
 CONFIG_VERSION = 1
@@ -208,8 +209,11 @@ class PruningConfig(ConfigMixin):
             raise ConfigError(f"scope must be 'local' or 'global'; got {self.scope!r}.")
         self.target_modules = _normalize_modules(self.target_modules, "target_modules")
         self.exclude_modules = _normalize_modules(self.exclude_modules, "exclude_modules")
+        check_module_patterns("target_modules", self.target_modules)
+        check_module_patterns("exclude_modules", self.exclude_modules)
         if not isinstance(self.sparsity_overrides, dict):
             raise ConfigError(f"sparsity_overrides must be a dict; got {self.sparsity_overrides!r}.")
+        check_module_patterns("sparsity_overrides key", self.sparsity_overrides, regex_prefix="re:")
         self.sparsity_overrides = {
             str(k): self._check_sparsity(f"sparsity_overrides[{k!r}]", v) for k, v in self.sparsity_overrides.items()
         }

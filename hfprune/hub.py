@@ -29,6 +29,7 @@ from .errors import ConfigError, HfPruneError, HfPruneWarning
 from .masks import merged_state_dict
 from .plan import PLAN_NAME, ChannelPlan, PlanMismatchError, PruningPlan, read_plan
 from .reporting import PruningReport, compare_reports, report
+from .targets import require_real_weights
 
 
 TEMPLATE_PATH = Path(__file__).parent / "model_cards" / "pruned_model.md"
@@ -223,6 +224,12 @@ def _signals_handled() -> Iterator[dict[str, Any]]:
         os.kill(os.getpid(), state["pending"])  # arrived during the swap, which completed: deliver it now
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)  # the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_directory(
     path: str | os.PathLike, overwrite: bool = False, inputs: Sequence[str | os.PathLike | None] = ()
@@ -240,6 +247,9 @@ def atomic_directory(
     final.parent.mkdir(parents=True, exist_ok=True)
     with _signals_handled() as signals:
         staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
+        # mkdtemp makes the folder private (0700), and the swap would keep that mode: give it the mode any new
+        # folder gets (as save_pretrained's do), so that a group serving the model can read it.
+        staging.chmod(0o777 & ~_current_umask())
         try:
             yield staging
             manifest = {"files": sorted(entry.name for entry in staging.iterdir())}
@@ -607,6 +617,7 @@ def save_pruned(
     compacted model) ``pruning_plan.json`` is written too; load such a folder with `hfprune.load_pruned`. The card
     gets ``evaluation`` as model-index eval results, and a ``kept_structure.png`` figure when matplotlib is there.
     """
+    require_real_weights(model, "save_pruned")
     if isinstance(plan, ChannelPlan):
         # A channel-pruned timm CNN: its architecture name rebuilds the base model on load.
         architecture = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
@@ -645,7 +656,17 @@ def load_pruning_config(directory: str | os.PathLike) -> PruningConfig | None:
     path = Path(directory) / PruningConfig.config_name
     if not path.is_file():
         return None
-    return PruningConfig.from_dict(json.loads(path.read_text()))
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(
+            f"{path} is not valid JSON ({err}): the file is damaged or was cut short. Copy it again from where the "
+            "model was saved."
+        ) from err
+    try:
+        return PruningConfig.from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
 
 
 def local_folder(name_or_path: str | os.PathLike) -> Path:
@@ -738,6 +759,19 @@ def _compacted_class(model_class: type, plan: PruningPlan) -> type:
     return type(model_class.__name__, (model_class,), {"__init__": __init__, "__module__": model_class.__module__})
 
 
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a damaged or cut-short file is an error that names it."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(path))
+    except SafetensorError as err:
+        raise HfPruneError(
+            f"{path} cannot be read ({err}): the file is damaged or was cut short. Copy the folder again from where "
+            "it was saved."
+        ) from err
+
+
 def saved_dtype(state: dict[str, torch.Tensor]) -> torch.dtype:
     """The floating dtype holding most of the saved weights (float32 when there are none)."""
     sizes: dict[torch.dtype, int] = {}
@@ -823,14 +857,26 @@ def _load_channel_folder(directory: Path, plan: ChannelPlan | None = None) -> nn
         raise HfPruneError(
             f"{config_path} lacks {missing}: it was not written by hfprune's save_channel_pruned (or was edited)."
         )
+    architecture, num_classes, pretrained_cfg = fields["architecture"], fields["num_classes"], fields.get(
+        "pretrained_cfg") or {}  # fmt: skip
+    for key, value, expected, good in (
+        ("architecture", architecture, "a timm architecture name (a string)", isinstance(architecture, str)),
+        ("num_classes", num_classes, "a positive integer", type(num_classes) is int and num_classes > 0),
+        ("pretrained_cfg", pretrained_cfg, "a JSON object", isinstance(pretrained_cfg, dict)),
+    ):
+        if not good:
+            raise HfPruneError(
+                f"{config_path}: {key} must be {expected}; got {value!r} ({type(value).__name__}). The folder's "
+                "config was edited or damaged: copy it again from where the model was saved."
+            )
     plan = plan if plan is not None else ChannelPlan.from_pretrained(directory)
     weights = directory / "model.safetensors"
     if not weights.is_file():
         raise HfPruneError(f"{weights} is missing.")
-    model = create_base_model(config["architecture"], config["num_classes"])
-    size = (config.get("pretrained_cfg") or {}).get("input_size") or [3, 224, 224]
+    model = create_base_model(architecture, num_classes)
+    size = pretrained_cfg.get("input_size") or [3, 224, 224]
     apply_channel_plan_(model, plan, torch.zeros(1, *size))
-    state = load_file(str(weights))
+    state = read_weights(weights)
     model.to(saved_dtype(state))  # a bf16/fp16 model reloads in its own dtype
     try:
         model.load_state_dict(state)

@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .adapters.base import get_adapter
 from .masks import merged_state_dict
-from .targets import PRUNABLE_TYPES, resolve_targets
+from .targets import PRUNABLE_TYPES, require_real_weights, resolve_targets
 
 
 REPORT_VERSION = 1
@@ -265,6 +265,7 @@ def report(
     Returns:
         `PruningReport`
     """
+    require_real_weights(model, "report")
     param_names = [
         name.replace(".parametrizations.weight.original", ".weight") for name, _ in model.named_parameters()
     ]

@@ -32,6 +32,23 @@ def matches(name: str, spec: str | Sequence[str] | None) -> bool:
     return any(_suffix_match(name, pattern) for pattern in spec)
 
 
+def check_module_patterns(name: str, value: str | Sequence[str] | None, regex_prefix: str | None = None) -> None:
+    """Refuse a module-selecting regex that does not compile, naming ``name`` (the option), the pattern and the
+    problem. ``value`` is one regex, or (with ``regex_prefix``, e.g. ``"re:"``) keys of which those that start with
+    the prefix are regexes; other strings are names."""
+    patterns = [value] if isinstance(value, str) and regex_prefix is None else []
+    if regex_prefix is not None and value is not None:
+        patterns = [key[len(regex_prefix):] for key in value if isinstance(key, str) and key.startswith(regex_prefix)]
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise ConfigError(
+                f"{name} {pattern!r} is not a valid regular expression: {err}. Escape special characters with a "
+                r"backslash (e.g. '\[' for a literal '['), or use e.g. '.*attention.*'."
+            ) from None
+
+
 def override_matches(name: str, key: str) -> bool:
     """Whether a `sparsity_overrides` key (``"re:<regex>"`` or a name/suffix) selects ``name``."""
     if key.startswith("re:"):

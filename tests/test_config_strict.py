@@ -121,3 +121,29 @@ def test_components_built_in_python_refuse_fractional_integers(cls, name):
     extra = {"end_step": 10} if "end_step" in {f.name for f in dataclasses.fields(cls)} and name != "end_step" else {}
     with pytest.raises(ConfigError, match=rf"{cls.__name__}\.{name} must be an integer \(e\.g\. 3\); got 2\.5"):
         cls(**extra, **{name: 2.5})
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"target_modules": "["}, r"target_modules '\[' is not a valid regular expression"),
+        ({"exclude_modules": "(a"}, r"exclude_modules '\(a' is not a valid regular expression"),
+        ({"sparsity_overrides": {"re:(a": 0.5}}, r"sparsity_overrides key '\(a' is not a valid regular expression"),
+    ],
+)
+def test_a_regex_that_does_not_compile_is_refused_by_the_config(fields, message):
+    # It used to reach re.fullmatch and fail there as a raw re.error, at the first module matched.
+    with pytest.raises(ConfigError, match=message):
+        PruningConfig(**fields)
+
+
+def test_a_damaged_pruning_config_file_is_named(tmp_path):
+    from hfprune.hub import load_pruning_config
+
+    path = tmp_path / PruningConfig.config_name
+    path.write_text('{"sparsity": 0.5')
+    with pytest.raises(ConfigError, match=rf"{path} is not valid JSON .*damaged or was cut short"):
+        load_pruning_config(tmp_path)
+    path.write_text('{"sparsity": 1.5}')
+    with pytest.raises(ConfigError, match=rf"{path}: sparsity must be in"):
+        load_pruning_config(tmp_path)

@@ -8,7 +8,17 @@ import torch
 from torch import nn
 
 import hfprune.models  # noqa: F401 - registers the CIFAR ResNets with timm
-from hfprune import ConfigError, Pruner, PruningConfig, PruningPlan, compact_, load_pruned, plan_structured, prune_
+from hfprune import (
+    ConfigError,
+    Pruner,
+    PruningConfig,
+    PruningPlan,
+    compact_,
+    load_pruned,
+    plan_structured,
+    prune_,
+    report,
+)
 from hfprune.channels import (
     ChannelPlan,
     adaptive_bn_,
@@ -358,6 +368,8 @@ META_CALLS = {
         _on_meta(ConvNet), PruningConfig(structure="channels", target_flops=0.5), X8, [], []
     ),
     "apply_plan_masks_": lambda: apply_plan_masks_(_on_meta(tiny_bert), PruningPlan.dense(tiny_bert())),
+    "report": lambda: report(_on_meta(tiny_bert)),
+    "save_pruned": lambda: save_pruned(_on_meta(tiny_bert), "never-written", pruning_config=PruningConfig()),
 }
 
 

@@ -1,7 +1,9 @@
 """Nothing is lost: overwrite replaces only hfprune's own outputs, never an input, and a kill at any moment of a
 save leaves the old or the new model at the destination (never neither, never a mix)."""
 
+import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -220,3 +222,16 @@ def bert_folder(tmp_path):
 
     tiny_bert().save_pretrained(tmp_path / "bert")
     return tmp_path / "bert"
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o027, 0o750), (0o077, 0o700)])
+def test_saved_folders_get_the_mode_the_umask_gives_new_folders(tmp_path, umask, mode):
+    # The hidden build folder is private (0700); swapped into place it kept that mode, so a model saved on a shared
+    # server could not be read by the group serving it.
+    previous = os.umask(umask)
+    try:
+        with atomic_directory(tmp_path / "model") as staging:
+            (staging / "config.json").write_text("{}")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == mode

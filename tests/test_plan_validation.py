@@ -247,3 +247,52 @@ def test_a_truncated_weights_file_is_named(tmp_path):
     weights.write_bytes(weights.read_bytes()[:-100])
     with pytest.raises(HfPruneError, match=rf"{folder}.*damaged or was cut short"):
         load_pruned(folder)
+
+
+def _channel_folder(tmp_path):
+    from hfprune.channels import create_base_model, plan_channels
+    from hfprune.hub import save_channel_pruned
+
+    model = create_base_model("cifar_resnet20", 10)
+    x = torch.zeros(1, 3, 32, 32)
+    plan = plan_channels(model, PruningConfig(structure="channels", sparsity=0.5), x)
+    apply_channel_plan_(model, plan, x)
+    return save_channel_pruned(model, tmp_path / "cnn", plan, architecture="cifar_resnet20", num_classes=10)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("num_classes", "10", r"num_classes must be a positive integer; got '10' \(str\)"),
+        ("num_classes", 10.5, r"num_classes must be a positive integer; got 10\.5 \(float\)"),
+        ("architecture", 5, r"architecture must be a timm architecture name \(a string\); got 5"),
+        ("pretrained_cfg", "x", r"pretrained_cfg must be a JSON object; got 'x'"),
+    ],
+)
+def test_a_channel_folder_config_with_wrong_types_names_the_key(tmp_path, key, value, message):
+    folder = _channel_folder(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(HfPruneError, match=message):
+        load_pruned(folder)
+
+
+def test_a_channel_folder_naming_a_hub_architecture_says_so_before_going_online(tmp_path, monkeypatch):
+    from hfprune.errors import UnsupportedArchitectureError
+
+    folder = _channel_folder(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["architecture"] = "hf-hub:timm/resnet18.a1_in1k"
+    (folder / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr("huggingface_hub.is_offline_mode", lambda: True)
+    with pytest.raises(UnsupportedArchitectureError, match=r"The Hub is offline .*name the timm architecture itself"):
+        load_pruned(folder)
+
+
+def test_a_truncated_channel_weights_file_is_named(tmp_path):
+    folder = _channel_folder(tmp_path)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-50])
+    with pytest.raises(HfPruneError, match=rf"{weights} cannot be read .*damaged or was cut short"):
+        load_pruned(folder)
