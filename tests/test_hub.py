@@ -86,3 +86,39 @@ def test_existing_output_needs_overwrite(tmp_path):
 def test_missing_model_path_is_a_clear_error(tmp_path):
     with pytest.raises(HfPruneError, match="Could not load a model config"):
         load_model(tmp_path / "nope")
+
+
+def test_a_compacted_model_pushed_with_transformers_push_to_hub_loads_from_its_hub_id(tmp_path, monkeypatch):
+    # The README's promise, with the Hub replaced by a folder: push_to_hub saves with save_pretrained (converting
+    # ViT's keys to their checkpoint names) and uploads that folder; load_pruned("user/name") downloads and rebuilds.
+    import shutil
+    import types
+
+    import huggingface_hub
+    import transformers.utils.hub
+
+    from hfprune import PruningPlan, compact_, load_pruned
+
+    from .models import family_batch, family_model
+
+    hub = tmp_path / "hub" / "user" / "vit-pruned"
+
+    def upload(self, folder, repo_id, **kwargs):
+        shutil.copytree(folder, hub)
+
+    api = types.SimpleNamespace(create_repo=lambda repo_id, **kwargs: types.SimpleNamespace(repo_id=repo_id))
+    monkeypatch.setattr(transformers.utils.hub, "hf_api", lambda: api)
+    monkeypatch.setattr(transformers.utils.hub, "create_and_tag_model_card", lambda *a, **k: ModelCard(""))
+    monkeypatch.setattr(transformers.utils.hub.PushToHubMixin, "_upload_modified_files", upload)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **_: str(tmp_path / "hub" / repo_id))
+
+    model = family_model("vit")
+    plan = PruningPlan.dense(model)
+    plan.heads = [[1, 2], [3]]
+    plan.neurons = [[0, 5, 9], list(range(20))]
+    compact_(model, PruningPlan.from_dict(plan.to_dict()))
+    model.push_to_hub("user/vit-pruned")
+    reloaded = load_pruned("user/vit-pruned")
+    batch = family_batch(model, labels=False)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, model.eval()(**batch).logits)
