@@ -88,7 +88,14 @@ def inputs_like_model(value: Any, model: nn.Module) -> Any:
 
 
 def calibration_loss(model: nn.Module, batch: Any, loss_fn: Callable[..., Tensor] | None) -> Tensor:
-    """The loss of one calibration batch: a dict of model inputs with labels, or an ``(inputs, targets)`` pair."""
+    """The loss of one calibration batch: a dict of model inputs with labels, or an ``(inputs, targets)`` pair.
+
+    ``loss_fn`` replaces the model's own loss: for a dict batch it is called as ``loss_fn(model, batch)`` and runs
+    the model itself (a label-free objective such as `hfprune.embeddings.EmbeddingObjective`); for a pair, as
+    ``loss_fn(logits, targets)`` (default: cross-entropy).
+    """
+    if isinstance(batch, Mapping) and loss_fn is not None:
+        return loss_fn(model, {key: inputs_like_model(value, model) for key, value in batch.items()})
     if isinstance(batch, Mapping):
         # Labels keep their dtype (regression targets stay float32); floating inputs follow the model.
         outputs = model(**{key: value if key == "labels" else inputs_like_model(value, model)

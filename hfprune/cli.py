@@ -39,7 +39,12 @@ from .targets import check_module_patterns
 RECIPE_KEYS = {"model", "pruning", "calibration"}
 #: Keys of a prune recipe's ``calibration`` section; each has a `hfprune prune` flag that overrides it.
 CALIBRATION_KEYS = {"task": (str, None), "data_dir": (str, None), "num_examples": (int, 512),
-                    "max_seq_length": (int, 128), "reconstruct": (bool, True), "eval": (bool, False)}  # fmt: skip
+                    "max_seq_length": (int, 128), "reconstruct": (bool, True), "eval": (bool, False),
+                    "text": (str, None), "eval_data": (str, None)}  # fmt: skip
+#: `hfprune prune` flags that set the pruning method; with none of them (and no recipe) an embedding model gets
+#: `hfprune.workflows.embedding.DEFAULT_EMBEDDING_CONFIG`.
+PRUNING_FLAGS = ("method", "sparsity", "scope", "structure", "target_modules", "exclude_modules", "target_flops",
+                 "target_params")  # fmt: skip
 
 
 #: Hub id of the bundled demo model, recorded as ``base_model`` in model cards.
@@ -110,6 +115,8 @@ def resolve_calibration(args: argparse.Namespace, recipe: dict[str, Any]) -> arg
         ("max_seq_length", "max_seq_length"),
         ("reconstruct", "reconstruct"),
         ("eval", "eval"),
+        ("calibration_text", "text"),
+        ("eval_data", "eval_data"),
     ):
         if getattr(args, attribute, None) is None:
             setattr(args, attribute, section[key])
@@ -201,6 +208,7 @@ def _tokenizer_or_none(path: str | Path) -> Any:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    from .embeddings import is_sentence_transformer
     from .hub import check_output_directory
 
     recipe = load_recipe(args.config)
@@ -210,6 +218,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise ConfigError(f"Recipe {args.config}: model must be a folder or Hub id; got {recipe['model']!r}.")
     model_path = args.model or recipe.get("model") or default_model_path()
     base_model = DEFAULT_MODEL_ID if not (args.model or recipe.get("model")) else str(model_path)
+    if args.task is None and Path(model_path).is_dir() and is_sentence_transformer(model_path):
+        if not args.config and all(getattr(args, flag) is None for flag in PRUNING_FLAGS):
+            from .workflows.embedding import DEFAULT_EMBEDDING_CONFIG
+
+            config = PruningConfig(**DEFAULT_EMBEDDING_CONFIG)
+        if isinstance(config.structure, EncoderUnits):
+            return _prune_embedding_model(args, config, model_path, base_model)
+    for flag, value in (("--calibration-text", args.calibration_text), ("--eval-data", args.eval_data)):
+        if value is not None:
+            raise ConfigError(f"{flag} belongs to heads/neurons pruning of a sentence-transformers model without "
+                              "--task; here pass --task (and --data-dir) for calibration and --eval.")  # fmt: skip
     # Everything the user's input decides is checked before the model loads and calibration runs.
     if args.task is not None:
         from .glue import get_task, glue_files
@@ -304,6 +323,30 @@ def cmd_prune(args: argparse.Namespace) -> int:
     )  # fmt: skip
     print(compare_reports(before, after))
     print(f"Pruned in {pruning_seconds:.1f} s. Saved to {output}")
+    return 0
+
+
+def _prune_embedding_model(args: argparse.Namespace, config: PruningConfig, model_path: Any, base_model: str) -> int:
+    """`hfprune prune` of a sentence-transformers folder without --task: label-free heads/neurons pruning."""
+    from .embeddings import read_sentences, read_sts
+    from .hub import check_output_directory
+    from .workflows.embedding import prune_embedding_model
+
+    if args.eval:
+        raise ConfigError("--eval evaluates on a GLUE dev set; for an embedding model pass --eval-data (STS pairs).")
+    check_output_directory(args.output, overwrite=args.overwrite, inputs=[model_path, args.calibration_text])
+    read_sentences(args.calibration_text)  # a missing or empty file fails before the model loads
+    pairs = read_sts(args.eval_data) if args.eval_data is not None else None
+    print(f"Loading {model_path} (sentence-transformers; pruned without labels)", file=sys.stderr)
+    result = prune_embedding_model(
+        model_path, args.output, config, calibration_text=args.calibration_text,
+        num_sentences=args.num_calibration, max_seq_length=args.max_seq_length, reconstruct=args.reconstruct,
+        eval_pairs=pairs, measure_latency=not args.no_latency, latency_rounds=args.latency_runs,
+        base_model=base_model, overwrite=args.overwrite,
+    )  # fmt: skip
+    print(result.table())
+    print(f"Pruned in {result.seconds:.1f} s. Saved to {result.output}; load it with "
+          f"SentenceTransformer({str(result.output)!r}, trust_remote_code=True).")  # fmt: skip
     return 0
 
 
@@ -595,6 +638,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         help="Truncation length of calibration and dev examples (recipe key calibration.max_seq_length; default "
         "128). --seq-len is only the shape FLOPs and latency are measured at.",
+    )
+    prune.add_argument(
+        "--calibration-text",
+        help="Sentence-transformers models without --task: a text file, one sentence per line, to calibrate on "
+        "without labels (default: hfprune's own 600 sentences; recipe key calibration.text).",
+    )
+    prune.add_argument(
+        "--eval-data",
+        help="Sentence-transformers models: STS pairs to score before and after (a GLUE folder with STS-B/dev.tsv, "
+        "the STS-B folder, or a TSV/CSV with sentence1, sentence2, score; recipe key calibration.eval_data).",
     )
     prune.add_argument("--overwrite", action="store_true", help="Replace --output if it already exists.")
     _add_shape_args(prune)

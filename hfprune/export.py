@@ -48,26 +48,31 @@ def export_remote_code(
     model: nn.Module, plan: PruningPlan, directory: str | os.PathLike, tokenizer: Any = None, overwrite: bool = False
 ) -> Path:
     """Write ``model`` (compacted with ``plan``) as a folder that loads with ``trust_remote_code=True``."""
-    base_class = type(model).__name__
-    class_name = f"Hfpruned{base_class}"
-    code = remote_code_source(model, class_name)
-    config = model.config  # type: ignore[attr-defined]
     with atomic_directory(directory, overwrite=overwrite, inputs=(_source_folder(model),)) as staging:
-        (staging / "modeling_hfprune.py").write_text(code)
-        previous_plan = getattr(config, "hfprune_plan", None)
-        config.hfprune_plan = plan.config_entry()  # what the remote code's apply_plan reads
-        config.auto_map = {auto_class_name(base_class): f"modeling_hfprune.{class_name}"}
-        try:
-            save_weights(model, staging)
-        finally:
-            config.__dict__.pop("hfprune_plan", None)
-            if previous_plan is not None:
-                config.hfprune_plan = previous_plan
-            config.__dict__.pop("auto_map", None)
-        plan.save_pretrained(staging)
+        write_remote_code(model, plan, staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
     return Path(directory)
+
+
+def write_remote_code(model: nn.Module, plan: PruningPlan, folder: Path) -> None:
+    """Write ``modeling_hfprune.py``, ``config.json`` (with the plan and an ``auto_map``), the weights and
+    ``pruning_plan.json`` of ``model`` (compacted with ``plan``) into the existing ``folder``."""
+    base_class = type(model).__name__
+    class_name = f"Hfpruned{base_class}"
+    (folder / "modeling_hfprune.py").write_text(remote_code_source(model, class_name))
+    config = model.config  # type: ignore[attr-defined]
+    previous_plan = getattr(config, "hfprune_plan", None)
+    config.hfprune_plan = plan.config_entry()  # what the remote code's apply_plan reads
+    config.auto_map = {auto_class_name(base_class): f"modeling_hfprune.{class_name}"}
+    try:
+        save_weights(model, folder)
+    finally:
+        config.__dict__.pop("hfprune_plan", None)
+        if previous_plan is not None:
+            config.hfprune_plan = previous_plan
+        config.__dict__.pop("auto_map", None)
+    plan.save_pretrained(folder)
 
 
 def export_plain(

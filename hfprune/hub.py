@@ -462,6 +462,22 @@ def _load_section(model: nn.Module, repo_or_path: str, plan: Any, library: str) 
             "```python\nimport hfprune\n\n"
             f"model = hfprune.load_pruned({repo_or_path!r})  # base architecture -> plan -> weights\n```\n"
         )
+    if library == "sentence-transformers":
+        remote = ", trust_remote_code=True" if plan is not None else ""
+        text = (
+            "A sentence-transformers model (pooling and normalization as in the base model)"
+            + (" whose encoder layers were physically shrunk; the folder carries the modeling code that rebuilds "
+               "them (`modeling_hfprune.py`), so loading needs `trust_remote_code=True`" if plan is not None else "")
+            + f":\n\n```python\nfrom sentence_transformers import SentenceTransformer\n\n"
+            f"model = SentenceTransformer({repo_or_path!r}{remote})\nembeddings = model.encode([\"A sentence.\"])\n```\n"
+        )  # fmt: skip
+        if plan is not None:
+            text += (
+                "\nThe encoder alone, with plain transformers or with hfprune:\n\n```python\nfrom transformers "
+                f"import AutoModel\n\nencoder = AutoModel.from_pretrained({repo_or_path!r}, trust_remote_code=True)"
+                f"\n# or: import hfprune; encoder = hfprune.load_pruned({repo_or_path!r})\n```\n"
+            )
+        return text
     try:
         auto = auto_class_name(architecture)
     except ConfigError:
@@ -512,7 +528,7 @@ def render_model_card(
         evaluation (`CardEvaluation`, *optional*): Metrics after and before pruning (the card's model-index).
         method_notes (`Sequence[str]`): More lines for "What was done" (distillation, fine-tuning budget, ...).
         structure_plot (`str`, *optional*): File name of a kept-structure figure next to the card.
-        library (`str`): ``"transformers"`` or ``"timm"``.
+        library (`str`): ``"transformers"``, ``"sentence-transformers"`` or ``"timm"``.
         model_name (`str`, *optional*): Name in the card's model-index (default: base model name + "-pruned").
     """
     from . import __version__

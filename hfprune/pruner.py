@@ -516,7 +516,9 @@ def prune_(
         dataloader (`Iterable`, *optional*): Calibration batches, needed only when the importance uses gradients
             (``taylor``). Batches are dicts of model inputs including ``labels``, or ``(inputs, targets)`` pairs.
         num_batches (`int`, *optional*): Use at most this many batches (default: all).
-        loss_fn (`Callable`, *optional*): Loss for ``(inputs, targets)`` batches (default: cross-entropy).
+        loss_fn (`Callable`, *optional*): Loss for ``(inputs, targets)`` batches (``loss_fn(logits, targets)``,
+            default: cross-entropy), or the objective of dict batches (``loss_fn(model, batch)``, e.g. a label-free
+            `hfprune.embeddings.EmbeddingObjective`; default: the model's own loss).
 
     Returns:
         `nn.Module`: the same ``model``, for chaining.

@@ -1,0 +1,162 @@
+"""One-shot structured pruning of a sentence-embedding model without labels (`prune_embedding_model`).
+
+Fisher scores from the label-free `hfprune.embeddings.EmbeddingObjective`, Kwon et al.'s mask search under a FLOPs
+or parameter target, compaction, least-squares reconstruction against the dense model's residual streams, then
+evaluation (agreement with the dense model; STS Spearman when pairs are given), measured latency at two batch
+sizes, and a folder that sentence-transformers loads.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..compaction import compact_
+from ..config import PruningConfig
+from ..embeddings import (
+    EmbeddingObjective,
+    embedding_agreement,
+    encoder_of,
+    load_sentence_transformer,
+    read_sentences,
+    save_sentence_transformer,
+    sentence_batches,
+    sts_spearman,
+)
+from ..pruner import prune_
+from ..reporting import PruningReport, device_description, paired_latency_ms, report
+from ..retraining_free import reconstruct_
+from ..structured import plan_structured
+from ..structures import EncoderUnits
+
+
+#: What `hfprune prune` does to an embedding model when no pruning options are given: half the encoder FLOPs,
+#: heads and FFN neurons competing for the budget (Kwon et al. 2022).
+DEFAULT_EMBEDDING_CONFIG = {"importance": "fisher", "structure": "heads_and_neurons", "target_flops": 0.5}
+#: Latency shapes reported: a serving batch and a single query, 128 tokens each.
+LATENCY_SHAPES = ((32, 128), (1, 128))
+
+
+@dataclass
+class EmbeddingPruningResult:
+    """What `prune_embedding_model` measured; ``reports`` are after/before pairs at each latency shape."""
+
+    output: Path
+    seconds: float
+    reports: dict[str, tuple[PruningReport, PruningReport]]
+    agreement: float
+    sts: tuple[float, float] | None = None
+    plan: Any = None
+    notes: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        """A markdown before/after table: size, FLOPs and measured latency per shape, then quality."""
+        first = next(iter(self.reports.values()))
+        after, before = first
+        rows = [("parameters (total)", f"{before.total_params:,}", f"{after.total_params:,}",
+                 f"{after.total_params / before.total_params:.3f}x")]  # fmt: skip
+        for shape, (after, before) in self.reports.items():
+            if before.flops and after.flops:
+                rows.append((f"GFLOPs at {shape}", f"{before.flops / 1e9:.3f}", f"{after.flops / 1e9:.3f}",
+                             f"{after.flops / before.flops:.3f}x"))  # fmt: skip
+            if before.latency_ms and after.latency_ms:
+                rows.append((f"latency ms at {shape} (median)", f"{before.latency_ms:.2f}", f"{after.latency_ms:.2f}",
+                             f"{before.latency_ms / after.latency_ms:.2f}x faster"))  # fmt: skip
+        rows.append(("embedding agreement (mean cosine)", "1.0000", f"{self.agreement:.4f}", ""))
+        if self.sts is not None:
+            rows.append(("STS Spearman x100", f"{self.sts[0]:.2f}", f"{self.sts[1]:.2f}",
+                         f"{self.sts[1] - self.sts[0]:+.2f}"))  # fmt: skip
+        lines = ["| metric | before | after | after/before |", "|---|---:|---:|---:|"]
+        return "\n".join(lines + [f"| {' | '.join(row)} |" for row in rows]) + "\n"
+
+
+def prune_embedding_model(
+    model_path: str | os.PathLike,
+    output: str | os.PathLike,
+    config: PruningConfig | None = None,
+    *,
+    calibration_text: str | os.PathLike | None = None,
+    num_sentences: int = 512,
+    max_seq_length: int = 128,
+    reconstruct: bool = True,
+    eval_pairs: tuple[Sequence[tuple[str, str]], Sequence[float]] | None = None,
+    agreement_sentences: Sequence[str] | None = None,
+    measure_latency: bool = True,
+    latency_rounds: int = 10,
+    base_model: str | None = None,
+    overwrite: bool = False,
+) -> EmbeddingPruningResult:
+    """Prune the encoder of the sentence-transformers model at ``model_path`` without labels and save it.
+
+    Args:
+        config (`PruningConfig`, *optional*): Defaults to Fisher heads and neurons at half the encoder FLOPs.
+            Gradient criteria calibrate on the label-free objective; data-free ones (``magnitude``) need no text.
+        calibration_text: A text file, one sentence per line (default: hfprune's own sentences).
+        num_sentences (`int`): How many sentences calibrate (the first ones of the file).
+        reconstruct (`bool`): Least-squares reconstruction after compaction (Fisher only).
+        eval_pairs: ``(pairs, gold scores)`` for STS Spearman before and after (`hfprune.embeddings.read_sts`).
+        agreement_sentences: Sentences on which dense and pruned embeddings are compared (default: the STS
+            sentences when given, else the calibration sentences).
+    """
+    config = config or PruningConfig(**DEFAULT_EMBEDDING_CONFIG)
+    model = load_sentence_transformer(model_path)
+    encoder = encoder_of(model)
+    dense = copy.deepcopy(model)
+    sentences = read_sentences(calibration_text)[:num_sentences]
+    batches = sentence_batches(model, sentences, max_seq_length=max_seq_length)
+    objective = EmbeddingObjective(model, seed=config.seed)
+    start = time.perf_counter()
+    plan = None
+    if isinstance(config.structure, EncoderUnits):
+        plan = plan_structured(encoder, config, batches, loss_fn=objective)
+        compact_(encoder, plan)
+        if reconstruct and config.importance.additive_unit_scores:  # type: ignore[union-attr]
+            reconstruct_(encoder, encoder_of(dense), batches)
+    else:
+        prune_(encoder, config, batches if config.importance.needs_data else None, loss_fn=objective)  # type: ignore
+    seconds = time.perf_counter() - start
+
+    if agreement_sentences is None:
+        agreement_sentences = [s for pair in eval_pairs[0] for s in pair] if eval_pairs else sentences
+    agreement = embedding_agreement(dense, model, agreement_sentences)
+    sts = None
+    if eval_pairs is not None:
+        sts = (sts_spearman(dense, *eval_pairs), sts_spearman(model, *eval_pairs))
+    reports = {}
+    for batch_size, seq_len in LATENCY_SHAPES:
+        example = _example(encoder, batch_size, seq_len)
+        after, before = (report(m, example, measure_latency=False) for m in (encoder, encoder_of(dense)))
+        if measure_latency:
+            before.latency_ms, after.latency_ms = paired_latency_ms([encoder_of(dense), encoder], example,
+                                                                    rounds=latency_rounds)  # fmt: skip
+            for item in (before, after):
+                item.latency_runs, item.device = latency_rounds, device_description()
+        reports[f"{batch_size}x{seq_len}"] = (after, before)
+    notes = [f"Pruned in one shot in {seconds:.1f} s without labels: {len(sentences)} calibration sentences, Fisher "
+             "scores of a random-projection self-distillation objective"
+             + (", least-squares reconstruction" if plan is not None and reconstruct else "")]  # fmt: skip
+    notes.append(f"Mean cosine between dense and pruned embeddings: {agreement:.4f}")
+    evaluation = None
+    if sts is not None:
+        from ..hub import CardEvaluation
+
+        evaluation = CardEvaluation(task_type="sentence-similarity", dataset_type="mteb/stsbenchmark-sts",
+                                    dataset_name="STS-B dev", metrics={"spearman_cosine": sts[1] / 100},
+                                    base_metrics={"spearman_cosine": sts[0] / 100})  # fmt: skip
+    after, before = reports[f"{LATENCY_SHAPES[0][0]}x{LATENCY_SHAPES[0][1]}"]
+    saved = save_sentence_transformer(model, output, plan=plan, overwrite=overwrite, pruning_config=config,
+                                      report=after, base_report=before, evaluation=evaluation, method_notes=notes,
+                                      base_model=base_model)  # fmt: skip
+    return EmbeddingPruningResult(output=saved, seconds=seconds, reports=reports, agreement=agreement, sts=sts,
+                                  plan=plan, notes=notes)  # fmt: skip
+
+
+def _example(encoder: Any, batch_size: int, seq_len: int) -> Any:
+    from ..adapters import get_adapter
+
+    return get_adapter(encoder).example_inputs(encoder, batch_size, seq_len)  # type: ignore[union-attr]
