@@ -40,7 +40,8 @@ RECIPE_KEYS = {"model", "pruning", "calibration"}
 #: Keys of a prune recipe's ``calibration`` section; each has a `hfprune prune` flag that overrides it.
 CALIBRATION_KEYS = {"task": (str, None), "data_dir": (str, None), "num_examples": (int, 512),
                     "max_seq_length": (int, 128), "reconstruct": (bool, True), "eval": (bool, False),
-                    "text": (str, None), "eval_data": (str, None)}  # fmt: skip
+                    "text": (str, None), "eval_data": (str, None), "dataset": (str, None),
+                    "text_columns": (str, None), "label_column": (str, None), "split": (str, None)}  # fmt: skip
 #: `hfprune prune` flags that set the pruning method; with none of them (and no recipe) an embedding model gets
 #: `hfprune.workflows.embedding.DEFAULT_EMBEDDING_CONFIG`.
 PRUNING_FLAGS = ("method", "sparsity", "scope", "structure", "target_modules", "exclude_modules", "target_flops",
@@ -117,6 +118,10 @@ def resolve_calibration(args: argparse.Namespace, recipe: dict[str, Any]) -> arg
         ("eval", "eval"),
         ("calibration_text", "text"),
         ("eval_data", "eval_data"),
+        ("dataset", "dataset"),
+        ("text_columns", "text_columns"),
+        ("label_column", "label_column"),
+        ("split", "split"),
     ):
         if getattr(args, attribute, None) is None:
             setattr(args, attribute, section[key])
@@ -218,13 +223,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise ConfigError(f"Recipe {args.config}: model must be a folder or Hub id; got {recipe['model']!r}.")
     model_path = args.model or recipe.get("model") or default_model_path()
     base_model = DEFAULT_MODEL_ID if not (args.model or recipe.get("model")) else str(model_path)
+    data = _text_data(args)
     if args.task is None and Path(model_path).is_dir() and is_sentence_transformer(model_path):
         if not args.config and all(getattr(args, flag) is None for flag in PRUNING_FLAGS):
             from .workflows.embedding import DEFAULT_EMBEDDING_CONFIG
 
             config = PruningConfig(**DEFAULT_EMBEDDING_CONFIG)
         if isinstance(config.structure, EncoderUnits):
-            return _prune_embedding_model(args, config, model_path, base_model)
+            return _prune_embedding_model(args, config, model_path, base_model, data)
     for flag, value in (("--calibration-text", args.calibration_text), ("--eval-data", args.eval_data)):
         if value is not None:
             raise ConfigError(f"{flag} belongs to heads/neurons pruning of a sentence-transformers model without "
@@ -247,14 +253,18 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if config.importance.learned:  # type: ignore[union-attr]
         raise ConfigError(f"--method {config.importance.registered_name} learns scores during training: use `hfprune "  # type: ignore
                           "train` / scripts/run_glue.py, not one-shot pruning.")  # fmt: skip
-    if needs_data and args.task is None:
+    if needs_data and args.task is None and data is None:
         raise ConfigError(
             f"--method {config.importance.registered_name} needs labelled calibration data: pass --task (a GLUE "  # type: ignore
-            "task) and --data-dir (original GLUE TSVs; omit it to load nyu-mll/glue from the Hub), or use a "
-            "data-free method (magnitude, l2, random)."
+            "task) and --data-dir (original GLUE TSVs; omit it to load nyu-mll/glue from the Hub), or --dataset "
+            "(your own file or Hub dataset), or use a data-free method (magnitude, l2, random)."
         )
-    if args.eval and args.task is None:
-        raise ConfigError("--eval evaluates on a GLUE dev set: pass --task (and --data-dir), or calibration.task.")
+    if args.eval and args.task is None and data is None:
+        raise ConfigError("--eval evaluates on a dev set: pass --task (and --data-dir) or --dataset, or "
+                          "calibration.task / calibration.dataset.")  # fmt: skip
+    if data is not None:  # files, columns and splits fail here, before the model loads
+        for purpose in (["train"] if needs_data else []) + (["validation"] if args.eval else []):
+            data.columns(data.load(purpose))
     print(f"Loading {model_path}", file=sys.stderr)
     model = load_model(model_path)
     model.eval()
@@ -269,8 +279,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
         if tokenizer is None:
             raise ConfigError(f"{model_path} has no tokenizer; calibration data cannot be tokenized.")
-        batches = glue_calibration_batches(args.task, args.data_dir, tokenizer, args.num_calibration,
-                                           max_seq_length=args.max_seq_length)  # fmt: skip
+        if data is not None:
+            from .data import labelled_batches
+
+            batches = labelled_batches(data, tokenizer, model.config, num_examples=args.num_calibration,
+                                       max_seq_length=args.max_seq_length)  # fmt: skip
+        else:
+            batches = glue_calibration_batches(args.task, args.data_dir, tokenizer, args.num_calibration,
+                                               max_seq_length=args.max_seq_length)  # fmt: skip
     plan = None
     dense = None if structured else copy.deepcopy(model)
     start = time.perf_counter()
@@ -298,7 +314,19 @@ def cmd_prune(args: argparse.Namespace) -> int:
         for item in (before, after):
             item.latency_runs, item.device = args.latency_runs, device_description()
     evaluation = None
-    if args.eval:
+    if args.eval and data is not None:
+        from .data import evaluate_classifier, labelled_batches
+        from .hub import CardEvaluation
+
+        dev = labelled_batches(data, tokenizer, model.config, purpose="validation", num_examples=None,
+                               max_seq_length=args.max_seq_length)  # fmt: skip
+        scores = [evaluate_classifier(m, dev) for m in (dense, model)]
+        kind = "text-classification" if "accuracy" in scores[0] else "text-regression"
+        evaluation = CardEvaluation(task_type=kind, dataset_type=data.path, dataset_name=data.path,
+                                    metrics={k: v for k, v in scores[1].items() if k != "num_rows"},
+                                    base_metrics={k: v for k, v in scores[0].items() if k != "num_rows"})  # fmt: skip
+        print(f"Dev metrics before: {scores[0]}; after: {scores[1]}")
+    elif args.eval:
         from .glue import get_task, glue_card_evaluation
 
         task = get_task(args.task)
@@ -318,7 +346,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         plan=plan,
         evaluation=evaluation,
         method_notes=[f"Pruned in one shot in {pruning_seconds:.1f} s"
-                      + (f" with {args.num_calibration} calibration examples of {args.task}" if needs_data else "")],
+                      + (f" with {args.num_calibration} calibration examples of {args.task or data.path}"  # type: ignore
+                         if needs_data else "")],
         overwrite=args.overwrite,
     )  # fmt: skip
     print(compare_reports(before, after))
@@ -326,7 +355,25 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prune_embedding_model(args: argparse.Namespace, config: PruningConfig, model_path: Any, base_model: str) -> int:
+def _text_data(args: argparse.Namespace) -> Any:
+    """The `hfprune.data.TextData` that --dataset and its column flags name, or ``None``."""
+    if args.dataset is None:
+        for flag, value in (("--text-columns", args.text_columns), ("--label-column", args.label_column),
+                            ("--split", args.split)):  # fmt: skip
+            if value is not None:
+                raise ConfigError(f"{flag} names a column or split of --dataset; pass --dataset too.")
+        return None
+    if args.task is not None:
+        raise ConfigError("Pass either --task (GLUE) or --dataset (your own data), not both.")
+    from .data import TextData
+
+    columns = tuple(c.strip() for c in args.text_columns.split(",") if c.strip()) if args.text_columns else None
+    return TextData(args.dataset, text_columns=columns, label_column=args.label_column or "label", split=args.split)
+
+
+def _prune_embedding_model(
+    args: argparse.Namespace, config: PruningConfig, model_path: Any, base_model: str, data: Any
+) -> int:
     """`hfprune prune` of a sentence-transformers folder without --task: label-free heads/neurons pruning."""
     from .embeddings import read_sentences, read_sts
     from .hub import check_output_directory
@@ -334,12 +381,16 @@ def _prune_embedding_model(args: argparse.Namespace, config: PruningConfig, mode
 
     if args.eval:
         raise ConfigError("--eval evaluates on a GLUE dev set; for an embedding model pass --eval-data (STS pairs).")
-    check_output_directory(args.output, overwrite=args.overwrite, inputs=[model_path, args.calibration_text])
-    read_sentences(args.calibration_text)  # a missing or empty file fails before the model loads
+    check_output_directory(args.output, overwrite=args.overwrite,
+                           inputs=[model_path, args.calibration_text, data.path if data else None])  # fmt: skip
+    if data is not None and args.calibration_text is not None:
+        raise ConfigError("Pass either --calibration-text or --dataset for the calibration sentences, not both.")
+    # A missing or empty source fails before the model loads.
+    sentences = data.texts(limit=args.num_calibration) if data is not None else read_sentences(args.calibration_text)
     pairs = read_sts(args.eval_data) if args.eval_data is not None else None
     print(f"Loading {model_path} (sentence-transformers; pruned without labels)", file=sys.stderr)
     result = prune_embedding_model(
-        model_path, args.output, config, calibration_text=args.calibration_text,
+        model_path, args.output, config, sentences=sentences,
         num_sentences=args.num_calibration, max_seq_length=args.max_seq_length, reconstruct=args.reconstruct,
         eval_pairs=pairs, measure_latency=not args.no_latency, latency_rounds=args.latency_runs,
         base_model=base_model, overwrite=args.overwrite,
@@ -649,6 +700,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="Sentence-transformers models: STS pairs to score before and after (a GLUE folder with STS-B/dev.tsv, "
         "the STS-B folder, or a TSV/CSV with sentence1, sentence2, score; recipe key calibration.eval_data).",
     )
+    prune.add_argument("--dataset", help="Your own data instead of --task: a CSV/TSV/JSON(L)/Parquet file or folder "
+                       "(train/validation files), or a Hub dataset id; calibration draws from its train split, --eval "
+                       "scores its validation split (recipe key calibration.dataset).")  # fmt: skip
+    prune.add_argument("--text-columns", help="--dataset: the text column, or two comma-separated for sentence pairs "
+                       "(default: sentence, text, or sentence1,sentence2 ...; recipe key calibration.text_columns).")
+    prune.add_argument("--label-column", help="--dataset: the label column (class ids, class names or numbers; "
+                       "default label).")  # fmt: skip
+    prune.add_argument("--split", help="--dataset: the split to read (default: train for calibration, validation "
+                       "for --eval).")  # fmt: skip
     prune.add_argument("--overwrite", action="store_true", help="Replace --output if it already exists.")
     _add_shape_args(prune)
     prune.set_defaults(func=cmd_prune)

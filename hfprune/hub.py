@@ -469,7 +469,8 @@ def _load_section(model: nn.Module, repo_or_path: str, plan: Any, library: str) 
             + (" whose encoder layers were physically shrunk; the folder carries the modeling code that rebuilds "
                "them (`modeling_hfprune.py`), so loading needs `trust_remote_code=True`" if plan is not None else "")
             + f":\n\n```python\nfrom sentence_transformers import SentenceTransformer\n\n"
-            f"model = SentenceTransformer({repo_or_path!r}{remote})\nembeddings = model.encode([\"A sentence.\"])\n```\n"
+            f"model = SentenceTransformer({repo_or_path!r}{remote})\n"
+            'embeddings = model.encode(["A sentence."])\n```\n'
         )  # fmt: skip
         if plan is not None:
             text += (

@@ -26,7 +26,8 @@ CONFIGS = REPO / "configs"
 RECIPES = sorted([*CONFIGS.rglob("*.yaml"), *CONFIGS.rglob("*.yml")])
 #: One recipe per documented workflow (README); renaming one must update the README and this list.
 DOCUMENTED = {
-    "minilm_magnitude_global_50.yaml",  # README main job: one-shot magnitude, hfprune prune
+    "minilm_embedding_fisher_50.yaml",  # README main job: label-free heads+neurons of the embedding model
+    "minilm_magnitude_global_50.yaml",  # one-shot unstructured magnitude, hfprune prune
     "minilm_sst2_retraining_free_50.yaml",  # retraining-free heads+neurons (Fisher), hfprune prune
     "glue/sst2_dense.yaml",  # GLUE teacher
     "glue/sst2_magnitude_distil.yaml",  # gradual magnitude + KD

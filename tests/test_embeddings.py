@@ -163,6 +163,18 @@ def test_embedding_pruning_refuses_what_it_cannot_use(tiny_embedder, tmp_path, c
         assert not (tmp_path / "o").exists()
 
 
+def test_an_embedding_model_calibrates_on_your_own_file(tiny_embedder, tmp_path, capsys):
+    (tmp_path / "notes.jsonl").write_text("".join(json.dumps({"body": f"Note number {i} about topic {i % 7}."}) + "\n"
+                                                  for i in range(40)))  # fmt: skip
+    out = tmp_path / "pruned"
+    code = main(["prune", "--model", str(tiny_embedder), "--output", str(out), "--dataset",
+                 str(tmp_path / "notes.jsonl"), "--text-columns", "body", "--num-calibration", "24", "--no-latency",
+                 "--target-flops", "0.7", "--structure", "heads_and_neurons", "--method", "fisher"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert "24 calibration sentences" in (out / "README.md").read_text()
+    assert json.loads((out / "pruning_config.json").read_text())["target_flops"] == 0.7
+
+
 def test_sts_files_are_read_with_clear_errors(tmp_path):
     pairs, scores = read_sts(_sts_file(tmp_path))
     assert len(pairs) == 5 and scores[0] == 4.8

