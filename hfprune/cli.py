@@ -263,8 +263,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise ConfigError("--eval evaluates on a dev set: pass --task (and --data-dir) or --dataset, or "
                           "calibration.task / calibration.dataset.")  # fmt: skip
     if data is not None:  # files, columns and splits fail here, before the model loads
-        for purpose in (["train"] if needs_data else []) + (["validation"] if args.eval else []):
-            data.columns(data.load(purpose))
+        from transformers import AutoConfig
+
+        from .data import check_task_data, task_of
+
+        architecture = (getattr(AutoConfig.from_pretrained(model_path), "architectures", None) or [None])[0]
+        check_task_data(data, task_of(architecture),
+                        (["train"] if needs_data else []) + (["validation"] if args.eval else []))  # fmt: skip
     print(f"Loading {model_path}", file=sys.stderr)
     model = load_model(model_path)
     model.eval()
@@ -280,10 +285,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
         if tokenizer is None:
             raise ConfigError(f"{model_path} has no tokenizer; calibration data cannot be tokenized.")
         if data is not None:
-            from .data import labelled_batches
+            from .data import task_batches
 
-            batches = labelled_batches(data, tokenizer, model.config, num_examples=args.num_calibration,
-                                       max_seq_length=args.max_seq_length)  # fmt: skip
+            batches = task_batches(data, model, tokenizer, num_examples=args.num_calibration,
+                                   max_seq_length=args.max_seq_length)  # fmt: skip
         else:
             batches = glue_calibration_batches(args.task, args.data_dir, tokenizer, args.num_calibration,
                                                max_seq_length=args.max_seq_length)  # fmt: skip
@@ -315,16 +320,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
             item.latency_runs, item.device = args.latency_runs, device_description()
     evaluation = None
     if args.eval and data is not None:
-        from .data import evaluate_classifier, labelled_batches
+        from .data import evaluate_task, task_of
         from .hub import CardEvaluation
 
-        dev = labelled_batches(data, tokenizer, model.config, purpose="validation", num_examples=None,
-                               max_seq_length=args.max_seq_length)  # fmt: skip
-        scores = [evaluate_classifier(m, dev) for m in (dense, model)]
-        kind = "text-classification" if "accuracy" in scores[0] else "text-regression"
+        scores = [evaluate_task(data, m, tokenizer, max_seq_length=args.max_seq_length) for m in (dense, model)]
+        kind = task_of(type(model).__name__)
+        if kind == "text-classification" and "accuracy" not in scores[0]:
+            kind = "text-regression"
         evaluation = CardEvaluation(task_type=kind, dataset_type=data.path, dataset_name=data.path,
-                                    metrics={k: v for k, v in scores[1].items() if k != "num_rows"},
-                                    base_metrics={k: v for k, v in scores[0].items() if k != "num_rows"})  # fmt: skip
+                                    metrics={k: v for k, v in scores[1].items() if not k.startswith("num_")},
+                                    base_metrics={k: v for k, v in scores[0].items() if not k.startswith("num_")})
         print(f"Dev metrics before: {scores[0]}; after: {scores[1]}")
     elif args.eval:
         from .glue import get_task, glue_card_evaluation

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -99,16 +101,38 @@ def hidden_state_loss(
     return torch.stack([F.mse_loss(student_hidden[i].float(), teacher_hidden[i].float()) for i in layers]).mean()
 
 
+def head_logits(outputs: Any, attention_mask: Tensor | None = None) -> list[Tensor]:
+    """The logits distillation matches, as ``[rows, classes]`` tensors, for every head transformers has.
+
+    Sequence classification: ``logits``. Token classification (``logits`` of ``[batch, tokens, classes]``): the
+    real tokens' rows (``attention_mask``), padding left out. Extractive QA: ``start_logits`` and ``end_logits``,
+    each a distribution over positions (as DistilBERT distils SQuAD).
+    """
+    logits = outputs.get("logits") if hasattr(outputs, "get") else getattr(outputs, "logits", None)
+    if logits is None:
+        pair = [outputs.get(name) for name in ("start_logits", "end_logits")]
+        if any(value is None for value in pair):
+            raise ConfigError("The model returned neither logits nor start/end logits: nothing to distil.")
+        return pair  # type: ignore[return-value]
+    if logits.dim() == 3 and attention_mask is not None:
+        return [logits[attention_mask.bool()]]
+    return [logits]
+
+
 def distillation_loss(
     task_loss: Tensor | None,
-    student_logits: Tensor,
-    teacher_logits: Tensor,
+    student_logits: Tensor | Sequence[Tensor],
+    teacher_logits: Tensor | Sequence[Tensor],
     config: DistillationConfig,
     student_hidden: tuple[Tensor, ...] | None = None,
     teacher_hidden: tuple[Tensor, ...] | None = None,
 ) -> dict[str, Tensor]:
-    """All loss terms and their weighted sum (key ``"loss"``)."""
-    terms: dict[str, Tensor] = {"kd_loss": kd_loss(student_logits, teacher_logits, config.temperature)}
+    """All loss terms and their weighted sum (key ``"loss"``). Logits may be lists (`head_logits`): the KD term is
+    then the mean over the pairs (QA's start and end)."""
+    students = [student_logits] if isinstance(student_logits, Tensor) else list(student_logits)
+    teachers = [teacher_logits] if isinstance(teacher_logits, Tensor) else list(teacher_logits)
+    kd = torch.stack([kd_loss(s, t, config.temperature) for s, t in zip(students, teachers, strict=True)]).mean()
+    terms: dict[str, Tensor] = {"kd_loss": kd}
     if task_loss is not None:
         terms["task_loss"] = task_loss
         total = (1.0 - config.alpha) * task_loss + config.alpha * terms["kd_loss"]

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from transformers import Trainer, TrainerCallback
 
 from .config import PruningConfig
-from .distillation import DistillationConfig, distillation_loss
+from .distillation import DistillationConfig, distillation_loss, head_logits
 from .errors import ConfigError, HfPruneError, HfPruneWarning
 from .pruner import Pruner
 from .regularizers import BatchNormL1, Regularizer
@@ -233,13 +233,15 @@ class PruningTrainer(Trainer):
         loss = task_loss
         terms: dict[str, Tensor] = {}
         if distil:
-            teacher_inputs = {key: value for key, value in inputs.items() if key != "labels"}
+            targets = ("labels", "start_positions", "end_positions")
+            teacher_inputs = {key: value for key, value in inputs.items() if key not in targets}
             with torch.no_grad():
                 teacher_outputs = self.teacher_model(**teacher_inputs)
+            mask = inputs.get("attention_mask")
             terms = distillation_loss(
                 task_loss,
-                outputs["logits"],
-                teacher_outputs["logits"],
+                head_logits(outputs, mask),
+                head_logits(teacher_outputs, mask),
                 config,  # type: ignore[arg-type]
                 student_hidden=outputs.get("hidden_states"),
                 teacher_hidden=teacher_outputs.get("hidden_states"),
