@@ -43,7 +43,7 @@ CALIBRATION_KEYS = {"task": (str, None), "data_dir": (str, None), "num_examples"
                     "text": (str, None), "eval_data": (str, None), "dataset": (str, None),
                     "text_columns": (str, None), "label_column": (str, None), "split": (str, None)}  # fmt: skip
 #: `hfprune prune` flags that set the pruning method; with none of them (and no recipe) an embedding model gets
-#: `hfprune.workflows.embedding.DEFAULT_EMBEDDING_CONFIG`.
+#: `hfprune.workflows.embedding.default_embedding_config`.
 PRUNING_FLAGS = ("method", "sparsity", "scope", "structure", "target_modules", "exclude_modules", "target_flops",
                  "target_params")  # fmt: skip
 
@@ -225,13 +225,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     base_model = DEFAULT_MODEL_ID if not (args.model or recipe.get("model")) else str(model_path)
     data = _text_data(args)
     if args.task is None and Path(model_path).is_dir() and is_sentence_transformer(model_path):
-        if not args.config and all(getattr(args, flag) is None for flag in PRUNING_FLAGS):
-            from .workflows.embedding import DEFAULT_EMBEDDING_CONFIG
-
-            config = PruningConfig(**DEFAULT_EMBEDDING_CONFIG)
-        if isinstance(config.structure, EncoderUnits):
-            return _prune_embedding_model(args, config, model_path, base_model, data)
-    for flag, value in (("--calibration-text", args.calibration_text), ("--eval-data", args.eval_data)):
+        defaults = not args.config and all(getattr(args, flag) is None for flag in PRUNING_FLAGS)
+        if defaults or isinstance(config.structure, EncoderUnits):
+            return _prune_embedding_model(args, None if defaults else config, model_path, base_model, data)
+    for flag, value in (("--calibration-text", args.calibration_text), ("--eval-data", args.eval_data),
+                        ("--distill-steps", args.distill_steps)):  # fmt: skip
         if value is not None:
             raise ConfigError(f"{flag} belongs to heads/neurons pruning of a sentence-transformers model without "
                               "--task; here pass --task (and --data-dir) for calibration and --eval.")  # fmt: skip
@@ -377,7 +375,7 @@ def _text_data(args: argparse.Namespace) -> Any:
 
 
 def _prune_embedding_model(
-    args: argparse.Namespace, config: PruningConfig, model_path: Any, base_model: str, data: Any
+    args: argparse.Namespace, config: PruningConfig | None, model_path: Any, base_model: str, data: Any
 ) -> int:
     """`hfprune prune` of a sentence-transformers folder without --task: label-free heads/neurons pruning."""
     from .embeddings import read_sentences, read_sts
@@ -391,14 +389,15 @@ def _prune_embedding_model(
     if data is not None and args.calibration_text is not None:
         raise ConfigError("Pass either --calibration-text or --dataset for the calibration sentences, not both.")
     # A missing or empty source fails before the model loads.
-    sentences = data.texts(limit=args.num_calibration) if data is not None else read_sentences(args.calibration_text)
+    enough = max(args.num_calibration, (args.distill_steps or 0) * 32)  # what calibration and distillation read
+    sentences = data.texts(limit=enough) if data is not None else read_sentences(args.calibration_text)
     pairs = read_sts(args.eval_data) if args.eval_data is not None else None
     print(f"Loading {model_path} (sentence-transformers; pruned without labels)", file=sys.stderr)
     result = prune_embedding_model(
         model_path, args.output, config, sentences=sentences,
         num_sentences=args.num_calibration, max_seq_length=args.max_seq_length, reconstruct=args.reconstruct,
         eval_pairs=pairs, measure_latency=not args.no_latency, latency_rounds=args.latency_runs,
-        base_model=base_model, overwrite=args.overwrite,
+        base_model=base_model, overwrite=args.overwrite, distill_steps=args.distill_steps or 0,
     )  # fmt: skip
     print(result.table())
     print(f"Pruned in {result.seconds:.1f} s. Saved to {result.output}; load it with "
@@ -714,6 +713,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "default label).")  # fmt: skip
     prune.add_argument("--split", help="--dataset: the split to read (default: train for calibration, validation "
                        "for --eval).")  # fmt: skip
+    prune.add_argument("--distill-steps", type=_positive_int, help="Sentence-transformers models: after pruning, this "
+                       "many steps (batch 32) of cosine distillation from the dense model on the calibration text "
+                       "(all of it; --dataset or --calibration-text), to recover accuracy (default: none).")
     prune.add_argument("--overwrite", action="store_true", help="Replace --output if it already exists.")
     _add_shape_args(prune)
     prune.set_defaults(func=cmd_prune)

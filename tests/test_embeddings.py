@@ -175,6 +175,25 @@ def test_an_embedding_model_calibrates_on_your_own_file(tiny_embedder, tmp_path,
     assert json.loads((out / "pruning_config.json").read_text())["target_flops"] == 0.7
 
 
+def test_recovery_distillation_runs_after_pruning(tiny_embedder, tmp_path, capsys):
+    out = tmp_path / "pruned"
+    code = main(["prune", "--model", str(tiny_embedder), "--output", str(out), "--num-calibration", "32",
+                 "--distill-steps", "3", "--no-latency"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert "Then 3 steps of cosine distillation from the dense model" in (out / "README.md").read_text()
+    assert main(["prune", "--model", str(tiny_embedder), "--output", str(tmp_path / "o"), "--method", "magnitude",
+                 "--distill-steps", "3"]) == 2  # fmt: skip
+    assert "--distill-steps belongs to heads/neurons pruning" in capsys.readouterr().err
+
+
+def test_the_default_keeps_hardware_friendly_ffn_widths_where_the_ffn_allows(minilm_path, tiny_embedder):
+    from hfprune.workflows.embedding import default_embedding_config
+
+    minilm = default_embedding_config(encoder_of(load_sentence_transformer(minilm_path)))
+    assert minilm.structure.round_to == 64 and minilm.target_flops == 0.5
+    assert default_embedding_config(encoder_of(load_sentence_transformer(tiny_embedder))).structure.round_to == 1
+
+
 def test_sts_files_are_read_with_clear_errors(tmp_path):
     pairs, scores = read_sts(_sts_file(tmp_path))
     assert len(pairs) == 5 and scores[0] == 4.8
