@@ -5,14 +5,15 @@ In one run, on CPU:
 
 * ``dense``: the unpruned model (sentence-transformers reports 86.72 cosine Spearman on STS-B dev).
 * ``fisher_shipped``: what ``hfprune prune`` does with no pruning flags (the README's main job): Fisher scores of
-  the label-free objective on hfprune's own 600 sentences (512 used), heads+neurons mask search, compaction,
-  least squares.
-* ``fisher_sst2`` / ``fisher_sst2_norec``: the same calibrated on 512 SST-2 train sentences (another source than
-  STS-B), with and without least-squares reconstruction.
-* ``fisher_sst2_kd``: ``fisher_sst2`` after ``--distill-steps`` of cosine distillation from the dense model on
-  other SST-2 train sentences (`hfprune.workflows.embedding.distill_embeddings_`, i.e. ``PruningTrainer``).
-* ``torch_pruning`` / ``torch_pruning_kd``: Torch-Pruning's magnitude baseline, the same fraction of whole heads
-  and of FFN neurons removed in every layer (hidden size kept), scaled to the same FLOPs; then the same distillation.
+  the label-free objective on hfprune's own 600 sentences (512 used), heads+neurons mask search with FFN widths in
+  multiples of 64, compaction, least squares. ``fisher_shipped_round1``: the same without rounding.
+* ``fisher_sst2`` / ``fisher_sst2_norec``: the default calibrated on 512 SST-2 train sentences (another source
+  than STS-B), with and without least-squares reconstruction.
+* ``*_kd_sst2`` / ``*_kd_stsb_text``: after ``--distill-steps`` of cosine distillation from the dense model
+  (`hfprune.workflows.embedding.distill_embeddings_`, i.e. ``PruningTrainer``) on unlabeled sentences: other SST-2
+  train sentences, or the sentences of STS-B *train* without their scores (in-domain text, no labels).
+* ``torch_pruning``: Torch-Pruning's magnitude baseline, the same fraction of whole heads and of FFN neurons
+  removed in every layer (hidden size kept), scaled to the same FLOPs; then the same distillations.
 
 Latency: interleaved rounds at batch 32 x 128 and 1 x 128 tokens, every model warmed up at 32 x 128 first;
 speedups are medians of per-round paired ratios dense / pruned.
@@ -112,7 +113,7 @@ def main() -> int:
     parser.add_argument("--glue-dir", type=Path, default=REPO.parent / "shared" / "data" / "glue")
     parser.add_argument("--target-flops", type=float, default=0.5)
     parser.add_argument("--distill-steps", type=int, default=300)
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--latency-rounds", type=int, default=20)
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "embedding_pruning.json")
     parser.add_argument("--card", type=Path, default=REPO / "model_cards" / "minilm-embedding-fisher-50.md")
@@ -124,7 +125,8 @@ def main() -> int:
     sts_sentences = sorted({s for pair in pairs for s in pair})
     train = load_glue("sst2", args.glue_dir, splits="train")["train"].shuffle(seed=0)
     calibration_rows = list(train.select(range(512))["sentence"])
-    distill_rows = list(train.select(range(512, 512 + args.distill_steps * 32))["sentence"])
+    distill_text = {"sst2": list(train.select(range(512, 512 + args.distill_steps * 32))["sentence"]),
+                    "stsb_text": [s for pair in read_sts(args.glue_dir / "STS-B" / "train.tsv")[0] for s in pair]}
     work = Path(tempfile.mkdtemp(prefix="embedding-bench-"))
     (work / "sst2.txt").write_text("\n".join(calibration_rows) + "\n")
 
@@ -145,14 +147,20 @@ def main() -> int:
         }  # fmt: skip
         log(f"{name}: STS {variants[name]['sts_spearman']:.2f}, FLOPs {flops / dense_flops:.3f}")
 
-    for name, text, reconstruct in (("fisher_shipped", None, True), ("fisher_sst2_norec", work / "sst2.txt", False),
-                                    ("fisher_sst2", work / "sst2.txt", True)):  # fmt: skip
+    from hfprune import PruningConfig
+
+    unrounded = PruningConfig(importance="fisher", structure="heads_and_neurons", target_flops=args.target_flops)
+    for name, text, reconstruct, config in (("fisher_shipped", None, True, None),
+                                            ("fisher_shipped_round1", None, True, unrounded),
+                                            ("fisher_sst2_norec", work / "sst2.txt", False, None),
+                                            ("fisher_sst2", work / "sst2.txt", True, None)):  # fmt: skip
         start = time.perf_counter()
-        result = prune_embedding_model(model_path, work / name, calibration_text=text, reconstruct=reconstruct,
-                                       measure_latency=False)  # fmt: skip
+        result = prune_embedding_model(model_path, work / name, config, calibration_text=text,
+                                       reconstruct=reconstruct, measure_latency=False)  # fmt: skip
         model = load_sentence_transformer(work / name)
         measure(name, model, prune_s=result.seconds, wall_s=time.perf_counter() - start,
-                heads=[len(h) for h in result.plan.heads], neurons=[len(n) for n in result.plan.neurons])
+                heads=[len(h) for h in result.plan.heads], neurons=[len(n) for n in result.plan.neurons],
+                config=json.loads(result.output.joinpath("pruning_config.json").read_text()))
         if name != "fisher_sst2_norec":
             models[name] = model
     if args.card is not None:
@@ -175,13 +183,15 @@ def main() -> int:
     models["torch_pruning"] = tp_model
 
     if args.distill_steps > 0:
-        for name in ("fisher_sst2", "torch_pruning"):
-            student = copy.deepcopy(models[name])
-            start = time.perf_counter()
-            metrics = distill_embeddings_(student, dense, distill_rows, work / f"{name}_kd",
-                                          max_steps=args.distill_steps, learning_rate=args.learning_rate)
-            measure(f"{name}_kd", student, distill_steps=args.distill_steps, learning_rate=args.learning_rate,
-                    distill_s=time.perf_counter() - start, train_loss=metrics.get("train_loss"))  # fmt: skip
+        for name in ("fisher_shipped", "torch_pruning"):
+            for source, rows in distill_text.items():
+                student = copy.deepcopy(models[name])
+                start = time.perf_counter()
+                metrics = distill_embeddings_(student, dense, rows, work / f"{name}_kd_{source}",
+                                              max_steps=args.distill_steps, learning_rate=args.learning_rate)
+                measure(f"{name}_kd_{source}", student, distill_steps=args.distill_steps,
+                        learning_rate=args.learning_rate, distill_text=source, distill_rows=len(rows),
+                        distill_s=time.perf_counter() - start, train_loss=metrics.get("train_loss"))  # fmt: skip
 
     from hfprune.adapters.base import text_example_inputs
 
@@ -201,7 +211,8 @@ def main() -> int:
         "eval": "STS-B dev (1,500 pairs), cosine Spearman x100",
         "calibration": {"fisher_shipped": "hfprune/corpus/sentences.txt (first 512)",
                         "fisher_sst2": "512 SST-2 train sentences (seeded draw)"},  # fmt: skip
-        "distillation": {"rows": f"SST-2 train sentences {512}..{512 + args.distill_steps * 32}",
+        "distillation": {"sst2": f"SST-2 train sentences {512}..{512 + args.distill_steps * 32}",
+                         "stsb_text": "STS-B train sentence1 and sentence2 columns, scores unused",
                          "batch_size": 32, "loss": "1 - cosine to the dense embedding"},  # fmt: skip
         "target_flops": args.target_flops,
         "variants": variants,

@@ -108,11 +108,11 @@ def prune_embedding_model(
 
     Args:
         config (`PruningConfig`, *optional*): Defaults to `default_embedding_config` (Fisher heads and neurons at
-            half the encoder FLOPs).
-            Gradient criteria calibrate on the label-free objective; data-free ones (``magnitude``) need no text.
+            half the encoder FLOPs). Gradient criteria calibrate on the label-free objective; data-free ones
+            (``magnitude``) need no text.
         calibration_text: A text file, one sentence per line (default: hfprune's own sentences).
         sentences: The calibration sentences themselves (e.g. `hfprune.data.TextData.texts`), instead of a file.
-        num_sentences (`int`): How many sentences calibrate (the first ones of the file).
+        num_sentences (`int`): How many sentences calibrate (the first ones); distillation reads all of them.
         reconstruct (`bool`): Least-squares reconstruction after compaction (Fisher only).
         eval_pairs: ``(pairs, gold scores)`` for STS Spearman before and after (`hfprune.embeddings.read_sts`).
         agreement_sentences: Sentences on which dense and pruned embeddings are compared (default: the STS
@@ -124,7 +124,8 @@ def prune_embedding_model(
     encoder = encoder_of(model)
     config = config or default_embedding_config(encoder)
     dense = copy.deepcopy(model)
-    sentences = list(sentences if sentences is not None else read_sentences(calibration_text))[:num_sentences]
+    text = list(sentences if sentences is not None else read_sentences(calibration_text))
+    sentences = text[:num_sentences]
     batches = sentence_batches(model, sentences, max_seq_length=max_seq_length)
     objective = EmbeddingObjective(model, seed=config.seed)
     start = time.perf_counter()
@@ -140,7 +141,7 @@ def prune_embedding_model(
     if distill_steps > 0:
         import tempfile
 
-        texts = distill_sentences if distill_sentences is not None else sentences
+        texts = distill_sentences if distill_sentences is not None else text
         with tempfile.TemporaryDirectory() as checkpoints:
             distill_embeddings_(model, dense, texts, checkpoints, max_steps=distill_steps,
                                 learning_rate=distill_learning_rate, max_seq_length=max_seq_length)  # fmt: skip
@@ -161,12 +162,13 @@ def prune_embedding_model(
             for item in (before, after):
                 item.latency_runs, item.device = latency_rounds, device_description()
         reports[f"{batch_size}x{seq_len}"] = (after, before)
-    notes = [f"Pruned in one shot in {seconds:.1f} s without labels: {len(sentences)} calibration sentences, Fisher "
-             "scores of a random-projection self-distillation objective"
-             + (", least-squares reconstruction" if plan is not None and reconstruct else "")]  # fmt: skip
+    reconstructed = plan is not None and reconstruct and config.importance.additive_unit_scores  # type: ignore
+    notes = [f"Pruned in one shot in {seconds:.1f} s without labels: {len(sentences)} calibration sentences, "
+             f"{config.importance.registered_name} scores of a random-projection self-distillation objective"  # type: ignore
+             + (", least-squares reconstruction" if reconstructed else "")]  # fmt: skip
     if distill_steps > 0:
         notes.append(f"Then {distill_steps} steps of cosine distillation from the dense model (batch 32, learning "
-                     f"rate {distill_learning_rate}) on {len(distill_sentences or sentences)} unlabeled sentences")
+                     f"rate {distill_learning_rate}) on {len(texts)} unlabeled sentences")
     notes.append(f"Mean cosine between dense and pruned embeddings: {agreement:.4f}")
     evaluation = None
     if sts is not None:
