@@ -136,7 +136,7 @@ def validate_prune(path: Path, argv: list[str] | None = None) -> PruningConfig:
     """What `cmd_prune` does with the recipe before loading a model: parse, read, apply flags, check the method.
 
     Without ``argv`` only the recipe is checked; with a documented command line, also that a method needing
-    calibration data gets ``--task``.
+    calibration data gets it (``--task``, ``--dataset``, or a sentence-transformers model, which needs no labels).
     """
     argv = argv or ["prune", "--config", str(path), "--output", "unused"]
     try:
@@ -150,8 +150,15 @@ def validate_prune(path: Path, argv: list[str] | None = None) -> PruningConfig:
     assert_round_trips(config)
     assert not config.importance.learned, f"{path}: learned scores need training; use a GLUE recipe."
     if config.importance.requires_grad:
-        assert args.task is not None, (
-            f"{path}: {config.importance.registered_name} needs calibration data (calibration.task or --task)."
+        from hfprune.cli import default_model_path
+        from hfprune.embeddings import is_sentence_transformer
+
+        # A sentence-transformers model (the bundled MiniLM when the recipe names none) calibrates without labels.
+        model = args.model or recipe.get("model") or default_model_path()
+        label_free = args.task is None and Path(str(model)).is_dir() and is_sentence_transformer(model)
+        assert args.task is not None or args.dataset is not None or label_free, (
+            f"{path}: {config.importance.registered_name} needs calibration data (calibration.task, "
+            "calibration.dataset, --task or --dataset)."
         )
     return config
 
