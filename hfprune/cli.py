@@ -231,8 +231,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     for flag, value in (("--calibration-text", args.calibration_text), ("--eval-data", args.eval_data),
                         ("--distill-steps", args.distill_steps)):  # fmt: skip
         if value is not None:
-            raise ConfigError(f"{flag} belongs to heads/neurons pruning of a sentence-transformers model without "
-                              "--task; here pass --task (and --data-dir) for calibration and --eval.")  # fmt: skip
+            raise ConfigError(
+                f"{flag} belongs to heads/neurons pruning of a sentence-transformers folder without --task; this run "
+                f"prunes {getattr(config.structure, 'registered_name', config.structure)!r} weights of "
+                f"{model_path}. Use --structure heads_and_neurons (or no pruning flags), or drop {flag}."
+            )
     # Everything the user's input decides is checked before the model loads and calibration runs.
     if args.task is not None:
         from .glue import get_task, glue_files

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import numbers
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, MissingDataError
+from .errors import ConfigError, HfPruneWarning, MissingDataError
 
 
 if TYPE_CHECKING:
@@ -62,6 +63,10 @@ class TextData:
         split = self.split or purpose
         local = Path(self.path).expanduser()
         if local.is_file():
+            if purpose == "validation" and self.split is None:
+                warnings.warn(f"--dataset {self.path} is one file, so --eval scores rows that calibration may also "
+                              "have read. Pass a folder with train and validation files for a held-out score.",
+                              HfPruneWarning, stacklevel=2)  # fmt: skip
             dataset = _read_files([local], self.path)
         elif local.is_dir():
             dataset = _read_files(_split_files(local, split, explicit=self.split is not None), self.path)
@@ -97,12 +102,14 @@ class TextData:
         return text, self.label_column if with_labels else None
 
     def texts(self, purpose: str = "train", limit: int | None = None) -> list[str]:
-        """The text of each row (sentence pairs joined by a space), for label-free calibration."""
+        """Sentences for label-free calibration: each text column's value on its own (both sentences of a pair),
+        at most ``limit`` of them."""
         dataset = self.load(purpose)
         text, _ = self.columns(dataset, with_labels=False)
-        rows = dataset.select(range(min(limit, len(dataset)))) if limit is not None else dataset
-        values = [" ".join(str(row[column]) for column in text) for row in rows]
-        return [value for value in values if value.strip()]
+        if limit is not None:
+            dataset = dataset.select(range(min(len(dataset), limit)))  # each row gives at least one sentence
+        values = [str(row[column]) for row in dataset for column in text]
+        return [value for value in values if value.strip()][:limit]
 
 
 def _looks_like_hub_id(path: str) -> bool:
@@ -133,8 +140,8 @@ def _split_files(folder: Path, split: str, explicit: bool) -> list[Path]:
         chosen = [file for file in files if file.stem.lower() == stem]
         if chosen:
             return chosen
-    if len(files) == 1 and not explicit:
-        return files  # one file: it is the data, whatever its name
+    if len(files) == 1 and not explicit and not (split == "validation" and files[0].stem.lower() == "train"):
+        return files  # one file: it is the data, whatever its name (but a train file is never the evaluation data)
     raise DataError(f"{folder} has no file for the {split!r} split (looked for {', '.join(stems)} with a data "
                     f"extension; found {', '.join(f.name for f in files)}). Pass --split or the file itself.")
 

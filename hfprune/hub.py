@@ -360,16 +360,16 @@ def _from_pretrained(
         f"shapes differ ({'; '.join(shapes)}{' ...' if len(mismatched) > 3 else ''})" if mismatched else "",
         f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
     ) if part)  # fmt: skip
-    if plan is None and mismatched:
+    if mismatched and options:
+        cause = (
+            f"The options {sorted(options)} may change the shapes the folder describes. To start new weights where "
+            "the shapes differ (e.g. a classifier for another num_labels), pass ignore_mismatched_sizes=True."
+        )
+    elif plan is None and mismatched:
         cause = (
             "No pruning plan was found (neither pruning_plan.json nor config.hfprune_plan), but the weights are "
             "smaller than config.json describes: this looks like a compacted model whose plan was lost. Copy "
             "pruning_plan.json back from where the model was saved, or prune the base model again."
-        )
-    elif options:
-        cause = (
-            f"The options {sorted(options)} change the model the folder describes. To start new weights where the "
-            "shapes differ (e.g. a classifier for another num_labels), pass ignore_mismatched_sizes=True."
         )
     else:
         cause = (

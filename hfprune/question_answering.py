@@ -67,7 +67,14 @@ def _windows(rows: Sequence[dict], tokenizer: Any, max_length: int, stride: int 
     # A quarter of the window overlaps the next (transformers' examples: 128 of 384); the tokenizer needs the overlap
     # to be shorter than what the window leaves for the context.
     stride = max_length // 4 if stride is None else stride
+    room = max_length - stride - 3  # [CLS] question [SEP] context [SEP]: the question must leave the stride room
     questions = [row["question"].lstrip() for row in rows]
+    lengths = [len(ids) for ids in tokenizer(questions, add_special_tokens=False)["input_ids"]]
+    longest = max(range(len(lengths)), key=lengths.__getitem__)
+    if lengths[longest] > room:
+        raise DataError(f"Question {rows[longest].get('id')!r} is {lengths[longest]} tokens long; with "
+                        f"--max-seq-length {max_length} a question may have {room}. Raise --max-seq-length (e.g. "
+                        "384).")  # fmt: skip
     contexts = [row["context"] for row in rows]
     return tokenizer(questions if pad_right else contexts, contexts if pad_right else questions,
                      truncation="only_second" if pad_right else "only_first", max_length=max_length, stride=stride,
@@ -83,6 +90,7 @@ def qa_batches(
 
     rows = list(rows)[:num_examples] if num_examples is not None else list(rows)
     encoded = _windows(rows, tokenizer, max_seq_length, stride)
+    context_id = 1 if tokenizer.padding_side == "right" else 0  # which sequence is the context (see _windows)
     starts, ends = [], []
     for index, offsets in enumerate(encoded["offset_mapping"]):
         row = rows[encoded["overflow_to_sample_mapping"][index]]
@@ -91,7 +99,7 @@ def qa_batches(
         cls = ids.index(tokenizer.cls_token_id) if tokenizer.cls_token_id in ids else 0
         span = (cls, cls)  # no answer, or not in this window: the [CLS] position, as transformers' examples do
         answers = row["answers"]
-        context = [i for i, s in enumerate(sequence) if s == 1]
+        context = [i for i, s in enumerate(sequence) if s == context_id]
         if answers["text"] and context:
             first = answers["answer_start"][0]
             last = first + len(answers["text"][0])
@@ -132,6 +140,7 @@ def evaluate_question_answering(
             starts.append(outputs.start_logits.float().cpu().numpy())
             ends.append(outputs.end_logits.float().cpu().numpy())
     start_logits, end_logits = np.concatenate(starts), np.concatenate(ends)
+    context_id = 1 if tokenizer.padding_side == "right" else 0
     best: dict[int, tuple[float, str]] = {}
     for index, offsets in enumerate(encoded["offset_mapping"]):
         row_index = encoded["overflow_to_sample_mapping"][index]
@@ -140,7 +149,8 @@ def evaluate_question_answering(
         top_ends = np.argsort(end_logits[index])[::-1][:n_best]
         for start in top_starts:
             for end in top_ends:
-                if sequence[start] != 1 or sequence[end] != 1 or end < start or end - start + 1 > max_answer_tokens:
+                if (sequence[start] != context_id or sequence[end] != context_id or end < start
+                        or end - start + 1 > max_answer_tokens):  # fmt: skip
                     continue
                 score = float(start_logits[index][start] + end_logits[index][end])
                 if row_index not in best or score > best[row_index][0]:

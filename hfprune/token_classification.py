@@ -72,10 +72,15 @@ def tagged_batches(
     from transformers import DataCollatorForTokenClassification
 
     label2id = {str(name): int(index) for name, index in (getattr(model_config, "label2id", None) or {}).items()}
+    num_labels = int(getattr(model_config, "num_labels", len(label2id)))
+    # Class ids (the Hub's ner_tags layout) are taken as they are, names through config.label2id.
+    label2id.update({str(index): index for index in range(num_labels) if str(index) not in label2id})
     unknown = sorted({tag for row in rows for tag in row["tags"]} - set(label2id))
     if unknown:
-        raise DataError(f"Tags {unknown[:5]} are not among the model's labels {sorted(label2id)}; load the model "
-                        "with num_labels/id2label/label2id for your tag set.")  # fmt: skip
+        names = sorted(name for name in label2id if not name.isdigit())
+        raise DataError(f"Tags {unknown[:5]} are neither among the model's labels {names} nor "
+                        f"class ids below num_labels={num_labels}; load the model with num_labels/id2label/label2id "
+                        "for your tag set.")  # fmt: skip
     rows = list(rows)[:num_examples] if num_examples is not None else list(rows)
     encoded = tokenizer([row["tokens"] for row in rows], is_split_into_words=True, truncation=True,
                         max_length=max_seq_length)  # fmt: skip

@@ -43,11 +43,27 @@ def test_every_format_reads_the_same_rows(tmp_path, suffix):
 
 def test_a_folder_is_split_by_file_name(tmp_path):
     _write(tmp_path / "train.jsonl", ROWS[:18])
-    _write(tmp_path / "dev.jsonl", ROWS[18:])
     data = TextData(str(tmp_path), text_columns=("review",), label_column="stars")
+    with pytest.raises(DataError, match=r"no file for the 'validation' split"):  # never the train rows by fallback
+        data.load("validation")
+    _write(tmp_path / "dev.jsonl", ROWS[18:])
     assert len(data.load("train")) == 18 and len(data.load("validation")) == 6
     with pytest.raises(DataError, match=r"no file for the 'test' split .*found dev.jsonl, train.jsonl"):
         TextData(str(tmp_path), split="test").load()
+
+
+def test_evaluating_on_the_calibration_file_is_said(tmp_path):
+    from hfprune.errors import HfPruneWarning
+
+    data = TextData(str(_write(tmp_path / "reviews.csv")), text_columns=("review",), label_column="stars")
+    with pytest.warns(HfPruneWarning, match="one file, so --eval scores rows that calibration may also have read"):
+        data.load("validation")
+
+
+def test_sentence_pairs_calibrate_as_separate_sentences(tmp_path):
+    path = _write(tmp_path / "pairs.csv", [("a cat sleeps", "the cat is asleep", 4.5)] * 3,
+                  columns=("sentence1", "sentence2", "score"))  # fmt: skip
+    assert TextData(str(path)).texts(limit=4) == ["a cat sleeps", "the cat is asleep"] * 2
 
 
 def test_labels_are_checked_against_the_head():

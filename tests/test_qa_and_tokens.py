@@ -79,6 +79,12 @@ def test_seqeval_metric_counts_whole_entities():
     # 2 of 3 predicted entities match (the second PER stops one token early); 2 of 3 gold found.
     assert scores["precision"] == pytest.approx(2 / 3) and scores["recall"] == pytest.approx(2 / 3)
     assert scores["accuracy"] == pytest.approx(5 / 6)
+    # BIOES: a one-token entity (S-) and an entity closed by E- are whole entities.
+    tags = ["S-LOC", "O", "B-PER", "E-PER"]
+    bioes = metric.compute(predictions=[tags], references=[tags])
+    assert bioes["f1"] == 1.0
+    short = metric.compute(predictions=[["B-PER", "E-PER", "O"]], references=[["B-PER", "I-PER", "E-PER"]])
+    assert short["f1"] == 0.0
 
 
 def test_qa_labels_point_at_the_answer(tmp_path, minilm_path):
@@ -89,6 +95,15 @@ def test_qa_labels_point_at_the_answer(tmp_path, minilm_path):
     for index, row in enumerate(rows):
         ids = batch["input_ids"][index][batch["start_positions"][index] : batch["end_positions"][index] + 1]
         assert tokenizer.decode(ids).lower() == row["answers"]["text"][0].lower()
+
+
+def test_a_question_longer_than_the_window_allows_names_the_flag(tmp_path, minilm_path):
+    _, tokenizer = _tiny("QuestionAnswering", minilm_path, tmp_path)
+    rows = read_squad(_squad_file(tmp_path / "squad.json"))
+    rows[2] = {**rows[2], "question": " ".join(["why"] * 60) + "?"}
+    with pytest.raises(DataError, match=r"Question '1-0' is 61 tokens long; with --max-seq-length 64 a question may "
+                                        r"have 45\. Raise --max-seq-length"):
+        qa_batches(rows, tokenizer, max_seq_length=64)
 
 
 def test_token_labels_go_on_first_subtokens(tmp_path, minilm_path):
@@ -103,8 +118,10 @@ def test_token_labels_go_on_first_subtokens(tmp_path, minilm_path):
     labels = batch["labels"][0]
     assert labels[0] == -100  # [CLS]
     assert [int(label) for label in labels if label != -100] == [1, 2, 0, 0, 3, 0]
+    ids = [{"tokens": rows[0]["tokens"], "tags": ["1", "2", "0", "0", "3", "0"]}]  # class ids, as the Hub stores them
+    assert torch.equal(tagged_batches(ids, tokenizer, Config)[0]["labels"], batch["labels"])
     Config.label2id = {"O": 0}
-    with pytest.raises(DataError, match=r"Tags \['B-LOC', 'B-PER', 'I-PER'\] are not among the model's labels"):
+    with pytest.raises(DataError, match=r"Tags \['B-LOC', 'B-PER', 'I-PER'\] are neither among the model's labels"):
         tagged_batches(rows, tokenizer, Config)
 
 

@@ -1,9 +1,10 @@
 """Entity-level precision, recall and F1 for tagged sequences (CoNLL-2000/2003 style), for `evaluate`, offline.
 
 An entity is a maximal run of tags of one type that starts with ``B-`` (or with ``I-`` after a tag of another type
-or ``O``, as conlleval reads IOB1 files) and continues with ``I-`` of the same type. A predicted entity counts only
-when its type and both its ends match a gold one. Micro-averaged over entities, like ``seqeval``'s default and
-conlleval; ``accuracy`` is per token.
+or ``O``, as conlleval reads IOB1 files) and continues with ``I-`` of the same type; BIOES/BILOU tags are read too
+(``S-``/``U-``: a one-token entity, ``E-``/``L-``: its last token). A predicted entity counts only when its type and
+both its ends match a gold one. Micro-averaged over entities, like ``seqeval``'s default and conlleval;
+``accuracy`` is per token. Tags without such prefixes (POS tags) have no entities: use ``accuracy`` for them.
 
 Keep this file self-contained: `evaluate.load` copies it into its modules cache and imports the copy.
 """
@@ -43,12 +44,15 @@ def entities(tags):
     found, start, kind = set(), None, None
     for index, tag in enumerate([*tags, "O"]):
         prefix, _, name = tag.partition("-")
-        continues = prefix == "I" and name == kind
+        continues = prefix in ("I", "E", "L") and name == kind
         if start is not None and not continues:
             found.add((kind, start, index))
             start, kind = None, None
-        if prefix in ("B", "I") and not continues:
+        if prefix in ("B", "I", "E", "L", "S", "U") and not continues:
             start, kind = index, name
+        if start is not None and prefix in ("E", "L", "S", "U"):  # the entity ends with this token
+            found.add((kind, start, index + 1))
+            start, kind = None, None
     return found
 
 
