@@ -224,7 +224,7 @@ def test_a_compacted_folder_without_its_plan_says_the_plan_is_missing(tmp_path):
 def test_load_options_that_change_shapes_are_named_with_the_way_out(tmp_path):
     folder, _ = _saved_pruned(tmp_path)
     with pytest.raises(PlanMismatchError, match=r"classifier\.weight: saved \(2, 32\), model \(5, 32\).*"
-                                                r"\['num_labels'\] may change the shapes.*ignore_mismatched_sizes=True"):
+                                                r"\[.num_labels.\] may change the shapes.*ignore_mismatched_sizes"):
         load_pruned(folder, num_labels=5)
     model = load_pruned(folder, num_labels=5, ignore_mismatched_sizes=True)
     assert model(**bert_batch(labels=False)).logits.shape[-1] == 5
