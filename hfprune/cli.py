@@ -266,7 +266,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if data is not None:  # files, columns and splits fail here, before the model loads
         from transformers import AutoConfig
 
-        from .data import check_task_data, task_of
+        from .tasks import check_task_data, task_of
 
         architecture = (getattr(AutoConfig.from_pretrained(model_path), "architectures", None) or [None])[0]
         check_task_data(data, task_of(architecture),
@@ -286,7 +286,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         if tokenizer is None:
             raise ConfigError(f"{model_path} has no tokenizer; calibration data cannot be tokenized.")
         if data is not None:
-            from .data import task_batches
+            from .tasks import task_batches
 
             batches = task_batches(data, model, tokenizer, num_examples=args.num_calibration,
                                    max_seq_length=args.max_seq_length)  # fmt: skip
@@ -321,8 +321,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
             item.latency_runs, item.device = args.latency_runs, device_description()
     evaluation = None
     if args.eval and data is not None:
-        from .data import evaluate_task, task_of
         from .hub import CardEvaluation
+        from .tasks import evaluate_task, task_of
 
         scores = [evaluate_task(data, m, tokenizer, max_seq_length=args.max_seq_length) for m in (dense, model)]
         kind = task_of(type(model).__name__)
