@@ -467,14 +467,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe_path = Path(args.recipe)
     data = read_yaml_recipe(recipe_path)
 
-    if "task" in data:
+    if "task" in data or "dataset" in data:
         train_glue(GlueRecipe.from_yaml(recipe_path, overrides=args.overrides))
     elif "num_classes" in data:
         train_image(ImageRecipe.from_yaml(recipe_path, overrides=args.overrides))
     else:
         raise ConfigError(
-            f"{recipe_path} is neither a GLUE recipe (has `task`) nor an image recipe (has `num_classes`); see "
-            "configs/glue/ and configs/image/."
+            f"{recipe_path} is neither a text recipe (has `task` or `dataset`) nor an image recipe (has "
+            "`num_classes`); see configs/glue/ and configs/image/."
         )
     return 0
 

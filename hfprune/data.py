@@ -221,12 +221,40 @@ def labelled_batches(
     return batches
 
 
-def evaluate_classifier(model: Any, batches: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Accuracy (and macro F1) of a classification head, or Pearson and Spearman x 100 of a regression head."""
+def label_spec(values: Sequence[Any], where: str) -> dict[str, Any]:
+    """The head the labels call for, as ``from_pretrained`` keywords: a regression (``num_labels=1``) for numbers
+    that are not all whole, ``max + 1`` classes for class ids, or one class per name (sorted) for names."""
+    kinds = {"number" if isinstance(v, numbers.Number) and not isinstance(v, bool) else type(v).__name__
+             for v in values}  # fmt: skip
+    if kinds == {"str"}:
+        names = sorted(set(values))
+        return {"num_labels": len(names), "id2label": dict(enumerate(names)),
+                "label2id": {name: index for index, name in enumerate(names)}}  # fmt: skip
+    if kinds != {"number"}:
+        raise DataError(f"{where}: labels must be class ids, class names or numbers (one kind); got "
+                        f"{', '.join(sorted(kinds))}.")  # fmt: skip
+    if not all(float(value).is_integer() for value in values):
+        return {"num_labels": 1}
+    return {"num_labels": max(2, int(max(values)) + 1)}
+
+
+def classification_metrics(predictions: Any, labels: Any) -> dict[str, float]:
+    """Accuracy and macro F1 of class predictions, or Pearson and Spearman x 100 of float predictions."""
     import numpy as np
-    import torch
     from scipy.stats import pearsonr, spearmanr
     from sklearn.metrics import f1_score
+
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    if predictions.dtype.kind == "f":
+        return {"pearson": float(pearsonr(predictions, labels).statistic * 100),
+                "spearman": float(spearmanr(predictions, labels).statistic * 100)}  # fmt: skip
+    return {"accuracy": float(np.mean(predictions == labels)),
+            "f1_macro": float(f1_score(labels, predictions, average="macro"))}  # fmt: skip
+
+
+def evaluate_classifier(model: Any, batches: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Accuracy (and macro F1) of a classification head, or Pearson and Spearman x 100 of a regression head."""
+    import torch
 
     model.eval()
     device = next(model.parameters()).device
@@ -237,9 +265,5 @@ def evaluate_classifier(model: Any, batches: Sequence[dict[str, Any]]) -> dict[s
             logits = model(**inputs).logits.float().cpu()
             predicted.append(logits.reshape(-1) if logits.shape[-1] == 1 else logits.argmax(-1))
             gold.append(batch["labels"])
-    predictions, labels = torch.cat(predicted).numpy(), torch.cat(gold).numpy()
-    if predictions.dtype.kind == "f":
-        return {"pearson": float(pearsonr(predictions, labels).statistic * 100),
-                "spearman": float(spearmanr(predictions, labels).statistic * 100), "num_rows": len(labels)}
-    return {"accuracy": float(np.mean(predictions == labels)),
-            "f1_macro": float(f1_score(labels, predictions, average="macro")), "num_rows": len(labels)}  # fmt: skip
+    labels = torch.cat(gold).numpy()
+    return {**classification_metrics(torch.cat(predicted).numpy(), labels), "num_rows": len(labels)}

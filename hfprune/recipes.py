@@ -20,6 +20,7 @@ import yaml
 
 from .adapters.base import check_text_length
 from .config import PruningConfig
+from .data import TextData
 from .distillation import DistillationConfig
 from .errors import ConfigError, HfPruneError
 from .field_types import coerce
@@ -186,11 +187,14 @@ def set_dotted(data: dict[str, Any], assignment: str) -> None:
 
 @dataclass
 class GlueRecipe:
-    """A GLUE fine-tuning / fine-pruning run.
+    """A fine-tuning / fine-pruning run of a sequence classifier on a GLUE task or on your own data.
 
     Args:
         model (`str`): Student model folder or hub id.
-        task (`str`): GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte).
+        task (`str`, *optional*): GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte).
+        dataset (`dict`, *optional*): Your own data instead of ``task`` (`hfprune.data.TextData`): ``path`` (a
+            file, a folder with ``train.*`` and ``validation.*``/``dev.*`` files, or a Hub id), ``text_columns``,
+            ``label_column``. Class ids, class names or (regression) numbers.
         data_dir (`str`, *optional*): Folder of original GLUE TSVs; ``None`` loads ``nyu-mll/glue`` from the Hub.
         teacher (`str`, *optional*): Fine-tuned teacher for distillation (same task and tokenizer).
         max_seq_length (`int`, defaults to 128): Truncation length; batches are padded dynamically.
@@ -203,7 +207,8 @@ class GlueRecipe:
     """
 
     model: str
-    task: str
+    task: str | None = None
+    dataset: dict[str, Any] | None = None
     data_dir: str | None = None
     teacher: str | None = None
     max_seq_length: int = 128
@@ -221,7 +226,12 @@ class GlueRecipe:
         from .glue import get_task
 
         _coerce_own_fields(self, "GLUE recipe")
-        get_task(self.task)
+        if (self.task is None) == (self.dataset is None):
+            raise ConfigError("A training recipe needs either `task` (a GLUE task) or `dataset` (your own data).")
+        if self.task is not None:
+            get_task(self.task)
+        else:
+            self.text_data("train")  # checks the section's keys
         _check_positive("GLUE recipe", max_seq_length=self.max_seq_length,
                         max_train_samples=self.max_train_samples, max_eval_samples=self.max_eval_samples,
                         score_learning_rate=self.score_learning_rate)  # fmt: skip
@@ -249,6 +259,20 @@ class GlueRecipe:
             if self.teacher is None:
                 raise ConfigError("The recipe has a distillation section but no teacher.")
 
+    def text_data(self, purpose: str) -> TextData:
+        """The `dataset` section as the `TextData` of ``purpose`` (``"train"`` or ``"validation"``)."""
+        section = dict(self.dataset or {})
+        _check_keys("the dataset section", section,
+                    ["path", "text_columns", "label_column", "train_split", "eval_split"])  # fmt: skip
+        if not isinstance(section.get("path"), str):
+            raise ConfigError("The dataset section needs `path` (a file, a folder or a Hub dataset id).")
+        columns = section.get("text_columns")
+        if isinstance(columns, str):
+            columns = [column.strip() for column in columns.split(",") if column.strip()]
+        split = section.get("train_split" if purpose == "train" else "eval_split")
+        return TextData(section["path"], text_columns=tuple(columns) if columns else None,
+                        label_column=str(section.get("label_column", "label")), split=split)  # fmt: skip
+
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, overrides: list[str] | None = None) -> GlueRecipe:
         """Read a recipe; ``overrides`` are ``section.key=value`` strings applied on top."""
@@ -257,9 +281,8 @@ class GlueRecipe:
         for assignment in overrides or []:
             set_dotted(data, assignment)
         _check_keys(f"recipe {path}", data, [f.name for f in dataclasses.fields(cls)])
-        for required in ("model", "task"):
-            if required not in data:
-                raise ConfigError(f"Recipe {path} needs a {required!r} key.")
+        if "model" not in data:
+            raise ConfigError(f"Recipe {path} needs a 'model' key.")
         return cls(**data)
 
     def pruning_config(self) -> PruningConfig | None:
@@ -406,17 +429,24 @@ def train_glue(recipe: GlueRecipe) -> dict[str, Any]:
     from accelerate.utils import gather_object
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed
 
+    from .data import classification_metrics, encode_labels, evaluate_classifier, label_spec
     from .glue import compute_glue_metrics, get_task, glue_card_evaluation, load_glue
     from .hub import check_output_directory
     from .trainer import PruningTrainer
 
-    task = get_task(recipe.task)
+    task = get_task(recipe.task) if recipe.task is not None else None
     args = build_training_arguments(recipe.training)
     # Everything that can fail on the user's input fails here, before models load and data is tokenized.
     check_model_source(recipe.model, "model")
     check_model_source(recipe.teacher, "teacher")
     check_resume_checkpoint(args.resume_from_checkpoint, args.output_dir, recipe.pruning is not None)
-    if recipe.data_dir is not None:
+    own = {purpose: recipe.text_data(purpose) for purpose in ("train", "validation")} if task is None else None
+    own_rows = {purpose: data.load(purpose) for purpose, data in own.items()} if own else None
+    if own and own_rows:
+        text_columns, label_column = own["train"].columns(own_rows["train"])
+        own["validation"].columns(own_rows["validation"])
+        head = label_spec(list(own_rows["train"][label_column]), f"{own['train'].path} column {label_column!r}")
+    if recipe.data_dir is not None and task is not None:
         from .glue import glue_files
 
         glue_files(task, recipe.data_dir)
@@ -426,13 +456,21 @@ def train_glue(recipe: GlueRecipe) -> dict[str, Any]:
     pruning_config = recipe.pruning_config()
     distillation_config = recipe.distillation_config()
 
-    with args.main_process_first(desc="loading and tokenizing GLUE"):
-        raw = load_glue(task, recipe.data_dir, max_samples=None)
+    with args.main_process_first(desc="loading and tokenizing the data"):
         tokenizer = AutoTokenizer.from_pretrained(recipe.model)
+        if task is not None:
+            raw = load_glue(task, recipe.data_dir, max_samples=None)
+            text_keys = tuple(task.text_keys)
+        else:
+            raw, text_keys = own_rows, text_columns
 
         def tokenize(batch: dict[str, list]) -> dict[str, list]:
-            texts = [batch[key] for key in task.text_keys]
-            return tokenizer(*texts, truncation=True, max_length=recipe.max_seq_length)
+            encoded = tokenizer(*[[str(text) for text in batch[key]] for key in text_keys], truncation=True,
+                                max_length=recipe.max_seq_length)  # fmt: skip
+            if task is None:  # class names -> ids, checked against the head the training labels call for
+                encoded["labels"] = encode_labels(batch[label_column], types.SimpleNamespace(**head),
+                                                  f"{own['train'].path} column {label_column!r}")  # fmt: skip
+            return encoded
 
         limits = {"train": recipe.max_train_samples}
         encoded = {}
@@ -440,12 +478,17 @@ def train_glue(recipe: GlueRecipe) -> dict[str, Any]:
             limit = limits.get(split, recipe.max_eval_samples)
             if limit is not None:
                 dataset = dataset.select(range(min(limit, len(dataset))))
-            encoded[split] = dataset.map(tokenize, batched=True, remove_columns=[*task.text_keys, "idx"])
+            keep = () if task is None else ("label",)
+            encoded[split] = dataset.map(tokenize, batched=True,
+                                         remove_columns=[c for c in dataset.column_names if c not in keep])
 
-    label_kwargs: dict[str, Any] = {"num_labels": task.num_labels}
-    if not task.is_regression:
-        label_kwargs["id2label"] = dict(enumerate(task.label_names))
-        label_kwargs["label2id"] = {name: i for i, name in enumerate(task.label_names)}
+    if task is not None:
+        label_kwargs: dict[str, Any] = {"num_labels": task.num_labels}
+        if not task.is_regression:
+            label_kwargs["id2label"] = dict(enumerate(task.label_names))
+            label_kwargs["label2id"] = {name: i for i, name in enumerate(task.label_names)}
+    else:
+        label_kwargs = head
     model = AutoModelForSequenceClassification.from_pretrained(recipe.model, **label_kwargs)
     teacher = None
     if recipe.teacher is not None:
@@ -454,12 +497,16 @@ def train_glue(recipe: GlueRecipe) -> dict[str, Any]:
         if network is not None:
             check_text_length(network, recipe.max_seq_length, "max_seq_length")  # before any training step
 
+    regression = label_kwargs["num_labels"] == 1
+
     def compute_metrics(prediction: Any) -> dict[str, float]:
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        predicted = logits.reshape(-1) if task.is_regression else np.argmax(logits, axis=-1)
+        predicted = logits.reshape(-1) if regression else np.argmax(logits, axis=-1)
+        if task is None:
+            return classification_metrics(predicted, prediction.label_ids)
         return compute_glue_metrics(task, predicted, prediction.label_ids)
 
-    eval_splits = list(task.eval_splits)
+    eval_splits = list(task.eval_splits) if task is not None else ["validation"]
     trainer = PruningTrainer(
         model=model,
         args=args,
@@ -484,15 +531,26 @@ def train_glue(recipe: GlueRecipe) -> dict[str, Any]:
     output_dir = recipe.output_dir or str(Path(args.output_dir) / "final")
     split = eval_splits[0]
     teacher_metrics = None
-    if teacher is not None and trainer.is_world_process_zero():
-        # The dense teacher is the card's reference: same dev data and metric, evaluated apart from the run's logs.
-        from .glue import evaluate_glue
+    base_label = f"the dense teacher ({Path(str(recipe.teacher)).name})"
+    if task is not None:
+        if teacher is not None and trainer.is_world_process_zero():
+            # The dense teacher is the card's reference: same dev data and metric, apart from the run's logs.
+            from .glue import evaluate_glue
 
-        teacher_metrics = evaluate_glue(teacher, tokenizer, task, recipe.data_dir,
-                                        batch_size=args.per_device_eval_batch_size,
-                                        max_length=recipe.max_seq_length)  # fmt: skip
-    evaluation = glue_card_evaluation(task, {split: _task_metrics(metrics[split], split)}, teacher_metrics,
-                                      base_label=f"the dense teacher ({Path(str(recipe.teacher)).name})")  # fmt: skip
+            teacher_metrics = evaluate_glue(teacher, tokenizer, task, recipe.data_dir,
+                                            batch_size=args.per_device_eval_batch_size,
+                                            max_length=recipe.max_seq_length)  # fmt: skip
+        evaluation = glue_card_evaluation(task, {split: _task_metrics(metrics[split], split)}, teacher_metrics,
+                                          base_label=base_label)  # fmt: skip
+    else:
+        from .hub import CardEvaluation
+
+        if teacher is not None and trainer.is_world_process_zero():
+            dev = trainer.get_eval_dataloader(encoded[split])
+            teacher_metrics = {k: v for k, v in evaluate_classifier(teacher, list(dev)).items() if k != "num_rows"}
+        evaluation = CardEvaluation(task_type="text-classification", dataset_type=own["validation"].path,
+                                    dataset_name=own["validation"].path, metrics=_task_metrics(metrics[split], split),
+                                    base_metrics=teacher_metrics or {}, base_label=base_label)  # fmt: skip
     notes = [f"Fine-pruned for {train_output.global_step} steps with `PruningTrainer`"
              + (f", distilled from `{recipe.teacher}`" if teacher is not None else "")]  # fmt: skip
     if distillation_config is not None:
@@ -500,7 +558,7 @@ def train_glue(recipe: GlueRecipe) -> dict[str, Any]:
     # A rerun replaces its own earlier output only (checked before training): never checkpoints or user files.
     trainer.save_pruned_model(output_dir, evaluation=evaluation, method_notes=notes, overwrite=True)
     result = {
-        "task": task.name,
+        "task": task.name if task is not None else own["train"].path,
         "metrics": metrics,
         "sparsity": sparsity,
         "mask_digest": digest,

@@ -48,7 +48,7 @@ def recipe_kind(path: Path, data: object) -> str:
     """``glue``, ``image`` or ``prune``; an unknown kind fails the test."""
     if not isinstance(data, dict):
         pytest.fail(f"{path} is not a YAML mapping.")
-    if "task" in data:
+    if "task" in data or "dataset" in data:
         return "glue"
     if "num_classes" in data:
         return "image"

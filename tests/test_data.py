@@ -138,3 +138,29 @@ def test_cli_prunes_with_calibration_and_evaluation_on_your_own_file(tmp_path, t
     code = main(["prune", "--model", str(tiny_sst2_classifier), "--task", "sst2", "--dataset", "x",
                  "--output", str(tmp_path / "o3")])  # fmt: skip
     assert code == 2 and "either --task (GLUE) or --dataset" in capsys.readouterr().err
+
+
+def test_a_training_recipe_fine_prunes_on_your_own_data(tmp_path, tiny_sst2_classifier):
+    from hfprune.errors import ConfigError
+    from hfprune.recipes import GlueRecipe, train_glue
+
+    (tmp_path / "reviews").mkdir()
+    named = [(text, "positive" if label else "negative") for text, label in ROWS]
+    _write(tmp_path / "reviews" / "train.csv", named, columns=("review", "sentiment"))
+    _write(tmp_path / "reviews" / "validation.csv", named[:8], columns=("review", "sentiment"))
+    recipe = GlueRecipe(
+        model=str(tiny_sst2_classifier), output_dir=str(tmp_path / "final"),
+        dataset={"path": str(tmp_path / "reviews"), "text_columns": "review", "label_column": "sentiment"},
+        training={"output_dir": str(tmp_path / "run"), "max_steps": 2, "per_device_train_batch_size": 4,
+                  "use_cpu": True, "report_to": [], "save_strategy": "no"},
+        pruning={"importance": "magnitude", "sparsity": 0.3},
+    )  # fmt: skip
+    result = train_glue(recipe)
+    assert set(result["metrics"]["validation"]) >= {"eval_validation_accuracy", "eval_validation_f1_macro"}
+    config = json.loads((tmp_path / "final" / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}  # class names became the head's labels
+    assert "accuracy" in (tmp_path / "final" / "README.md").read_text()
+    with pytest.raises(ConfigError, match="needs either `task` .* or `dataset`"):
+        GlueRecipe(model="m", task="sst2", dataset={"path": "x"}, training={"output_dir": str(tmp_path / "r")})
+    with pytest.raises(ConfigError, match=r"Unknown key 'colums'"):
+        GlueRecipe(model="m", dataset={"path": "x", "colums": "a"}, training={"output_dir": str(tmp_path / "r")})
