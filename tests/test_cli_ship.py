@@ -98,7 +98,7 @@ def test_train_rejects_unknown_recipe_kind(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: x\n")
     assert main(["train", str(recipe)]) == 2
-    assert "neither a GLUE recipe" in capsys.readouterr().err
+    assert "neither a text recipe (has `task` or `dataset`)" in capsys.readouterr().err
 
 
 def test_eval_needs_one_data_source(capsys):
