@@ -38,7 +38,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from structured_retraining_free import machine, paired_latency  # noqa: E402
+from structured_retraining_free import machine, paired_latency, torch_pruning_bert  # noqa: E402
 
 
 def log(message: str) -> None:
@@ -60,51 +60,24 @@ def encoder_flops(encoder: torch.nn.Module) -> int:
 
 def torch_pruning_uniform(encoder: torch.nn.Module, ratio: float) -> dict[str, Any]:
     """Torch-Pruning magnitude pruning of whole heads and FFN neurons at ``ratio`` in every layer (in place), the
-    residual width kept (embeddings, pooler and every layer writing the hidden size ignored), as in Torch-Pruning's
-    examples/transformers/prune_hf_bert.py."""
-    import torch_pruning as tp
-    from transformers.models.bert.modeling_bert import BertSelfAttention
-
-    from hfprune.adapters.base import text_example_inputs
-
-    previous = encoder.config._attn_implementation
-    encoder.set_attn_implementation("eager")
-    num_heads = {}
-    for module in encoder.modules():
-        if isinstance(module, BertSelfAttention):
-            for linear in (module.query, module.key, module.value):
-                num_heads[linear] = module.num_attention_heads
-    ignored = [encoder.embeddings, encoder.pooler] if encoder.pooler is not None else [encoder.embeddings]
-    for layer in encoder.encoder.layer:
-        ignored += [layer.attention.output.dense, layer.output.dense]
-    pruner = tp.pruner.BasePruner(
-        encoder, text_example_inputs(encoder, 1, 16),
-        importance=tp.importance.MagnitudeImportance(p=2, group_reduction="mean"), global_pruning=False,
-        pruning_ratio=ratio, num_heads=num_heads, prune_num_heads=True, prune_head_dims=False,
-        head_pruning_ratio=ratio, ignored_layers=ignored,
-        output_transform=lambda out: out.last_hidden_state.sum(),
-    )  # fmt: skip
-    pruner.step()
-    for module in encoder.modules():
-        if isinstance(module, BertSelfAttention):
-            module.num_attention_heads = pruner.num_heads[module.query]
-            module.attention_head_size = module.query.out_features // module.num_attention_heads
-            module.all_head_size = module.query.out_features
-    encoder.zero_grad(set_to_none=True)
-    encoder.set_attn_implementation(previous)
-    heads = [layer.attention.self.num_attention_heads for layer in encoder.encoder.layer]
-    neurons = [layer.intermediate.dense.out_features for layer in encoder.encoder.layer]
-    return {"torch_pruning_version": tp.__version__, "ratio": ratio, "heads": heads, "neurons": neurons}
+    residual width kept: the structured benchmark's baseline, applied to the embedding model's encoder."""
+    info = torch_pruning_bert(encoder, encoder, ratio, ratio, extra_ignored=[],
+                              output=lambda out: out.last_hidden_state)  # fmt: skip
+    encoder.requires_grad_(True)  # distillation trains it afterwards
+    return {"torch_pruning_version": info["torch_pruning_version"], "ratio": ratio, "heads": info["heads"],
+            "neurons": info["neurons"]}  # fmt: skip
 
 
 def main() -> int:
     from hfprune.cli import default_model_path
     from hfprune.embeddings import (
-        embedding_agreement,
+        agreement,
+        encode,
+        encode_pairs,
         encoder_of,
         load_sentence_transformer,
         read_sts,
-        sts_spearman,
+        spearman_of,
     )
     from hfprune.glue import load_glue
     from hfprune.workflows.embedding import distill_embeddings_, prune_embedding_model
@@ -132,7 +105,9 @@ def main() -> int:
 
     dense = load_sentence_transformer(model_path)
     dense_flops = encoder_flops(encoder_of(dense))
-    variants: dict[str, dict[str, Any]] = {"dense": {"sts_spearman": sts_spearman(dense, pairs, scores),
+    # The dense model's embeddings are computed once; every variant is compared with them.
+    dense_pairs, dense_sentences = encode_pairs(dense, pairs), encode(dense, sts_sentences)
+    variants: dict[str, dict[str, Any]] = {"dense": {"sts_spearman": spearman_of(dense_pairs, scores),
                                                      "flops": dense_flops}}  # fmt: skip
     log(f"dense: STS {variants['dense']['sts_spearman']:.2f}")
     models = {"dense": dense}
@@ -140,8 +115,8 @@ def main() -> int:
     def measure(name: str, model: Any, **extra: Any) -> None:
         flops = encoder_flops(encoder_of(model))
         variants[name] = {
-            "sts_spearman": sts_spearman(model, pairs, scores),
-            "agreement_mean_cosine": embedding_agreement(dense, model, sts_sentences),
+            "sts_spearman": spearman_of(encode_pairs(model, pairs), scores),
+            "agreement_mean_cosine": agreement(dense_sentences, encode(model, sts_sentences)),
             "flops": flops, "flops_ratio": flops / dense_flops,
             "params": sum(p.numel() for p in encoder_of(model).parameters()), **extra,
         }  # fmt: skip

@@ -233,13 +233,27 @@ def kd_finetune(args: argparse.Namespace, student: torch.nn.Module, teacher: tor
 
 
 def torch_pruning_baseline(model: torch.nn.Module, head_ratio: float, neuron_ratio: float) -> dict:
-    """(c): Torch-Pruning magnitude pruning of whole heads and FFN neurons, hidden size kept (in place).
+    """(c): Torch-Pruning magnitude pruning of whole heads and FFN neurons of a BERT classifier (in place)."""
+    return torch_pruning_bert(model, model.bert, head_ratio, neuron_ratio,  # type: ignore[attr-defined]
+                              extra_ignored=[model.classifier], output=lambda out: out.logits)  # fmt: skip
+
+
+def torch_pruning_bert(
+    model: torch.nn.Module,
+    bert: torch.nn.Module,
+    head_ratio: float,
+    neuron_ratio: float,
+    extra_ignored: list[torch.nn.Module],
+    output: Any,
+) -> dict:
+    """Torch-Pruning magnitude pruning of whole heads and FFN neurons, hidden size kept (in place), of ``model``
+    whose BERT encoder is ``bert`` (``model`` itself for an embedding model); ``output`` picks the tensor traced.
 
     Follows Torch-Pruning's examples/transformers/prune_hf_bert.py: q/k/v grouped by head with ``num_heads``,
     ``prune_num_heads=True, prune_head_dims=False``, then the BertSelfAttention attributes are fixed. The residual
-    width is kept by ignoring the embeddings, pooler, classifier and every layer whose output channels are the hidden
-    size (attention.output.dense, output.dense), so the only group roots left are q/k/v (heads) and
-    intermediate.dense (neurons).
+    width is kept by ignoring the embeddings, pooler, ``extra_ignored`` (a classifier) and every layer whose output
+    channels are the hidden size (attention.output.dense, output.dense), so the only group roots left are q/k/v
+    (heads) and intermediate.dense (neurons).
     """
     import torch_pruning as tp
     from transformers.models.bert.modeling_bert import BertSelfAttention
@@ -249,13 +263,12 @@ def torch_pruning_baseline(model: torch.nn.Module, head_ratio: float, neuron_rat
     previous = model.config._attn_implementation
     model.set_attn_implementation("eager")  # trace the plain matmul attention
     model.eval()
-    bert = model.bert  # type: ignore[attr-defined]
     num_heads = {}
     for module in model.modules():
         if isinstance(module, BertSelfAttention):
             for linear in (module.query, module.key, module.value):
                 num_heads[linear] = module.num_attention_heads
-    ignored = [bert.embeddings, bert.pooler, model.classifier]
+    ignored = [bert.embeddings, *([bert.pooler] if bert.pooler is not None else []), *extra_ignored]
     for layer in bert.encoder.layer:
         ignored += [layer.attention.output.dense, layer.output.dense]
     example = text_example_inputs(model, 1, 16)
@@ -271,7 +284,7 @@ def torch_pruning_baseline(model: torch.nn.Module, head_ratio: float, neuron_rat
         prune_head_dims=False,
         head_pruning_ratio=head_ratio,
         ignored_layers=ignored,
-        output_transform=lambda out: out.logits.sum(),
+        output_transform=lambda out: output(out).sum(),
     )
     pruner.step()
     for module in model.modules():
@@ -289,6 +302,8 @@ def torch_pruning_baseline(model: torch.nn.Module, head_ratio: float, neuron_rat
         "head_pruning_ratio": head_ratio,
         "neuron_pruning_ratio": neuron_ratio,
         "global_pruning": False,
+        "heads": [layer.attention.self.num_attention_heads for layer in bert.encoder.layer],
+        "neurons": [layer.intermediate.dense.out_features for layer in bert.encoder.layer],
         "wall_s": {"prune": wall_s},
     }
 

@@ -324,7 +324,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         from .hub import CardEvaluation
         from .tasks import evaluate_task, task_of
 
-        scores = [evaluate_task(data, m, tokenizer, max_seq_length=args.max_seq_length) for m in (dense, model)]
+        scores = evaluate_task(data, [dense, model], tokenizer, max_seq_length=args.max_seq_length)
         kind = task_of(type(model).__name__)
         if kind == "text-classification" and "accuracy" not in scores[0]:
             kind = "text-regression"

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import numbers
 import os
-import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, HfPruneWarning, MissingDataError
+from .errors import ConfigError, MissingDataError
 
 
 if TYPE_CHECKING:
@@ -63,10 +62,6 @@ class TextData:
         split = self.split or purpose
         local = Path(self.path).expanduser()
         if local.is_file():
-            if purpose == "validation" and self.split is None:
-                warnings.warn(f"--dataset {self.path} is one file, so --eval scores rows that calibration may also "
-                              "have read. Pass a folder with train and validation files for a held-out score.",
-                              HfPruneWarning, stacklevel=2)  # fmt: skip
             dataset = _read_files([local], self.path)
         elif local.is_dir():
             dataset = _read_files(_split_files(local, split, explicit=self.split is not None), self.path)
@@ -252,18 +247,26 @@ def classification_metrics(predictions: Any, labels: Any) -> dict[str, float]:
             "f1_macro": float(f1_score(labels, predictions, average="macro"))}  # fmt: skip
 
 
-def evaluate_classifier(model: Any, batches: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """Accuracy (and macro F1) of a classification head, or Pearson and Spearman x 100 of a regression head."""
+def head_outputs(model: Any, batches: Sequence[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], Any]]:
+    """Each labelled batch with the model's outputs: eval mode, no autograd, inputs on the model's device, the
+    labels kept out of the call (evaluation needs the logits, not the loss)."""
     import torch
 
     model.eval()
     device = next(model.parameters()).device
-    predicted, gold = [], []
     with torch.inference_mode():
         for batch in batches:
-            inputs = {key: value.to(device) for key, value in batch.items() if key != "labels"}
-            logits = model(**inputs).logits.float().cpu()
-            predicted.append(logits.reshape(-1) if logits.shape[-1] == 1 else logits.argmax(-1))
-            gold.append(batch["labels"])
+            yield batch, model(**{key: value.to(device) for key, value in batch.items() if key != "labels"})
+
+
+def evaluate_classifier(model: Any, batches: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Accuracy (and macro F1) of a classification head, or Pearson and Spearman x 100 of a regression head."""
+    import torch
+
+    predicted, gold = [], []
+    for batch, outputs in head_outputs(model, batches):
+        logits = outputs.logits.float().cpu()
+        predicted.append(logits.reshape(-1) if logits.shape[-1] == 1 else logits.argmax(-1))
+        gold.append(batch["labels"])
     labels = torch.cat(gold).numpy()
     return {**classification_metrics(torch.cat(predicted).numpy(), labels), "num_rows": len(labels)}

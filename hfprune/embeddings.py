@@ -96,6 +96,16 @@ def sentence_batches(
     return batches
 
 
+def sentence_embedding(model: Any, encoder: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """Embeddings of a tokenized ``batch``: ``encoder`` (the model's own, or a copy being pruned) followed by the
+    model's pooling and normalization modules, differentiable (``model.encode`` is not)."""
+    features: dict[str, Any] = dict(batch)
+    features["token_embeddings"] = encoder(**batch).last_hidden_state
+    for module in list(model.children())[1:]:
+        features = module(features)
+    return features["sentence_embedding"]
+
+
 class EmbeddingObjective:
     """Label-free calibration loss of an embedding model: ``mean_i r_i . embedding_i`` with a fresh Gaussian
     ``r_i`` per sentence (see the module docstring for why this estimates the self-distillation Fisher).
@@ -110,18 +120,11 @@ class EmbeddingObjective:
     """
 
     def __init__(self, model: Any, seed: int = 0) -> None:
-        self.head = list(model.children())[1:]
+        self.model = model
         self.generator = torch.Generator().manual_seed(seed)
 
-    def embed(self, encoder: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        features: dict[str, Any] = dict(batch)
-        features["token_embeddings"] = encoder(**batch).last_hidden_state
-        for module in self.head:
-            features = module(features)
-        return features["sentence_embedding"]
-
     def __call__(self, encoder: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        embedding = self.embed(encoder, batch)
+        embedding = sentence_embedding(self.model, encoder, batch)
         direction = torch.randn(embedding.shape, generator=self.generator).to(embedding)
         return (embedding * direction).sum(-1).mean()
 
@@ -133,21 +136,35 @@ def encode(model: Any, sentences: Sequence[str], batch_size: int = 64) -> Tensor
                         show_progress_bar=False).float().cpu()  # fmt: skip
 
 
+def agreement(dense: Tensor, pruned: Tensor) -> float:
+    """Mean cosine similarity between dense and pruned embeddings of the same sentences (1.0: the same
+    directions; retrieval with cosine similarity ranks by direction only)."""
+    return float(nn.functional.cosine_similarity(dense, pruned).mean())
+
+
 def embedding_agreement(dense: Any, pruned: Any, sentences: Sequence[str]) -> float:
-    """Mean cosine similarity between the dense and the pruned model's embeddings of the same sentences (1.0: the
-    same directions; retrieval with cosine similarity ranks by direction only)."""
-    return float(nn.functional.cosine_similarity(encode(dense, sentences), encode(pruned, sentences)).mean())
+    """`agreement` of two models on ``sentences``."""
+    return agreement(encode(dense, sentences), encode(pruned, sentences))
+
+
+def encode_pairs(model: Any, pairs: Sequence[tuple[str, str]]) -> Tensor:
+    """Embeddings of both sentences of every pair, ``[2, pairs, dim]``, in one pass."""
+    embeddings = encode(model, [a for a, _ in pairs] + [b for _, b in pairs])
+    return embeddings.reshape(2, len(pairs), -1)
+
+
+def spearman_of(pair_embeddings: Tensor, scores: Sequence[float]) -> float:
+    """Spearman correlation x 100 between gold similarity ``scores`` and the cosine similarity of each pair's
+    embeddings (`encode_pairs`): zero-shot STS, as sentence-transformers reports it."""
+    from scipy.stats import spearmanr
+
+    cosine = nn.functional.cosine_similarity(pair_embeddings[0], pair_embeddings[1]).numpy()
+    return float(spearmanr(cosine, list(scores)).statistic * 100)
 
 
 def sts_spearman(model: Any, pairs: Sequence[tuple[str, str]], scores: Sequence[float]) -> float:
-    """Spearman correlation x 100 between gold similarity ``scores`` and the cosine similarity of the two
-    sentences' embeddings (zero-shot STS, as sentence-transformers reports it)."""
-    from scipy.stats import spearmanr
-
-    first = encode(model, [a for a, _ in pairs])
-    second = encode(model, [b for _, b in pairs])
-    cosine = nn.functional.cosine_similarity(first, second).numpy()
-    return float(spearmanr(cosine, list(scores)).statistic * 100)
+    """`spearman_of` the model's embeddings of ``pairs``."""
+    return spearman_of(encode_pairs(model, pairs), scores)
 
 
 def read_sts(path: str | os.PathLike) -> tuple[list[tuple[str, str]], list[float]]:

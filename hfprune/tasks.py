@@ -7,11 +7,13 @@ The CLI's ``--dataset`` goes through here, so it needs to know no head.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .data import BUILDERS, SPLIT_FILES, DataError, TextData, evaluate_classifier, labelled_batches
+from .errors import HfPruneWarning
 
 
 #: The data a model's head learns from, by the suffix of its class name.
@@ -57,7 +59,12 @@ def _rows(data: TextData, task: str, purpose: str) -> list[dict[str, Any]]:
 
 
 def check_task_data(data: TextData, task: str, purposes: Sequence[str]) -> None:
-    """Read what each purpose needs, so a bad file fails before the model loads."""
+    """Read what each purpose needs, so a bad file fails before the model loads; say when calibration and
+    evaluation would read the same file (the score is then not held out)."""
+    if {"train", "validation"} <= set(purposes) and Path(data.path).expanduser().is_file():
+        warnings.warn(f"--dataset {data.path} is one file, so --eval scores rows that calibration may also have "
+                      "read. Pass a folder with train and validation files for a held-out score.", HfPruneWarning,
+                      stacklevel=2)  # fmt: skip
     for purpose in purposes:
         if task == "text-classification":
             data.columns(data.load(purpose))
@@ -85,18 +92,24 @@ def task_batches(
     return tagged_batches(rows, tokenizer, model.config, num_examples=num_examples, max_seq_length=max_seq_length)
 
 
-def evaluate_task(data: TextData, model: Any, tokenizer: Any, *, max_seq_length: int = 128) -> dict[str, float]:
-    """The head's metrics on the evaluation split: accuracy/F1 (or Pearson/Spearman), entity F1, or SQuAD EM/F1."""
-    task = task_of(type(model).__name__)
+def evaluate_task(
+    data: TextData, models: Sequence[Any], tokenizer: Any, *, max_seq_length: int = 128
+) -> list[dict[str, float]]:
+    """The heads' metrics on the evaluation split, for each of ``models`` (e.g. dense and pruned; the data is read
+    and tokenized once): accuracy/F1 (or Pearson/Spearman), entity F1, or SQuAD EM/F1."""
+    first = models[0]
+    task = task_of(type(first).__name__)
     if task == "text-classification":
-        return evaluate_classifier(model, labelled_batches(data, tokenizer, model.config, purpose="validation",
-                                                           num_examples=None, max_seq_length=max_seq_length))
+        batches = labelled_batches(data, tokenizer, first.config, purpose="validation", num_examples=None,
+                                   max_seq_length=max_seq_length)  # fmt: skip
+        return [evaluate_classifier(model, batches) for model in models]
     rows = _rows(data, task, "validation")
     if task == "question-answering":
         from .question_answering import evaluate_question_answering
 
-        return evaluate_question_answering(model, tokenizer, rows, max_seq_length=max(max_seq_length, 64))
+        return [evaluate_question_answering(model, tokenizer, rows, max_seq_length=max(max_seq_length, 64))
+                for model in models]  # fmt: skip
     from .token_classification import evaluate_token_classification, tagged_batches
 
-    return evaluate_token_classification(model, tagged_batches(rows, tokenizer, model.config,
-                                                               max_seq_length=max_seq_length))
+    batches = tagged_batches(rows, tokenizer, first.config, max_seq_length=max_seq_length)
+    return [evaluate_token_classification(model, batches) for model in models]

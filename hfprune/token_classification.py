@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .data import DataError
+from .data import DataError, head_outputs
 
 
 SEQEVAL_METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "seqeval_metric.py"
@@ -98,19 +98,13 @@ def tagged_batches(
 def evaluate_token_classification(model: Any, batches: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Entity-level precision/recall/F1 and token accuracy on labelled batches (first sub-tokens only)."""
     import evaluate
-    import torch
 
     id2label = {int(index): str(name) for index, name in model.config.id2label.items()}
-    model.eval()
-    device = next(model.parameters()).device
     predictions, references = [], []
-    with torch.inference_mode():
-        for batch in batches:
-            inputs = {key: value.to(device) for key, value in batch.items() if key != "labels"}
-            predicted = model(**inputs).logits.argmax(-1).cpu()
-            for row_prediction, row_labels in zip(predicted, batch["labels"], strict=True):
-                kept = row_labels != -100
-                predictions.append([id2label[int(i)] for i in row_prediction[kept]])
-                references.append([id2label[int(i)] for i in row_labels[kept]])
+    for batch, outputs in head_outputs(model, batches):
+        for row_prediction, row_labels in zip(outputs.logits.argmax(-1).cpu(), batch["labels"], strict=True):
+            kept = row_labels != -100
+            predictions.append([id2label[int(i)] for i in row_prediction[kept]])
+            references.append([id2label[int(i)] for i in row_labels[kept]])
     metric = evaluate.load(str(SEQEVAL_METRIC_PATH))
     return {**metric.compute(predictions=predictions, references=references), "num_sentences": len(references)}

@@ -52,12 +52,15 @@ def test_a_folder_is_split_by_file_name(tmp_path):
         TextData(str(tmp_path), split="test").load()
 
 
-def test_evaluating_on_the_calibration_file_is_said(tmp_path):
+def test_evaluating_on_the_calibration_file_is_said(tmp_path, recwarn):
     from hfprune.errors import HfPruneWarning
+    from hfprune.tasks import check_task_data
 
     data = TextData(str(_write(tmp_path / "reviews.csv")), text_columns=("review",), label_column="stars")
+    check_task_data(data, "text-classification", ["validation"])  # evaluation alone reads nothing twice
+    assert not [w for w in recwarn if issubclass(w.category, HfPruneWarning)]
     with pytest.warns(HfPruneWarning, match="one file, so --eval scores rows that calibration may also have read"):
-        data.load("validation")
+        check_task_data(data, "text-classification", ["train", "validation"])
 
 
 def test_sentence_pairs_calibrate_as_separate_sentences(tmp_path):

@@ -18,6 +18,7 @@ from hfprune.embeddings import (
     read_sentences,
     read_sts,
     sentence_batches,
+    sentence_embedding,
     sts_spearman,
 )
 from hfprune.errors import MissingDataError
@@ -90,7 +91,7 @@ def test_the_objective_estimates_the_self_distillation_fisher(tiny_embedder):
         lambda w: torch.func.functional_call(encoder, {"encoder.layer.0.output.dense.weight": w}, kwargs=batch)
         .last_hidden_state.mean(1), weight.detach()
     )  # fmt: skip
-    embedding = objective.embed(encoder, batch).detach()
+    embedding = sentence_embedding(model, encoder, batch).detach()
     hidden = encoder(**batch).last_hidden_state.mean(1).detach()
     # Through normalization: d(h/|h|) = (I - e e^T) dh / |h|.
     projector = (torch.eye(32) - embedding[0, :, None] * embedding[0, None, :]) / hidden.norm()

@@ -23,13 +23,16 @@ from ..compaction import compact_
 from ..config import PruningConfig
 from ..embeddings import (
     EmbeddingObjective,
+    agreement,
     embedding_agreement,
+    encode_pairs,
     encoder_of,
     load_sentence_transformer,
     read_sentences,
     save_sentence_transformer,
     sentence_batches,
-    sts_spearman,
+    sentence_embedding,
+    spearman_of,
 )
 from ..pruner import prune_
 from ..reporting import PruningReport, device_description, paired_latency_ms, report
@@ -146,12 +149,15 @@ def prune_embedding_model(
             distill_embeddings_(model, dense, texts, checkpoints, max_steps=distill_steps,
                                 learning_rate=distill_learning_rate, max_seq_length=max_seq_length)  # fmt: skip
 
-    if agreement_sentences is None:
-        agreement_sentences = [s for pair in eval_pairs[0] for s in pair] if eval_pairs else sentences
-    agreement = embedding_agreement(dense, model, agreement_sentences)
     sts = None
     if eval_pairs is not None:
-        sts = (sts_spearman(dense, *eval_pairs), sts_spearman(model, *eval_pairs))
+        # Each model embeds the STS sentences once; agreement defaults to those (held-out) sentences.
+        dense_pairs, pruned_pairs = encode_pairs(dense, eval_pairs[0]), encode_pairs(model, eval_pairs[0])
+        sts = (spearman_of(dense_pairs, eval_pairs[1]), spearman_of(pruned_pairs, eval_pairs[1]))
+    if agreement_sentences is not None or eval_pairs is None:
+        agreement_value = embedding_agreement(dense, model, agreement_sentences or sentences)
+    else:
+        agreement_value = agreement(dense_pairs.flatten(0, 1), pruned_pairs.flatten(0, 1))
     reports = {}
     for batch_size, seq_len in LATENCY_SHAPES:
         example = _example(encoder, batch_size, seq_len)
@@ -169,7 +175,7 @@ def prune_embedding_model(
     if distill_steps > 0:
         notes.append(f"Then {distill_steps} steps of cosine distillation from the dense model (batch 32, learning "
                      f"rate {distill_learning_rate}) on {len(texts)} unlabeled sentences")
-    notes.append(f"Mean cosine between dense and pruned embeddings: {agreement:.4f}")
+    notes.append(f"Mean cosine between dense and pruned embeddings: {agreement_value:.4f}")
     evaluation = None
     if sts is not None:
         from ..hub import CardEvaluation
@@ -181,7 +187,7 @@ def prune_embedding_model(
     saved = save_sentence_transformer(model, output, plan=plan, overwrite=overwrite, pruning_config=config,
                                       report=after, base_report=before, evaluation=evaluation, method_notes=notes,
                                       base_model=base_model)  # fmt: skip
-    return EmbeddingPruningResult(output=saved, seconds=seconds, reports=reports, agreement=agreement, sts=sts,
+    return EmbeddingPruningResult(output=saved, seconds=seconds, reports=reports, agreement=agreement_value, sts=sts,
                                   plan=plan, notes=notes)  # fmt: skip
 
 
@@ -200,17 +206,16 @@ class EmbeddingDistillation(nn.Module):
         super().__init__()
         self.student_encoder = encoder_of(student)
         self.teacher_encoder = encoder_of(teacher).requires_grad_(False).eval()
-        self._student = EmbeddingObjective(student)
-        self._teacher = EmbeddingObjective(teacher)
+        self._models = (student, teacher)  # their pooling and normalization modules
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
                 **_: Any) -> dict[str, Tensor]:  # fmt: skip
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             batch["token_type_ids"] = token_type_ids
-        student = self._student.embed(self.student_encoder, batch)
+        student = sentence_embedding(self._models[0], self.student_encoder, batch)
         with torch.no_grad():
-            teacher = self._teacher.embed(self.teacher_encoder.eval(), batch)
+            teacher = sentence_embedding(self._models[1], self.teacher_encoder.eval(), batch)
         loss = (1 - nn.functional.cosine_similarity(student, teacher, dim=-1)).mean()
         return {"loss": loss, "logits": student}
 
