@@ -106,13 +106,18 @@ def head_logits(outputs: Any, attention_mask: Tensor | None = None) -> list[Tens
 
     Sequence classification: ``logits``. Token classification (``logits`` of ``[batch, tokens, classes]``): the
     real tokens' rows (``attention_mask``), padding left out. Extractive QA: ``start_logits`` and ``end_logits``,
-    each a distribution over positions (as DistilBERT distils SQuAD).
+    each a distribution over positions (as DistilBERT distils SQuAD), padded positions given no probability.
     """
     logits = outputs.get("logits") if hasattr(outputs, "get") else getattr(outputs, "logits", None)
     if logits is None:
         pair = [outputs.get(name) for name in ("start_logits", "end_logits")]
         if any(value is None for value in pair):
             raise ConfigError("The model returned neither logits nor start/end logits: nothing to distil.")
+        if attention_mask is not None:
+            # Padding is no answer position: a large finite negative (not -inf, whose 0 * inf would turn the KL into
+            # NaN) gives it no probability in teacher and student alike, so it adds nothing to the KL.
+            padding = ~attention_mask.bool()
+            pair = [logits.masked_fill(padding, -1e4) for logits in pair]
         return pair  # type: ignore[return-value]
     if logits.dim() == 3 and attention_mask is not None:
         return [logits[attention_mask.bool()]]

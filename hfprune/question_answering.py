@@ -81,17 +81,25 @@ def _windows(rows: Sequence[dict], tokenizer: Any, max_length: int, stride: int 
                      return_overflowing_tokens=True, return_offsets_mapping=True, padding="max_length")  # fmt: skip
 
 
-def qa_batches(
-    rows: Sequence[dict], tokenizer: Any, *, batch_size: int = 16, max_seq_length: int = 384,
-    stride: int | None = None, num_examples: int | None = None,
-) -> list[dict[str, Any]]:  # fmt: skip
-    """Training/calibration batches with ``start_positions`` and ``end_positions``."""
-    import torch
-
+def qa_features(
+    rows: Sequence[dict], tokenizer: Any, *, max_seq_length: int = 384, stride: int | None = None,
+    num_examples: int | None = None,
+) -> list[dict[str, list[int] | int]]:  # fmt: skip
+    """One training feature per window (padded to ``max_seq_length``), with ``start_positions`` and
+    ``end_positions``: the answer's first and last token, or [CLS] when the answer is not in the window."""
     rows = list(rows)[:num_examples] if num_examples is not None else list(rows)
+    for row in rows:
+        texts, starts = row["answers"]["text"], row["answers"]["answer_start"]
+        if texts and row["context"][starts[0] : starts[0] + len(texts[0])] != texts[0]:
+            # Otherwise every window would be labelled "no answer here" and the model trained to answer nothing.
+            found = row["context"].find(texts[0])
+            hint = f"; the text first occurs at {found}" if found >= 0 else "; the context does not contain it"
+            raise DataError(f"Question {row.get('id')!r}: answer_start {starts[0]} does not point at its answer "
+                            f"{texts[0]!r} in the context{hint}. answer_start counts characters from 0.")  # fmt: skip
     encoded = _windows(rows, tokenizer, max_seq_length, stride)
     context_id = 1 if tokenizer.padding_side == "right" else 0  # which sequence is the context (see _windows)
-    starts, ends = [], []
+    keys = [key for key in ("input_ids", "attention_mask", "token_type_ids") if key in encoded]
+    features = []
     for index, offsets in enumerate(encoded["offset_mapping"]):
         row = rows[encoded["overflow_to_sample_mapping"][index]]
         sequence = encoded.sequence_ids(index)
@@ -106,17 +114,21 @@ def qa_batches(
             if offsets[context[0]][0] <= first and offsets[context[-1]][1] >= last:
                 span = (next(i for i in context if offsets[i][1] > first),
                         next(i for i in reversed(context) if offsets[i][0] < last))  # fmt: skip
-        starts.append(span[0])
-        ends.append(span[1])
-    keys = [key for key in ("input_ids", "attention_mask", "token_type_ids") if key in encoded]
-    batches = []
-    for begin in range(0, len(starts), batch_size):
-        part = slice(begin, begin + batch_size)
-        batch = {key: torch.tensor(encoded[key][part]) for key in keys}
-        batch["start_positions"] = torch.tensor(starts[part])
-        batch["end_positions"] = torch.tensor(ends[part])
-        batches.append(batch)
-    return batches
+        features.append({**{key: encoded[key][index] for key in keys},
+                         "start_positions": span[0], "end_positions": span[1]})  # fmt: skip
+    return features
+
+
+def qa_batches(
+    rows: Sequence[dict], tokenizer: Any, *, batch_size: int = 16, max_seq_length: int = 384,
+    stride: int | None = None, num_examples: int | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """`qa_features` as tensor batches (calibration, evaluation of the loss)."""
+    from transformers import default_data_collator
+
+    features = qa_features(rows, tokenizer, max_seq_length=max_seq_length, stride=stride, num_examples=num_examples)
+    return [default_data_collator(features[start : start + batch_size])
+            for start in range(0, len(features), batch_size)]  # fmt: skip
 
 
 def evaluate_question_answering(

@@ -25,6 +25,7 @@ from .distillation import DistillationConfig
 from .errors import ConfigError, HfPruneError
 from .field_types import coerce
 from .registry import check_unknown_keys, tolerate_unknown_keys
+from .tasks import HEAD_TASKS
 
 
 def _check_keys(where: str, given: dict[str, Any], allowed: list[str]) -> None:
@@ -194,7 +195,10 @@ class GlueRecipe:
         task (`str`, *optional*): GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte).
         dataset (`dict`, *optional*): Your own data instead of ``task`` (`hfprune.data.TextData`): ``path`` (a
             file, a folder with ``train.*`` and ``validation.*``/``dev.*`` files, or a Hub id), ``text_columns``,
-            ``label_column``. Class ids, class names or (regression) numbers.
+            ``label_column``. Class ids, class names or (regression) numbers. ``task``: ``question-answering``
+            (SQuAD-format files) or ``token-classification`` (CoNLL-style files, or rows with ``tokens``/``tags``
+            columns, renamed by ``text_columns``/``label_column``) trains that head instead; the default is the
+            head the model's config names, else ``text-classification``.
         data_dir (`str`, *optional*): Folder of original GLUE TSVs; ``None`` loads ``nyu-mll/glue`` from the Hub.
         teacher (`str`, *optional*): Fine-tuned teacher for distillation (same task and tokenizer).
         max_seq_length (`int`, defaults to 128): Truncation length; batches are padded dynamically.
@@ -263,15 +267,31 @@ class GlueRecipe:
         """The `dataset` section as the `TextData` of ``purpose`` (``"train"`` or ``"validation"``)."""
         section = dict(self.dataset or {})
         _check_keys("the dataset section", section,
-                    ["path", "text_columns", "label_column", "train_split", "eval_split"])  # fmt: skip
+                    ["path", "text_columns", "label_column", "train_split", "eval_split", "task"])  # fmt: skip
         if not isinstance(section.get("path"), str):
             raise ConfigError("The dataset section needs `path` (a file, a folder or a Hub dataset id).")
+        if section.get("task") not in (None, *HEAD_TASKS):
+            raise ConfigError(f"dataset.task is {section['task']!r}; choose one of {', '.join(HEAD_TASKS)}.")
         columns = section.get("text_columns")
         if isinstance(columns, str):
             columns = [column.strip() for column in columns.split(",") if column.strip()]
         split = section.get("train_split" if purpose == "train" else "eval_split")
         return TextData(section["path"], text_columns=tuple(columns) if columns else None,
                         label_column=str(section.get("label_column", "label")), split=split)  # fmt: skip
+
+    def head_task(self) -> str:
+        """The head a `dataset` recipe trains: ``dataset.task``, else the one the model's config names (a
+        ``...ForQuestionAnswering`` or ``...ForTokenClassification`` checkpoint), else text classification."""
+        if self.task is not None:
+            return "text-classification"
+        if (self.dataset or {}).get("task") is not None:
+            return str(self.dataset["task"])
+        from transformers import AutoConfig
+
+        from .tasks import task_of
+
+        architectures = getattr(AutoConfig.from_pretrained(self.model), "architectures", None) or [None]
+        return task_of(architectures[0])
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, overrides: list[str] | None = None) -> GlueRecipe:
@@ -426,7 +446,6 @@ def train_glue(recipe: GlueRecipe) -> dict[str, Any]:
         `dict`: evaluation metrics per eval split, the final sparsity, the mask digest and where the model went.
     """
     import numpy as np
-    from accelerate.utils import gather_object
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed
 
     from .data import classification_metrics, encode_labels, evaluate_classifier, label_spec
@@ -441,6 +460,8 @@ def train_glue(recipe: GlueRecipe) -> dict[str, Any]:
     check_model_source(recipe.teacher, "teacher")
     check_resume_checkpoint(args.resume_from_checkpoint, args.output_dir, recipe.pruning is not None)
     own = {purpose: recipe.text_data(purpose) for purpose in ("train", "validation")} if task is None else None
+    if own and recipe.head_task() != "text-classification":
+        return _train_answers_or_tags(recipe, args, own, recipe.head_task())
     own_rows = {purpose: data.load(purpose) for purpose, data in own.items()} if own else None
     if own and own_rows:
         text_columns, label_column = own["train"].columns(own_rows["train"])
@@ -523,12 +544,6 @@ def train_glue(recipe: GlueRecipe) -> dict[str, Any]:
     train_output = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     metrics = {split: trainer.evaluate(encoded[split], metric_key_prefix=f"eval_{split}") for split in eval_splits}
 
-    digest = mask_digest(trainer.pruner.masks()) if trainer.pruner is not None else None
-    digests = gather_object([digest])
-    if len(set(digests)) != 1:
-        raise RuntimeError(f"Pruning masks differ across processes ({digests}); the run is not consistent.")
-    sparsity = trainer.pruner.mask_sparsity() if trainer.pruner is not None else 0.0
-    output_dir = recipe.output_dir or str(Path(args.output_dir) / "final")
     split = eval_splits[0]
     teacher_metrics = None
     base_label = f"the dense teacher ({Path(str(recipe.teacher)).name})"
@@ -551,14 +566,100 @@ def train_glue(recipe: GlueRecipe) -> dict[str, Any]:
         evaluation = CardEvaluation(task_type="text-classification", dataset_type=own["validation"].path,
                                     dataset_name=own["validation"].path, metrics=_task_metrics(metrics[split], split),
                                     base_metrics=teacher_metrics or {}, base_label=base_label)  # fmt: skip
+    return _save_trained(trainer, recipe, args, train_output, metrics, evaluation,
+                         task.name if task is not None else own["train"].path)  # fmt: skip
+
+
+def _train_answers_or_tags(
+    recipe: GlueRecipe, args: Any, data: dict[str, TextData], head_task: str
+) -> dict[str, Any]:  # fmt: skip
+    """`train_glue` for an extractive-QA or token-classification head on the recipe's own files: training
+    features from `hfprune.question_answering` / `hfprune.token_classification`, the head's own loss (and KD on
+    its logits), then SQuAD EM/F1 or entity F1 on the validation file for the pruned model and the teacher."""
+    import transformers
+    from datasets import Dataset
+
+    from .hub import CardEvaluation, check_output_directory
+    from .tasks import evaluate_task, task_rows
+    from .trainer import PruningTrainer
+
+    rows = {purpose: task_rows(source, head_task, purpose) for purpose, source in data.items()}
+    rows["train"] = rows["train"][: recipe.max_train_samples]
+    check_output_directory(recipe.output_dir or Path(args.output_dir) / "final", overwrite=True,
+                           inputs=[recipe.model, recipe.teacher])  # fmt: skip
+    transformers.set_seed(args.seed)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(recipe.model)
+    if head_task == "question-answering":
+        from .question_answering import qa_features
+
+        model_class, label_kwargs = transformers.AutoModelForQuestionAnswering, {}
+        collator = transformers.default_data_collator
+        features = {purpose: qa_features(part, tokenizer, max_seq_length=recipe.max_seq_length)
+                    for purpose, part in rows.items()}  # fmt: skip
+        model = model_class.from_pretrained(recipe.model)
+    else:
+        from .tasks import task_of
+        from .token_classification import tag_labels, tagged_features
+
+        model_class, collator = transformers.AutoModelForTokenClassification, None
+        config = transformers.AutoConfig.from_pretrained(recipe.model)
+        has_head = task_of((getattr(config, "architectures", None) or [None])[0]) == head_task
+        # A checkpoint with a tagging head keeps its labels; a new head is given the training file's tags.
+        label_kwargs = {} if has_head else tag_labels(rows["train"])
+        model = model_class.from_pretrained(recipe.model, **label_kwargs)
+        collator = transformers.DataCollatorForTokenClassification(tokenizer)
+        features = {purpose: tagged_features(part, tokenizer, model.config, max_seq_length=recipe.max_seq_length)
+                    for purpose, part in rows.items()}  # fmt: skip
+    teacher = model_class.from_pretrained(recipe.teacher) if recipe.teacher is not None else None
+    for network in (model, teacher):
+        if network is not None:
+            check_text_length(network, recipe.max_seq_length, "max_seq_length")
+    trainer = PruningTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(features["train"]),
+        eval_dataset=Dataset.from_list(features["validation"][: recipe.max_eval_samples]), processing_class=tokenizer,
+        data_collator=collator, pruning_config=recipe.pruning_config(), teacher_model=teacher,
+        distillation_config=recipe.distillation_config(), score_learning_rate=recipe.score_learning_rate,
+    )  # fmt: skip
+    train_output = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    metrics: dict[str, dict[str, float]] = {"validation": {}}
+    teacher_metrics: dict[str, float] = {}
+    if trainer.is_world_process_zero():
+        models = [trainer.model] + ([teacher] if teacher is not None else [])
+        scored = evaluate_task(data["validation"], models, tokenizer, max_seq_length=recipe.max_seq_length,
+                               num_examples=recipe.max_eval_samples)  # fmt: skip
+        counts = ("num_questions", "num_sentences")
+        metrics["validation"] = {key: value for key, value in scored[0].items() if key not in counts}
+        if teacher is not None:
+            teacher_metrics = {key: value for key, value in scored[1].items() if key not in counts}
+    source = data["validation"].path
+    evaluation = CardEvaluation(task_type=head_task, dataset_type=source, dataset_name=source,
+                                metrics=metrics["validation"], base_metrics=teacher_metrics,
+                                base_label=f"the dense teacher ({Path(str(recipe.teacher)).name})")  # fmt: skip
+    return _save_trained(trainer, recipe, args, train_output, metrics, evaluation, data["train"].path)
+
+
+def _save_trained(
+    trainer: Any, recipe: GlueRecipe, args: Any, train_output: Any, metrics: dict[str, Any], evaluation: Any,
+    task_name: str,
+) -> dict[str, Any]:  # fmt: skip
+    """Check that every rank holds the same masks, save the (pruned) model with its card, and report."""
+    from accelerate.utils import gather_object
+
+    digest = mask_digest(trainer.pruner.masks()) if trainer.pruner is not None else None
+    digests = gather_object([digest])
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"Pruning masks differ across processes ({digests}); the run is not consistent.")
+    sparsity = trainer.pruner.mask_sparsity() if trainer.pruner is not None else 0.0
+    output_dir = recipe.output_dir or str(Path(args.output_dir) / "final")
+    distillation_config = recipe.distillation_config()
     notes = [f"Fine-pruned for {train_output.global_step} steps with `PruningTrainer`"
-             + (f", distilled from `{recipe.teacher}`" if teacher is not None else "")]  # fmt: skip
+             + (f", distilled from `{recipe.teacher}`" if recipe.teacher is not None else "")]  # fmt: skip
     if distillation_config is not None:
         notes.append(f"Distillation: temperature {distillation_config.temperature}, alpha {distillation_config.alpha}")
     # A rerun replaces its own earlier output only (checked before training): never checkpoints or user files.
     trainer.save_pruned_model(output_dir, evaluation=evaluation, method_notes=notes, overwrite=True)
     result = {
-        "task": task.name if task is not None else own["train"].path,
+        "task": task_name,
         "metrics": metrics,
         "sparsity": sparsity,
         "mask_digest": digest,

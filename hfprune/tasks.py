@@ -18,6 +18,8 @@ from .errors import HfPruneWarning
 
 #: The data a model's head learns from, by the suffix of its class name.
 TASKS = {"ForQuestionAnswering": "question-answering", "ForTokenClassification": "token-classification"}
+#: Every head hfprune trains, prunes and scores.
+HEAD_TASKS = ("text-classification", *TASKS.values())
 
 
 def task_of(architecture: str | None) -> str:
@@ -46,7 +48,8 @@ def _task_file(data: TextData, purpose: str) -> Path:
     return local
 
 
-def _rows(data: TextData, task: str, purpose: str) -> list[dict[str, Any]]:
+def task_rows(data: TextData, task: str, purpose: str) -> list[dict[str, Any]]:
+    """QA questions (`read_squad`) or tagged sentences (`read_tagged`) of ``purpose``'s split."""
     if task == "question-answering":
         from .question_answering import read_squad
 
@@ -69,7 +72,7 @@ def check_task_data(data: TextData, task: str, purposes: Sequence[str]) -> None:
         if task == "text-classification":
             data.columns(data.load(purpose))
         else:
-            _rows(data, task, purpose)
+            task_rows(data, task, purpose)
 
 
 def task_batches(
@@ -82,7 +85,7 @@ def task_batches(
     if task == "text-classification":
         return labelled_batches(data, tokenizer, model.config, purpose=purpose, num_examples=num_examples,
                                 max_seq_length=max_seq_length, seed=seed)  # fmt: skip
-    rows = _rows(data, task, purpose)
+    rows = task_rows(data, task, purpose)
     if task == "question-answering":
         from .question_answering import qa_batches
 
@@ -93,17 +96,19 @@ def task_batches(
 
 
 def evaluate_task(
-    data: TextData, models: Sequence[Any], tokenizer: Any, *, max_seq_length: int = 128
-) -> list[dict[str, float]]:
+    data: TextData, models: Sequence[Any], tokenizer: Any, *, max_seq_length: int = 128,
+    num_examples: int | None = None,
+) -> list[dict[str, float]]:  # fmt: skip
     """The heads' metrics on the evaluation split, for each of ``models`` (e.g. dense and pruned; the data is read
-    and tokenized once): accuracy/F1 (or Pearson/Spearman), entity F1, or SQuAD EM/F1."""
+    and tokenized once): accuracy/F1 (or Pearson/Spearman), entity F1, or SQuAD EM/F1. ``num_examples``: the first N
+    questions or sentences (QA and token classification)."""
     first = models[0]
     task = task_of(type(first).__name__)
     if task == "text-classification":
         batches = labelled_batches(data, tokenizer, first.config, purpose="validation", num_examples=None,
                                    max_seq_length=max_seq_length)  # fmt: skip
         return [evaluate_classifier(model, batches) for model in models]
-    rows = _rows(data, task, "validation")
+    rows = task_rows(data, task, "validation")[:num_examples]
     if task == "question-answering":
         from .question_answering import evaluate_question_answering
 

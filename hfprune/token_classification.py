@@ -64,13 +64,19 @@ def _read_conll(file: Path) -> list[dict]:
     return sentences
 
 
-def tagged_batches(
-    rows: Sequence[dict], tokenizer: Any, model_config: Any, *, batch_size: int = 32, max_seq_length: int = 128,
-    num_examples: int | None = None,
-) -> list[dict[str, Any]]:  # fmt: skip
-    """Padded batches with ``labels`` on each word's first sub-token (-100 elsewhere)."""
-    from transformers import DataCollatorForTokenClassification
+def tag_labels(rows: Sequence[dict]) -> dict[str, Any]:
+    """``num_labels``/``id2label``/``label2id`` for a new token-classification head from the tags in ``rows``:
+    ``O`` first, then the others sorted (so the same tag set always gives the same ids)."""
+    tags = sorted({tag for row in rows for tag in row["tags"]}, key=lambda tag: (tag != "O", tag))
+    return {"num_labels": len(tags), "id2label": dict(enumerate(tags)),
+            "label2id": {tag: index for index, tag in enumerate(tags)}}  # fmt: skip
 
+
+def tagged_features(
+    rows: Sequence[dict], tokenizer: Any, model_config: Any, *, max_seq_length: int = 128,
+    num_examples: int | None = None,
+) -> list[dict[str, list[int]]]:  # fmt: skip
+    """One unpadded feature per sentence with ``labels`` on each word's first sub-token (-100 elsewhere)."""
     label2id = {str(name): int(index) for name, index in (getattr(model_config, "label2id", None) or {}).items()}
     num_labels = int(getattr(model_config, "num_labels", len(label2id)))
     # Class ids (the Hub's ner_tags layout) are taken as they are, names through config.label2id.
@@ -82,8 +88,10 @@ def tagged_batches(
                         f"class ids below num_labels={num_labels}; load the model with num_labels/id2label/label2id "
                         "for your tag set.")  # fmt: skip
     rows = list(rows)[:num_examples] if num_examples is not None else list(rows)
-    encoded = tokenizer([row["tokens"] for row in rows], is_split_into_words=True, truncation=True,
-                        max_length=max_seq_length)  # fmt: skip
+    words = [row["tokens"] for row in rows]
+    if _needs_space_before_words(tokenizer):
+        words = [[word if i == 0 else " " + word for i, word in enumerate(sentence)] for sentence in words]
+    encoded = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_seq_length)
     features = []
     for index, row in enumerate(rows):
         labels, previous = [], None
@@ -91,6 +99,34 @@ def tagged_batches(
             labels.append(-100 if word is None or word == previous else label2id[row["tags"][word]])
             previous = word
         features.append({**{key: encoded[key][index] for key in encoded}, "labels": labels})
+    return features
+
+
+def _needs_space_before_words(tokenizer: Any) -> bool:
+    """Whether pre-split words must carry their leading space to be tokenized as in running text.
+
+    Byte-level BPE tokenizers (RoBERTa, GPT-2) spell a word after a space differently ("Ġworld"); without
+    ``add_prefix_space`` each pre-split word is tokenized as if it began the text, so a model would see pieces it
+    never saw in pre-training. Checked by tokenizing, not by class name: WordPiece and SentencePiece give the same
+    pieces either way and are left alone.
+    """
+    words = ["hello", "world", "again"]
+    running = tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]
+    if tokenizer(words, is_split_into_words=True, add_special_tokens=False)["input_ids"] == running:
+        return False
+    spaced = [words[0], *(" " + word for word in words[1:])]
+    return tokenizer(spaced, is_split_into_words=True, add_special_tokens=False)["input_ids"] == running
+
+
+def tagged_batches(
+    rows: Sequence[dict], tokenizer: Any, model_config: Any, *, batch_size: int = 32, max_seq_length: int = 128,
+    num_examples: int | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """`tagged_features` as padded tensor batches."""
+    from transformers import DataCollatorForTokenClassification
+
+    features = tagged_features(rows, tokenizer, model_config, max_seq_length=max_seq_length,
+                               num_examples=num_examples)  # fmt: skip
     collator = DataCollatorForTokenClassification(tokenizer)
     return [dict(collator(features[start : start + batch_size])) for start in range(0, len(features), batch_size)]
 

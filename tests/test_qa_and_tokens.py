@@ -57,7 +57,7 @@ def _tiny(head, minilm_path, tmp_path, **config):
                                            **config)  # fmt: skip
     torch.manual_seed(0)
     folder = tmp_path / head
-    getattr(transformers, f"BertFor{head}")(model_config).save_pretrained(folder)
+    getattr(transformers, "BertModel" if head == "Model" else f"BertFor{head}")(model_config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder, tokenizer
 
@@ -165,3 +165,106 @@ def test_distillation_matches_qa_spans_and_token_tags(tmp_path, minilm_path, hea
     logged = [entry for entry in trainer.state.log_history if "kd_loss" in entry]
     # Identical student and teacher start with zero KL: the KD term is there and finite.
     assert logged and all(0.0 <= entry["kd_loss"] < 1.0 for entry in logged)
+
+
+def test_an_answer_in_a_later_window_labels_only_that_window(tmp_path, minilm_path):
+    _, tokenizer = _tiny("QuestionAnswering", minilm_path, tmp_path)
+    filler = " ".join(["The river flows slowly past the old mill."] * 12)
+    context = f"{filler} The treasure is buried under the oak tree."
+    row = {"id": "far", "question": "Where is the treasure?", "context": context,
+           "answers": {"text": ["under the oak tree"], "answer_start": [context.index("under the oak tree")]}}
+    batch = qa_batches([row], tokenizer, max_seq_length=64, stride=16)[0]
+    windows = len(batch["input_ids"])
+    assert windows > 2
+    cls = tokenizer.cls_token_id
+    spans = list(zip(batch["start_positions"].tolist(), batch["end_positions"].tolist(), strict=True))
+    answered = [i for i, (start, _) in enumerate(spans) if batch["input_ids"][i][start] != cls]
+    assert answered and answered[-1] == windows - 1  # the answer is at the end of the context
+    for i in answered:
+        start, end = spans[i]
+        assert tokenizer.decode(batch["input_ids"][i][start : end + 1]) == "under the oak tree"
+    assert all(batch["input_ids"][i][spans[i][0]] == cls and spans[i][0] == spans[i][1]
+               for i in range(windows) if i not in answered)  # fmt: skip
+    wrong = {**row, "answers": {"text": ["under the oak tree"], "answer_start": [3]}}
+    with pytest.raises(DataError, match=r"Question 'far': answer_start 3 does not point at its answer 'under the oak "
+                                        r"tree' in the context; the text first occurs at \d+"):
+        qa_batches([wrong], tokenizer, max_seq_length=64, stride=16)
+
+
+def test_qa_distillation_gives_padding_no_weight():
+    from hfprune.distillation import head_logits, kd_loss
+
+    mask = torch.tensor([[1, 1, 1, 0, 0]])
+    student = {"start_logits": torch.tensor([[1.0, 2.0, 0.5, 9.0, -3.0]]),
+               "end_logits": torch.tensor([[0.0, 1.0, 3.0, -7.0, 8.0]])}  # fmt: skip
+    teacher = {key: value.clone() for key, value in student.items()}
+    teacher["start_logits"][0, 3:] = torch.tensor([-5.0, 20.0])  # differs only where there is padding
+    pairs = zip(head_logits(student, mask), head_logits(teacher, mask), strict=True)
+    assert all(float(kd_loss(s, t)) == pytest.approx(0.0, abs=1e-6) for s, t in pairs)
+    unmasked = zip(head_logits(student), head_logits(teacher), strict=True)
+    assert max(float(kd_loss(s, t)) for s, t in unmasked) > 0.1
+
+
+def test_byte_level_tokenizers_see_words_as_in_running_text(tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from hfprune.token_classification import tagged_features
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(["Ada Lovelace lived in London", "hello world again"] * 20,
+                                trainers.BpeTrainer(vocab_size=320, special_tokens=["<s>", "</s>", "<pad>"],
+                                                    initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>")
+
+    class Config:
+        label2id = {tag: i for i, tag in enumerate(TAGS)}
+
+    row = {"tokens": ["Ada", "Lovelace", "lived", "in", "London"], "tags": ["B-PER", "I-PER", "O", "O", "B-LOC"]}
+    feature = tagged_features([row], tokenizer, Config)[0]
+    # The same pieces as the sentence written out (RoBERTa's "Ġword" after a space), labels on each word's first.
+    assert feature["input_ids"] == tokenizer("Ada Lovelace lived in London")["input_ids"]
+    assert [label for label in feature["labels"] if label != -100] == [1, 2, 0, 0, 3]
+
+
+@pytest.mark.parametrize("head", ["QuestionAnswering", "TokenClassification"])
+def test_a_training_recipe_fine_prunes_qa_and_token_heads(tmp_path, minilm_path, head):
+    import yaml
+
+    from hfprune.recipes import GlueRecipe, train_glue
+
+    data = tmp_path / "data"
+    data.mkdir()
+    if head == "QuestionAnswering":
+        folder, _ = _tiny(head, minilm_path, tmp_path)
+        _squad_file(data / "train.json"), _squad_file(data / "validation.json")
+        section = {"path": str(data)}  # the head comes from the checkpoint's architecture
+    else:
+        folder, _ = _tiny("Model", minilm_path, tmp_path)  # no head yet: it gets the training file's tags
+        _conll_file(data / "train.txt"), _conll_file(data / "validation.txt")
+        section = {"path": str(data), "task": "token-classification"}
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump({
+        "model": str(folder), "teacher": str(folder) if head == "QuestionAnswering" else None,
+        "output_dir": str(tmp_path / "final"), "max_seq_length": 64, "dataset": section,
+        "training": {"output_dir": str(tmp_path / "run"), "max_steps": 3, "per_device_train_batch_size": 4,
+                     "learning_rate": "5e-4", "use_cpu": True, "report_to": [], "save_strategy": "no"},
+        "pruning": {"importance": "magnitude", "sparsity": 0.3},
+    }))  # fmt: skip
+    result = train_glue(GlueRecipe.from_yaml(recipe_file))
+    metric = "exact_match" if head == "QuestionAnswering" else "f1"
+    assert metric in result["metrics"]["validation"] and result["sparsity"] == pytest.approx(0.3, abs=0.02)
+    saved = json.loads((tmp_path / "final" / "config.json").read_text())
+    assert saved["architectures"] == [f"BertFor{head}"]
+    if head == "TokenClassification":
+        assert saved["id2label"] == {"0": "O", "1": "B-LOC", "2": "B-PER", "3": "I-PER"}
+    card = (tmp_path / "final" / "README.md").read_text()
+    assert ("question-answering" if head == "QuestionAnswering" else "token-classification") in card
+    if head == "QuestionAnswering":
+        assert "dense teacher" in card  # the teacher was scored on the same questions
+    with pytest.raises(Exception, match=r"dataset.task is 'qa'; choose one of text-classification, "
+                                        r"question-answering, token-classification"):
+        GlueRecipe(model=str(folder), dataset={"path": str(data), "task": "qa"},
+                   training={"output_dir": str(tmp_path / "r")})  # fmt: skip
