@@ -224,7 +224,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     model_path = args.model or recipe.get("model") or default_model_path()
     base_model = DEFAULT_MODEL_ID if not (args.model or recipe.get("model")) else str(model_path)
     data = _text_data(args)
-    if args.task is None and Path(model_path).is_dir() and is_sentence_transformer(model_path):
+    if args.task is None and is_sentence_transformer(model_path):
         defaults = not args.config and all(getattr(args, flag) is None for flag in PRUNING_FLAGS)
         if defaults or isinstance(config.structure, EncoderUnits):
             return _prune_embedding_model(args, None if defaults else config, model_path, base_model, data)
@@ -400,6 +400,7 @@ def _prune_embedding_model(
         model_path, args.output, config, sentences=sentences,
         num_sentences=args.num_calibration, max_seq_length=args.max_seq_length, reconstruct=args.reconstruct,
         eval_pairs=pairs, measure_latency=not args.no_latency, latency_rounds=args.latency_runs,
+        latency_shapes=list(dict.fromkeys([(32, args.seq_len), (1, args.seq_len), (args.batch_size, args.seq_len)])),
         base_model=base_model, overwrite=args.overwrite, distill_steps=args.distill_steps or 0,
     )  # fmt: skip
     print(result.table())
@@ -626,7 +627,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def _add_shape_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=_positive_int, default=1,
-                        help="Batch size of the FLOPs/latency input (default 1).")  # fmt: skip
+                        help="Batch size of the FLOPs/latency input (default 1; sentence-transformers folders are "
+                             "also measured at batch 32 and 1).")  # fmt: skip
     parser.add_argument("--seq-len", type=_positive_int, default=128,
                         help="Sequence length of that input (default 128).")  # fmt: skip
     parser.add_argument("--latency-runs", type=_positive_int, default=10, help="Timed forward passes (default 10).")

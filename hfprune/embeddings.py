@@ -38,8 +38,19 @@ DEFAULT_SENTENCES = Path(__file__).parent / "corpus" / "sentences.txt"
 
 
 def is_sentence_transformer(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a sentence-transformers folder (it has ``modules.json``)."""
-    return (Path(path) / "modules.json").is_file()
+    """Whether ``path`` is a sentence-transformers folder or Hub repository (it has ``modules.json``); for a Hub
+    id only that file is fetched (or read from the cache when offline)."""
+    if (Path(path) / "modules.json").is_file():
+        return True
+    if Path(path).exists() or str(path).count("/") != 1:
+        return False
+    from huggingface_hub import hf_hub_download
+
+    try:
+        hf_hub_download(str(path), "modules.json")
+    except Exception:  # noqa: BLE001 - no such repo or file, or offline without a cached copy: not one we can load
+        return False
+    return True
 
 
 def load_sentence_transformer(path: str | os.PathLike) -> Any:
@@ -52,7 +63,7 @@ def load_sentence_transformer(path: str | os.PathLike) -> Any:
             f"{path} is a sentence-transformers model; install sentence-transformers (`pip install "
             "'hfprune[embeddings]'`) to prune it as one."
         ) from err
-    trust = (Path(path) / "modeling_hfprune.py").is_file()
+    trust = (Path(path) / "modeling_hfprune.py").is_file()  # a Hub id is never trusted with remote code
     return SentenceTransformer(str(path), device="cpu", trust_remote_code=trust).eval()
 
 

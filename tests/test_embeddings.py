@@ -1,6 +1,8 @@
 """Sentence-embedding models pruned without labels: objective, evaluation, CLI, and folders that load back."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -115,6 +117,7 @@ def test_cli_prunes_an_embedding_model_that_sentence_transformers_loads(tiny_emb
     assert code == 0
     printed = capsys.readouterr().out
     assert "| GFLOPs at 32x128 |" in printed and "latency ms at 1x128 (median)" in printed
+    assert "latency ms at 2x128 (median)" in printed  # --batch-size is measured too
     assert "embedding agreement (mean cosine)" in printed and "STS Spearman x100" in printed
     config = json.loads((out / "pruning_config.json").read_text())
     assert config["target_flops"] == 0.5 and config["structure"]["type"] == "heads_and_neurons"
@@ -213,3 +216,20 @@ def test_dense_minilm_scores_its_published_sts_b_figure(minilm_path):
     pairs, scores = read_sts(SHARED_DATA / "glue")
     assert len(pairs) == 1500
     assert sts_spearman(load_sentence_transformer(minilm_path), pairs, scores) == pytest.approx(86.72, abs=0.01)
+
+
+def test_a_cached_hub_id_of_an_embedding_model_is_pruned_as_one(tiny_embedder, tmp_path):
+    # A Hub cache laid out as huggingface_hub writes it, read with the Hub switched off: the CLI must recognise the
+    # id as a sentence-transformers repository (from its modules.json) and load it by id.
+    revision = "0" * 40
+    snapshot = tmp_path / "hub" / "models--someone--tiny-embedder" / "snapshots" / revision
+    shutil.copytree(tiny_embedder, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text(revision)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "hfprune.cli", "prune", "--model", "someone/tiny-embedder", "--output",
+               str(tmp_path / "out"), "--num-calibration", "16", "--no-latency"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "embedding agreement (mean cosine)" in result.stdout
+    assert (tmp_path / "out" / "modules.json").is_file()

@@ -101,6 +101,7 @@ def prune_embedding_model(
     agreement_sentences: Sequence[str] | None = None,
     measure_latency: bool = True,
     latency_rounds: int = 10,
+    latency_shapes: Sequence[tuple[int, int]] = LATENCY_SHAPES,
     distill_steps: int = 0,
     distill_sentences: Sequence[str] | None = None,
     distill_learning_rate: float = 3e-4,
@@ -120,6 +121,8 @@ def prune_embedding_model(
         eval_pairs: ``(pairs, gold scores)`` for STS Spearman before and after (`hfprune.embeddings.read_sts`).
         agreement_sentences: Sentences on which dense and pruned embeddings are compared (default: the STS
             sentences when given, else the calibration sentences).
+        latency_shapes: ``(batch, sequence)`` inputs at which FLOPs and latency are reported (the first goes on
+            the card); default batch 32 and batch 1 at 128 tokens.
         distill_steps (`int`): Recovery after pruning: steps of cosine distillation from the dense model
             (`distill_embeddings_`, batch 32) on ``distill_sentences`` (default: every calibration sentence).
     """
@@ -159,7 +162,7 @@ def prune_embedding_model(
     else:
         agreement_value = agreement(dense_pairs.flatten(0, 1), pruned_pairs.flatten(0, 1))
     reports = {}
-    for batch_size, seq_len in LATENCY_SHAPES:
+    for batch_size, seq_len in latency_shapes:
         example = _example(encoder, batch_size, seq_len)
         after, before = (report(m, example, measure_latency=False) for m in (encoder, encoder_of(dense)))
         if measure_latency:
@@ -183,7 +186,7 @@ def prune_embedding_model(
         evaluation = CardEvaluation(task_type="sentence-similarity", dataset_type="mteb/stsbenchmark-sts",
                                     dataset_name="STS-B dev", metrics={"spearman_cosine": sts[1] / 100},
                                     base_metrics={"spearman_cosine": sts[0] / 100})  # fmt: skip
-    after, before = reports[f"{LATENCY_SHAPES[0][0]}x{LATENCY_SHAPES[0][1]}"]
+    after, before = next(iter(reports.values()))
     saved = save_sentence_transformer(model, output, plan=plan, overwrite=overwrite, pruning_config=config,
                                       report=after, base_report=before, evaluation=evaluation, method_notes=notes,
                                       base_model=base_model)  # fmt: skip
