@@ -8,7 +8,7 @@ element; `structures` reduces them to blocks, heads or channels.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import ClassVar, Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -224,6 +224,12 @@ class MovementImportance(Importance):
 
     Args:
         score_init (`float`, defaults to 0.0): Initial value of every score (the paper's constant init).
+        init (`str`, defaults to ``"constant"``): ``"constant"`` starts every score at ``score_init``, as the paper
+            does. ``"magnitude"`` starts each unit's score at its mean ``|W|`` over the mean of its matrix (about 1)
+            and lets movement add to it: a hybrid of magnitude and movement pruning for short runs. With Adam, a
+            score after t steps is about ``(score lr / weight lr) * sign(W) * (W_t - W_0)``: it carries no size
+            information until the weights have moved far, so a top-k taken after a few hundred steps removes
+            full-size weights and can collapse the network (see the README).
         update_every (`int`, defaults to 1): Recompute masks every this many steps. A top-k over all
             MiniLM encoder weights costs ~0.15 s on 2 CPU cores, so CPU runs use ~10.
     """
@@ -234,11 +240,18 @@ class MovementImportance(Importance):
     supported_structures: ClassVar[tuple[str, ...]] = PER_TENSOR_STRUCTURES + UNIT_STRUCTURES
 
     score_init: float = 0.0
+    init: Literal["constant", "magnitude"] = "constant"
     update_every: int = 1
 
     def validate(self) -> None:
         if self.update_every < 1:
             raise ConfigError(f"update_every must be >= 1; got {self.update_every}.")
+
+    def initial_scores(self, unit_magnitudes: Tensor) -> Tensor:
+        """Every unit's first score, from its mean ``|W|`` (``unit_magnitudes``, one per unit)."""
+        if self.init == "magnitude":
+            return unit_magnitudes.float() / unit_magnitudes.float().mean().clamp_min(1e-12)
+        return torch.full_like(unit_magnitudes, float(self.score_init), dtype=torch.float32)
 
     def score(self, state: dict[str, Tensor], weight: Tensor) -> Tensor:
         raise TypeError("Movement scores are learned parameters; the Pruner reads them from the mask.")
@@ -262,12 +275,18 @@ class SoftMovementImportance(MovementImportance):
         update_every (`int`, defaults to 1): Recompute masks every this many steps (a comparison: cheap).
         min_density (`float`, defaults to 0.005): Each module keeps at least this fraction of its units (its
             highest scores), as in the paper's code, so the penalty cannot cut a layer off entirely.
+        use_sparsity (`bool`, defaults to False): Aim at ``PruningConfig.sparsity`` (or its FLOPs/parameter
+            target) instead of a fixed threshold: at each mask update the threshold is the score that keeps what
+            the schedule asks for, over all pruned modules at once with ``scope="global"`` (so per-layer sparsities
+            still emerge, as with a threshold), while the L1 penalty ramps as usual. The run then ends at the
+            sparsity asked for, whatever ``final_lambda`` and the score learning rate.
     """
 
     initial_threshold: float = 0.0
     final_threshold: float = 0.1
     final_lambda: float = 400.0
     min_density: float = 0.005
+    use_sparsity: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -280,9 +299,13 @@ class SoftMovementImportance(MovementImportance):
         if self.final_lambda < 0:
             raise ConfigError(f"final_lambda must be >= 0; got {self.final_lambda!r}.")
 
-    follows_sparsity: ClassVar[bool] = False
+    @property
+    def follows_sparsity(self) -> bool:  # type: ignore[override]
+        return self.use_sparsity
 
     def threshold(self, progress: float) -> float | None:
+        if self.use_sparsity:
+            return None  # chosen at each update by the kept count the schedule asks for
         return self.initial_threshold + (self.final_threshold - self.initial_threshold) * progress
 
     def regularization_weight(self, progress: float) -> float | None:

@@ -38,6 +38,8 @@ class Pruner:
     Args:
         model (`nn.Module`): The model, pruned in place.
         config (`PruningConfig`): What to prune and how.
+        total_steps (`int`, *optional*): The run's optimizer steps; needed when the schedule's ``start_step`` /
+            ``end_step`` are shares of the run (``0.1``), and given by `PruningTrainer` itself.
 
     Example:
         ```python
@@ -51,7 +53,7 @@ class Pruner:
         ```
     """
 
-    def __init__(self, model: nn.Module, config: PruningConfig) -> None:
+    def __init__(self, model: nn.Module, config: PruningConfig, *, total_steps: int | None = None) -> None:
         if not isinstance(config, PruningConfig):
             raise ConfigError(f"config must be a PruningConfig; got {type(config).__name__}.")
         require_real_weights(model, "Pruner")
@@ -92,6 +94,9 @@ class Pruner:
             for name, module in self.modules.items()
         }
         self.global_step = 0
+        #: The run's optimizer steps, which a schedule given in shares of the run needs (`set_total_steps`).
+        self.total_steps = total_steps
+        self.schedule = config.schedule.resolved(total_steps) if total_steps is not None else config.schedule  # type: ignore[union-attr]
         #: Sparsity each module was last pruned to (``None`` until the first mask update).
         self.applied_sparsity: dict[str, float] | None = None
 
@@ -180,9 +185,15 @@ class Pruner:
         return sparsity
 
     # ----------------------------------------------------------------------------------------------- schedule
+    def set_total_steps(self, total_steps: int) -> None:
+        """Tell the pruner how many optimizer steps the run has (a trainer does, when training begins), which
+        resolves a schedule given in shares of the run."""
+        self.total_steps = int(total_steps)
+        self.schedule = self.config.schedule.resolved(self.total_steps)  # type: ignore[union-attr]
+
     def target_sparsity(self, step: int) -> dict[str, float]:
         """Per-module sparsity the schedule asks for at ``step``."""
-        schedule = self.config.schedule
+        schedule = self.schedule
         return {
             name: schedule(step, self.overrides.get(name, self.final_sparsity))  # type: ignore[operator]
             for name in self.modules
@@ -227,18 +238,20 @@ class Pruner:
             scores = reduce = None
             if importance.learned:  # type: ignore[union-attr]
                 reduce = self.structures[name].reduce  # type: ignore[union-attr]
-                num_units = reduce(torch.ones_like(weight, dtype=torch.float32)).numel()
-                scores = torch.full((num_units,), float(importance.score_init))  # type: ignore[union-attr]
+                with torch.no_grad():
+                    sizes = reduce(torch.ones_like(weight, dtype=torch.float32)).reshape(-1)
+                    magnitudes = reduce(weight.detach().float().abs()).reshape(-1) / sizes
+                scores = importance.initial_scores(magnitudes)  # type: ignore[union-attr]
             set_mask_(module, torch.ones_like(weight, dtype=torch.bool), scores=scores, reduce=reduce)
 
     def threshold(self) -> float | None:
         """The criterion's current score threshold (soft movement's sigmoid threshold; ``None`` for most)."""
-        progress = self.config.schedule.progress(self.global_step)  # type: ignore[union-attr]
+        progress = self.schedule.progress(self.global_step)
         return self.config.importance.threshold(progress)  # type: ignore[union-attr]
 
     def regularization_lambda(self) -> float | None:
         """The criterion's current penalty weight on learned scores (soft movement's L1; ``None`` for most)."""
-        progress = self.config.schedule.progress(self.global_step)  # type: ignore[union-attr]
+        progress = self.schedule.progress(self.global_step)
         return self.config.importance.regularization_weight(progress)  # type: ignore[union-attr]
 
     def regularization_loss(self) -> Tensor | None:
@@ -335,6 +348,12 @@ class Pruner:
         for name in self.modules:
             if name not in keep:
                 keep[name] = select_local(unit_scores[name], sparsity[name])
+        min_density = getattr(self.config.importance, "min_density", 0.0)
+        for name, kept in keep.items():
+            # Soft movement's floor (as with its threshold): a global top-k must not cut a module off entirely.
+            least = math.ceil(min_density * kept.numel())
+            if int(kept.sum()) < least:
+                keep[name] = select_local(unit_scores[name], 1.0 - least / kept.numel())
         if self.units:
             keep = self._fix_unit_counts(keep, unit_scores)
         return {
@@ -467,6 +486,7 @@ class Pruner:
         """Masks, importance statistics and the schedule position: all a resumed run needs."""
         return {
             "global_step": self.global_step,
+            "total_steps": self.total_steps,
             "applied_sparsity": None if self.applied_sparsity is None else dict(self.applied_sparsity),
             "masks": self.masks(),
             "scores": {name: param.detach().clone() for name, param in self.named_score_parameters().items()},
@@ -486,6 +506,8 @@ class Pruner:
                 "Was it saved with a different config or model?"
             )
         self.global_step = int(state_dict["global_step"])
+        if state_dict.get("total_steps") is not None and self.total_steps is None:
+            self.set_total_steps(int(state_dict["total_steps"]))
         applied = state_dict.get("applied_sparsity")
         self.applied_sparsity = None if applied is None else dict(applied)
         for name, state in state_dict["importance_state"].items():

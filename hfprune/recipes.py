@@ -204,7 +204,8 @@ class GlueRecipe:
         max_seq_length (`int`, defaults to 128): Truncation length; batches are padded dynamically.
         max_train_samples / max_eval_samples (`int`, *optional*): Use only the first N rows of each split.
         output_dir (`str`, *optional*): Where the final pruned model goes (default ``<training.output_dir>/final``).
-        score_learning_rate (`float`, defaults to 1e-2): Learning rate of movement scores.
+        score_learning_rate (`float`, *optional*): Learning rate of movement scores (default: `PruningTrainer`'s,
+            1e-2 or, for soft movement with a threshold, 30 / ramp steps when larger).
         training (`dict`): `transformers.TrainingArguments` keywords.
         pruning (`dict`, *optional*): `PruningConfig` fields; ``None`` trains dense.
         distillation (`dict`, *optional*): `DistillationConfig` fields; used only with a teacher.
@@ -219,7 +220,7 @@ class GlueRecipe:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     output_dir: str | None = None
-    score_learning_rate: float = 1e-2
+    score_learning_rate: float | None = None
     training: dict[str, Any] = field(default_factory=dict)
     pruning: dict[str, Any] | None = None
     distillation: dict[str, Any] | None = None
