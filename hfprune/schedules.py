@@ -73,11 +73,13 @@ class _RampSchedule(Schedule):
         _check_fraction("initial", self.initial)
         for name in ("start_step", "end_step"):
             value = getattr(self, name)
-            if isinstance(value, float) and not _is_fraction(value) and not (value >= 1 and value.is_integer()):
-                raise ConfigError(
-                    f"{name}={value!r}: give a step (a whole number, e.g. 100) or a share of the run's training "
-                    "steps (a float in (0, 1], e.g. 0.1)."
-                )
+            if isinstance(value, float) and not _is_fraction(value):
+                if not value.is_integer():
+                    raise ConfigError(
+                        f"{name}={value!r}: give a step (a whole number, e.g. 100) or a share of the run's training "
+                        "steps (a float in (0, 1], e.g. 0.1)."
+                    )
+                object.__setattr__(self, name, int(value))  # 10.0 (or 0.0) is the step 10 (0)
         if self.start_step < 0 or (not self.relative and self.end_step <= self.start_step):
             raise ConfigError(
                 f"Need 0 <= start_step < end_step; got start_step={self.start_step}, end_step={self.end_step}."

@@ -32,7 +32,7 @@ def test_nested_typos_are_errors_with_did_you_mean(section, key, suggestion):
         ({"importance": {"type": "movement", "update_every": 2.5}}, r"importance.update_every must be an integer"),
         ({"structure": {"type": "heads", "round_to": "eight"}}, r"structure.round_to must be an integer"),
         ({"structure": {"type": "heads", "uniform": "maybe"}}, r"structure.uniform must be true or false"),
-        ({"schedule": {"type": "cubic", "end_step": 10.5}}, r"schedule.end_step must be an integer"),
+        ({"schedule": {"type": "cubic", "end_step": 10.5}}, r"end_step=10.5: give a step \(a whole number"),
         ({"seed": 1.5}, r"seed must be an integer"),
         ({"sparsity": "half"}, r"sparsity must be a number"),
         ({"scope": "globl"}, r"scope must be one of \['local', 'global'\]"),
