@@ -51,6 +51,8 @@ GRADIENT_NEEDS = ("gradients", "per_example_gradients", "learned_scores")
 #: FFN neurons) and CNN channels.
 PER_TENSOR_STRUCTURES = ("unstructured", "blocks")
 UNIT_STRUCTURES = ("heads", "neurons", "heads_and_neurons")
+#: Fine-pruning structures that mix per-tensor blocks and units (`HybridBlocks`).
+HYBRID_STRUCTURES = ("hybrid",)
 CHANNEL_STRUCTURES = ("channels",)
 
 
@@ -70,7 +72,9 @@ class Importance(SerializableComponent):
     #: search over how many heads and neurons to keep (instead of one kept fraction for both).
     additive_unit_scores: ClassVar[bool] = False
     #: Structures some engine scores with this criterion; `PruningConfig` refuses any other pairing.
-    supported_structures: ClassVar[tuple[str, ...]] = PER_TENSOR_STRUCTURES + UNIT_STRUCTURES + CHANNEL_STRUCTURES
+    supported_structures: ClassVar[tuple[str, ...]] = (
+        PER_TENSOR_STRUCTURES + UNIT_STRUCTURES + HYBRID_STRUCTURES + CHANNEL_STRUCTURES
+    )
 
     @property
     def requires_grad(self) -> bool:
@@ -237,7 +241,7 @@ class MovementImportance(Importance):
     needs: ClassVar[str] = "learned_scores"
     learned: ClassVar[bool] = True
     # Learned scores live in masks, which channel pruning (a one-shot dependency-graph plan) does not have.
-    supported_structures: ClassVar[tuple[str, ...]] = PER_TENSOR_STRUCTURES + UNIT_STRUCTURES
+    supported_structures: ClassVar[tuple[str, ...]] = PER_TENSOR_STRUCTURES + UNIT_STRUCTURES + HYBRID_STRUCTURES
 
     score_init: float = 0.0
     init: Literal["constant", "magnitude"] = "constant"

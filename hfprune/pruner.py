@@ -20,7 +20,7 @@ from .config import PruningConfig
 from .errors import ConfigError, MissingDataError, NoPrunableModulesError
 from .masks import find_mask, get_raw_weight, merge_masks_, remove_mask_, set_mask_
 from .selection import check_round_to, round_count, select_global, select_local
-from .structures import Channels, EncoderUnits
+from .structures import Channels, EncoderUnits, HybridBlocks
 from .targets import require_real_weights, resolve_overrides, resolve_targets
 
 
@@ -68,6 +68,8 @@ class Pruner:
         self.config = config
         #: Heads/neurons pruning: kind ("heads"/"neurons") and layer index of each masked consumer projection.
         self.units: dict[str, tuple[str, int]] = {}
+        #: Hybrid block pruning: layer index and head size of each blocked attention output projection.
+        self.head_outputs: dict[str, tuple[int, int]] = {}
         if isinstance(config.structure, EncoderUnits):
             self.modules, self.structures = self._resolve_units(model, config)
         else:
@@ -84,7 +86,7 @@ class Pruner:
         pools: dict[str, list[str]] = {}
         for name in self.modules:
             if name not in self.overrides:
-                pools.setdefault(self.units[name][0] if self.units else "weights", []).append(name)
+                pools.setdefault(self.units[name][0] if name in self.units else "weights", []).append(name)
         self.pools = pools
         #: Final sparsity (of units; from ``target_flops``/``target_params`` for heads/neurons when set).
         self.final_sparsity = self._unit_sparsity(model, config) if self.units else config.sparsity
@@ -129,7 +131,37 @@ class Pruner:
                 )
         self.units = {name: (target.kind, target.layer) for name, target in targets.items()}
         modules = {name: target.module for name, target in targets.items()}
-        return modules, {name: target.structure for name, target in targets.items()}
+        structures = {name: target.structure for name, target in targets.items()}
+        if isinstance(config.structure, HybridBlocks):
+            if config.target_modules is not None or config.exclude_modules is not None:
+                raise ConfigError(
+                    "The hybrid structure prunes every encoder layer; spare modules with sparsity_overrides "
+                    "(sparsity 0) instead of target_modules/exclude_modules."
+                )
+            blocks = self._attention_blocks(model, config.structure)
+            modules.update({name: module for name, (module, _) in blocks.items()})
+            structures.update({name: config.structure.attention_blocks for name in blocks})
+        return modules, structures
+
+    def _attention_blocks(self, model: nn.Module, structure: HybridBlocks) -> dict[str, tuple[nn.Module, int]]:
+        """Every projection a head owns (query/key/value rows and the output columns), blocked; the output
+        projections are remembered (`head_outputs`), since their empty column groups are the heads to remove."""
+        from .adapters.base import encoder_structure
+
+        _, layers, groups = encoder_structure(model)
+        names = {id(layer): name for name, layer in model.named_modules()}
+        heads = groups["heads"]
+        blocks: dict[str, tuple[nn.Module, int]] = {}
+        for index, layer in enumerate(layers):
+            for path in dict.fromkeys([*(piece.module for piece in heads.slices), heads.consumer]):
+                try:
+                    module = layer.get_submodule(path)
+                except AttributeError:  # an optional projection this config does not have
+                    continue
+                if isinstance(module, nn.Linear):
+                    blocks[f"{names[id(layer)]}.{path}"] = (module, index)
+            self.head_outputs[f"{names[id(layer)]}.{heads.consumer}"] = (index, heads.unit_size)
+        return blocks
 
     def _unit_sparsity(self, model: nn.Module, config: PruningConfig) -> float:
         """Final sparsity of heads/neurons (from a FLOPs/parameter target if set); refuses one that removes every
@@ -138,6 +170,9 @@ class Pruner:
 
         sparsity = config.sparsity
         budget = "target_flops" if config.target_flops is not None else "target_params"
+        if isinstance(config.structure, HybridBlocks) and (config.target_flops or config.target_params):
+            raise ConfigError(f"The hybrid structure takes sparsity (of attention blocks and FFN neurons), not "
+                              f"{budget}: how many heads empty out is only known at the end.")  # fmt: skip
         if config.target_flops is not None or config.target_params is not None:
             dims = encoder_dims(model)
             # One masked projection per layer and pruned kind: anything less means layers were left out.
@@ -412,7 +447,7 @@ class Pruner:
     @property
     def structured(self) -> bool:
         """Whether whole heads/neurons are pruned (the model can then be compacted with `plan`)."""
-        return bool(self.units)
+        return bool(self.units) or bool(self.head_outputs)
 
     @torch.no_grad()
     def plan(self) -> PruningPlan:
@@ -429,11 +464,13 @@ class Pruner:
                 f"{self.config.structure.registered_name!r}."  # type: ignore[union-attr]
             )
         plan = PruningPlan.dense(self.model)
-        for name, (kind, layer) in self.units.items():
+        consumers = {name: (kind, layer, self.structures[name].size) for name, (kind, layer) in self.units.items()}  # type: ignore[attr-defined]
+        consumers.update({name: ("heads", layer, size) for name, (layer, size) in self.head_outputs.items()})
+        for name, (kind, layer, size) in consumers.items():
             mask = find_mask(self.modules[name])
             if mask is None:
                 continue
-            size = self.structures[name].size  # type: ignore[attr-defined]
+            # A unit whose columns of the consumer are all masked adds nothing to the layer's output.
             kept = mask.mask.any(0).reshape(-1, size).any(1).nonzero().reshape(-1).tolist()
             (plan.heads if kind == "heads" else plan.neurons)[layer] = kept
         return plan

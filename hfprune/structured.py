@@ -23,7 +23,7 @@ from .errors import ConfigError, MissingDataError
 from .masks import set_mask_
 from .selection import check_round_to, round_count
 from .shrink import UnitGroup, unit_mask
-from .structures import ColumnGroups, EncoderUnits
+from .structures import ColumnGroups, EncoderUnits, HybridBlocks
 from .targets import require_real_weights
 
 
@@ -619,6 +619,10 @@ def plan_structured(
     """
     require_real_weights(model, "plan_structured")
     structure = config.structure
+    if isinstance(structure, HybridBlocks):
+        raise ConfigError("The hybrid structure (attention blocks, FFN neurons) is learned during fine-pruning: use "
+                          "PruningTrainer (or `hfprune train`) with importance movement; one-shot plans take heads, "
+                          "neurons or heads_and_neurons.")  # fmt: skip
     if isinstance(structure, EncoderUnits) and "neurons" in structure.kinds:
         check_round_to(structure.round_to, encoder_dims(model).intermediate_size)  # before any calibration work
     importance = config.importance

@@ -193,6 +193,35 @@ class HeadsAndNeurons(EncoderUnits):
     kinds: ClassVar[tuple[str, ...]] = ("heads", "neurons")
 
 
+@STRUCTURES.register("hybrid")
+@dataclass(frozen=True)
+class HybridBlocks(EncoderUnits):
+    """Block movement as nn_pruning's "hybrid" (Lagunas et al. 2021): ``rows x cols`` blocks in every attention
+    projection, whole neurons in the FFN (a neuron's intermediate row and output column share one score).
+
+    Fine-pruning only (`PruningTrainer`). On save, whole neurons are removed, and so is every head whose columns of
+    the attention output projection emptied out (its query/key/value rows go with it); the other blocks stay as
+    zeros in the smaller weights. ``PruningConfig.sparsity`` applies to blocks and neurons alike; set another for
+    the FFN with ``sparsity_overrides`` (e.g. ``{"re:.*output\\.dense$": 0.5}`` on BERT).
+
+    Args:
+        rows (`int`, defaults to 32): Block height of the attention projections (output dimension).
+        cols (`int`, defaults to 32): Block width (input dimension).
+    """
+
+    kinds: ClassVar[tuple[str, ...]] = ("neurons",)
+    rows: int = 32
+    cols: int = 32
+
+    def validate(self) -> None:
+        super().validate()
+        Blocks(self.rows, self.cols).validate()
+
+    @property
+    def attention_blocks(self) -> Blocks:
+        return Blocks(self.rows, self.cols)
+
+
 @STRUCTURES.register("channels")
 @dataclass(frozen=True)
 class Channels(Structure):

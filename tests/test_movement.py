@@ -130,3 +130,45 @@ def test_score_gradients_are_clipped_apart_from_the_weights(tmp_path):
     assert all(torch.equal(p.grad, torch.full_like(p, 1e-5)) for p in weights)
     score_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in trainer.pruner.score_parameters()]))
     assert float(score_norm) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_hybrid_block_movement_compacts_emptied_heads_and_neurons(tmp_path):
+    from hfprune import load_pruned
+
+    from .models import bert_batch
+
+    config = PruningConfig(importance={"type": "movement", "init": "magnitude"},
+                           structure={"type": "hybrid", "rows": 8, "cols": 8}, sparsity=0.5,
+                           schedule=CubicSchedule(start_step=0.2, end_step=0.6, every=2))  # fmt: skip
+    trainer = PruningTrainer(model=_student(), args=_args(tmp_path, max_steps=10, learning_rate=1e-3),
+                             train_dataset=_dataset(), pruning_config=config, score_learning_rate=0.1)  # fmt: skip
+    pruner = trainer.pruner
+    layer = "bert.encoder.layer.0"
+    blocked = {f"{layer}.attention.self.{p}" for p in ("query", "key", "value")} | {f"{layer}.attention.output.dense"}
+    assert blocked <= set(pruner.modules) and pruner.units[f"{layer}.output.dense"] == ("neurons", 0)
+    trainer.train()
+    masks = pruner.masks()
+    query = masks[f"{layer}.attention.self.query"].reshape(4, 8, 4, 8)  # 32x32 as 4x4 blocks of 8x8
+    assert bool((query.all(dim=(1, 3)) | ~query.any(dim=(1, 3))).all())  # every block is whole or empty
+    assert 0.45 < pruner.mask_sparsity() < 0.55
+    # Empty the columns of head 1 in layer 0's output projection: the head is what compaction must remove.
+    output = masks[f"{layer}.attention.output.dense"].clone()
+    output[:, 8:16] = False
+    pruner.set_masks_({**masks, f"{layer}.attention.output.dense": output})
+    plan = pruner.plan()
+    assert 1 not in plan.heads[0] and len(plan.neurons[0]) < 37
+    batch = bert_batch(labels=False)
+    trainer.model.eval()
+    with torch.no_grad():
+        masked = trainer.model(**batch).logits
+    out = trainer.save_pruned_model(tmp_path / "final")
+    reloaded = load_pruned(out)
+    attention = reloaded.bert.encoder.layer[0].attention
+    assert attention.self.query.out_features == 8 * len(plan.heads[0]) < 32
+    torch.testing.assert_close(reloaded(**batch).logits, masked)
+    with pytest.raises(ConfigError, match="hybrid structure .* learned during fine-pruning"):
+        from hfprune.structured import plan_structured
+
+        plan_structured(tiny_bert(), config)
+    with pytest.raises(ConfigError, match="hybrid structure takes sparsity"):
+        Pruner(tiny_bert(), PruningConfig(importance="movement", structure="hybrid", target_flops=0.5))
