@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/cards.py
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 CIFAR_INPUT = (1, 3, 32, 32)
@@ -445,6 +446,8 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--eval-indices", type=Path, default=REPO / "benchmarks" / "splits" / "cifar10_eval_2000.txt")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "cnn_channel_pruning.json")
+    parser.add_argument("--card", default="resnet56-cifar10-eagleeye-50",
+                        help="Render the EagleEye model's card into model_cards/<CARD>.md ('' skips it).")
     parser.add_argument("--target-flops", type=float, default=0.5, help="Fraction of dense FLOPs to keep.")
     parser.add_argument("--train-limit", type=int, default=None, help="Use a seeded random N of the train split.")
     parser.add_argument("--eval-limit", type=int, default=None, help="Use a seeded random N of the eval split.")
@@ -615,11 +618,13 @@ def cifar(args: argparse.Namespace, results: dict[str, Any], notes: list[str]) -
     # (b) EagleEye
     log(f"(b) EagleEye: {args.num_candidates} candidates, {len(bn_batches)} BN + {len(score_batches)} score batches")
     start = time.perf_counter()
+    plans: dict[str, Any] = {}
     plan, candidates = eagleeye_search(dense, config, example, bn_batches, score_batches,
                                        num_candidates=args.num_candidates, max_ratio=args.max_ratio, seed=args.seed)  # fmt: skip
     search_s = time.perf_counter() - start
     model = apply_channel_plan_(copy.deepcopy(dense), plan, example).eval()
     pruned["eagleeye"] = model
+    plans["eagleeye"] = plan
     variants["eagleeye"] = {"search_s": search_s, "prune_s": time.perf_counter() - start,
                             "num_candidates": args.num_candidates, "max_ratio": args.max_ratio,
                             "chosen_candidate": plan.extra.get("candidate"),
@@ -723,6 +728,49 @@ def cifar(args: argparse.Namespace, results: dict[str, Any], notes: list[str]) -
                                                               * variants[name]["flops_ratio"])  # fmt: skip
         variants["dense"][f"{key}_latency_median_ms"] = latency[key]["median_ms"]["dense"]
     results["latency"] = latency
+    if args.card:
+        card = eagleeye_card(args, dense, pruned["eagleeye"], plans["eagleeye"], variants, latency, full)
+        log(f"wrote {card}")
+
+
+def eagleeye_card(args: argparse.Namespace, dense: nn.Module, model: nn.Module, plan: Any, variants: dict,
+                  latency: dict, full: torch.Tensor) -> Path:  # fmt: skip
+    """model_cards/<--card>.md: the EagleEye model (after the distillation fine-tune when it ran)."""
+    from cards import write_card
+
+    from hfprune import PruningConfig
+    from hfprune.hub import CardEvaluation
+    from hfprune.reporting import device_description, report
+
+    after, before = (report(m, full, measure_latency=False) for m in (model, dense))
+    key = f"batch{args.batch_size}"
+    for item, name in ((after, "eagleeye"), (before, "dense")):
+        item.latency_ms = latency[key]["median_ms"][name]
+        item.latency_runs, item.device = args.rounds_b64, device_description()
+    variant = variants["eagleeye"]
+    tuned = "top1_finetuned" in variant
+    top1 = variant["top1_finetuned"] if tuned else variant["top1_pruned"]
+    evaluation = CardEvaluation(task_type="image-classification", dataset_type="cifar10",
+                                dataset_name=f"CIFAR-10 test, the {variants['dense']['eval']['num_images']} held-out "
+                                "images of benchmarks/splits/cifar10_eval_2000.txt", dataset_split="test",
+                                metrics={"top1": top1}, base_metrics={"top1": variants["dense"]["top1_pruned"]},
+                                base_label="the dense pretrained model")  # fmt: skip
+    notes = [f"EagleEye (Li et al. 2020): {args.num_candidates} random per-group width candidates at "
+             f"{args.target_flops:.0%} of the FLOPs, each scored after adaptive BN on training batches"]
+    if tuned:
+        notes.append(f"Then {variant['finetune']['steps']} steps of distillation from the dense model (T="
+                     f"{args.kd_temperature}, alpha={args.kd_alpha}, SGD momentum {args.sgd_momentum}, "
+                     f"{args.epochs:g} epochs of the training split)")  # fmt: skip
+    return write_card(args.card, model, command=results_command(), variant="variant eagleeye",
+                      base_model="cifar_resnet56 (hfprune.models) with the CIFAR ResNet-56 weights of ../shared/data",
+                      pruning_config=PruningConfig(importance="l1", structure="channels",
+                                                   target_flops=args.target_flops),
+                      report=after, base_report=before, plan=plan, evaluation=evaluation,
+                      method_notes=notes)  # fmt: skip
+
+
+def results_command() -> str:
+    return shlex.join(["python", *sys.argv])
 
 
 if __name__ == "__main__":

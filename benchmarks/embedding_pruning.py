@@ -38,6 +38,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cards import with_provenance  # noqa: E402
 from structured_retraining_free import machine, paired_latency, torch_pruning_bert  # noqa: E402
 
 
@@ -142,8 +143,8 @@ def main() -> int:
         args.card.parent.mkdir(parents=True, exist_ok=True)
         card = (work / "fisher_shipped" / "README.md").read_text()
         command = "python benchmarks/embedding_pruning.py --glue-dir ../shared/data/glue"
-        header = f"<!-- Rendered by `{command}` (variant fisher_shipped: what `hfprune prune` does by default). -->"
-        args.card.write_text(f"{header}\n{card}")
+        args.card.write_text(with_provenance(card, command, "variant fisher_shipped: what `hfprune prune` does "
+                                             "by default"))  # fmt: skip
 
     tp_model = copy.deepcopy(dense)
     ratio = 1 - args.target_flops

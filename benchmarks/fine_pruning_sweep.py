@@ -43,6 +43,12 @@ METHODS = {
     "magnitude": {"importance": "magnitude"},
     "movement": {"importance": {"type": "movement", "init": "magnitude", "update_every": 10}},
     "movement_constant": {"importance": {"type": "movement", "update_every": 10}},
+    # Exploring the magnitude prior's balance: kappa = score lr x mean|W| / weight lr (5e-5; MiniLM's encoder mean
+    # |W| is 0.0457), the pace of movement against the prior in units of the weights' own movement.
+    "movement_k1": {"importance": {"type": "movement", "init": "magnitude", "update_every": 10},
+                    "score_learning_rate": 1.09e-3},
+    "movement_k3": {"importance": {"type": "movement", "init": "magnitude", "update_every": 10},
+                    "score_learning_rate": 3.3e-3},
     "soft_movement": {"importance": {"type": "soft_movement", "use_sparsity": True, "init": "magnitude",
                                      "final_lambda": 400.0, "update_every": 10}, "scope": "global"},
     "soft_movement_threshold": {"importance": {"type": "soft_movement", "final_threshold": 0.1,
@@ -93,13 +99,15 @@ def run_point(args: argparse.Namespace, teacher: Path, method: str, remaining: f
     from hfprune.recipes import GlueRecipe, train_glue
 
     name = f"{args.task}-{method}-{remaining:g}-seed{seed}"
-    pruning = {**METHODS[method], "sparsity": round(1.0 - remaining, 6),
+    method_settings = dict(METHODS[method])
+    score_learning_rate = method_settings.pop("score_learning_rate", None)
+    pruning = {**method_settings, "sparsity": round(1.0 - remaining, 6),
                "schedule": {"type": "cubic", "start_step": WARMUP, "end_step": RAMP_END, "every": 10}}  # fmt: skip
     recipe = GlueRecipe(
         model=minilm_path(), task=args.task, data_dir=str(args.data_dir), teacher=str(teacher),
         max_seq_length=args.max_seq_length, output_dir=str(args.runs / name / "final"),
         training=training(args, args.runs / name, seed), pruning=pruning,
-        distillation={"temperature": 2.0, "alpha": 0.9},
+        distillation={"temperature": 2.0, "alpha": 0.9}, score_learning_rate=score_learning_rate,
     )  # fmt: skip
     start = time.perf_counter()
     result = train_glue(recipe)
@@ -114,6 +122,7 @@ def run_point(args: argparse.Namespace, teacher: Path, method: str, remaining: f
         "steps": result["train_steps"],
         "reached_remaining": 1.0 - result["sparsity"],
         "pruning_config": pruning,
+        "score_learning_rate": score_learning_rate,
         "wall_s": round(time.perf_counter() - start, 1),
     }
 

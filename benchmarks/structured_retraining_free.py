@@ -36,6 +36,9 @@ from typing import Any
 import torch
 
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/cards.py
+
+
 REPO = Path(__file__).resolve().parents[1]
 SEQ_LEN = 128
 # The issue's goal for the compacted models: latency speedup times FLOPs ratio (pruned / dense).
@@ -178,6 +181,7 @@ def hfprune_retraining_free(args: argparse.Namespace, model: torch.nn.Module, to
 
     compacted_only_accuracy = accuracy(compacted_only, dev)
     result = {
+        "plan": plan,  # popped by main (the model card's kept-structure table); not JSON
         "pruning_config": config.to_dict(),
         "num_calibration": args.num_calibration,
         "calibration_batches": len(batches),
@@ -309,6 +313,39 @@ def torch_pruning_bert(
 
 
 # ------------------------------------------------------------------------------------------------------ main
+def headline_card(args: argparse.Namespace, base: torch.nn.Module, model: torch.nn.Module, plan: Any,
+                  variants: dict, latency: dict) -> Path:  # fmt: skip
+    """model_cards/minilm-sst2-fisher-50.md: variant (a), what `hfprune prune --method fisher` gives."""
+    from cards import write_card
+
+    from hfprune import PruningConfig
+    from hfprune.adapters.base import text_example_inputs
+    from hfprune.hub import CardEvaluation
+    from hfprune.reporting import device_description, report
+
+    example = text_example_inputs(base, 32, SEQ_LEN)
+    after, before = (report(m, example, measure_latency=False) for m in (model, base))
+    for item, name in ((after, "retraining_free"), (before, "dense")):
+        item.latency_ms = latency["batch32"]["median_ms"][name]
+        item.latency_runs, item.device = args.rounds_b32, device_description()
+    variant = variants["retraining_free"]
+    evaluation = CardEvaluation(task_type="text-classification", dataset_type="nyu-mll/glue",
+                                dataset_name="GLUE SST-2", dataset_config="sst2", dataset_split="validation",
+                                metrics={"accuracy": variant["dev_accuracy"]},
+                                base_metrics={"accuracy": variants["dense"]["dev_accuracy"]},
+                                base_label="the dense fine-tuned model")  # fmt: skip
+    notes = [f"Retraining-free (Kwon et al. 2022): Fisher mask search, mask rearrangement and least-squares "
+             f"reconstruction on {args.num_calibration} SST-2 training sentences, "
+             f"{variant['wall_s']['total_plan_compact_reconstruct']:.0f} s on 2 CPU cores, no training",
+             "Latency: batch 32 x 128 tokens, medians of interleaved dense/pruned rounds, "
+             + ("steady allocator" if os.environ.get("MALLOC_MMAP_THRESHOLD_") else "default glibc allocator")]
+    return write_card("minilm-sst2-fisher-50", model, command="python " + " ".join(sys.argv),
+                      variant="variant (a): Fisher search + rearrangement + least squares",
+                      base_model=str(args.model),
+                      pruning_config=PruningConfig.from_dict(variant["pruning_config"]), report=after,
+                      base_report=before, plan=plan, evaluation=evaluation, method_notes=notes)  # fmt: skip
+
+
 def machine() -> dict[str, Any]:
     return {
         "platform_machine": platform.machine(),
@@ -385,6 +422,8 @@ def main() -> int:
     parser.add_argument("--rounds-b32", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--card", action=argparse.BooleanOptionalAction, default=True,
+                        help="Render variant (a)'s card into model_cards/minilm-sst2-fisher-50.md (default on).")
     args = parser.parse_args()
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -431,12 +470,13 @@ def main() -> int:
     log(f"dense: acc {variants['dense']['dev_accuracy']:.4f}")
 
     # (a) hfprune retraining-free, uneven layers (Kwon et al.'s global search) and uniform layers; (b) + KD
-    rf_models = {}
+    rf_models, plans = {}, {}
     for suffix, uniform in (("", False), ("_uniform", True)):
         name = f"retraining_free{suffix}"
         log(f"(a{suffix}) hfprune retraining-free: plan_structured + compact_ + reconstruct_")
         rf_model = copy.deepcopy(base)
         dense_reference, compacted_only, info = hfprune_retraining_free(args, rf_model, tokenizer, dev, uniform)
+        plans[name] = info.pop("plan")
         rf_model.set_attn_implementation("sdpa")
         flops = measured_flops(rf_model)
         variants[name] = {
@@ -520,6 +560,9 @@ def main() -> int:
         variants["dense"][f"{key}_latency_median_ms"] = latency[key]["median_ms"]["dense"]
     results["variants"] = variants
     results["latency"] = latency
+    if args.card:
+        card = headline_card(args, base, rf_models["retraining_free"], plans["retraining_free"], variants, latency)
+        log(f"wrote {card}")
     results["notes"] = notes
     results["total_wall_s"] = time.perf_counter() - run_start
 
