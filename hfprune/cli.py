@@ -601,7 +601,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .plotting import TRADEOFF_AXES, load_operating_points, plot_tradeoff
+    from .plotting import load_operating_points, plot_tradeoff
 
     for result in args.results:
         path = Path(result)
@@ -616,7 +616,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     _check_output_file(args.output)
     points = load_operating_points(args.results)
     output = Path(args.output)
-    axes = list(TRADEOFF_AXES) if args.x == "both" else [args.x]
+    axes = ["flops", "latency"] if args.x == "both" else [args.x]
     for axis in axes:
         # "both": out.png -> out_flops.png and out_latency.png, two figures that read the same way.
         path = output.with_name(f"{output.stem}_{axis}{output.suffix}") if len(axes) > 1 else output
@@ -785,9 +785,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     plot.add_argument("results", nargs="+", help="Benchmark result JSON files (or folders of them).")
     plot.add_argument("--output", required=True, help="PNG file to write (folders are created).")
-    plot.add_argument("--x", choices=["flops", "latency", "both"], default="flops",
-                      help="x axis: FLOPs fraction, measured latency fraction (pruned / dense), or both: two files, "
-                           "OUTPUT with _flops and _latency before the suffix (default flops).")  # fmt: skip
+    plot.add_argument("--x", choices=["flops", "latency", "weights", "both"], default="flops",
+                      help="x axis: FLOPs fraction, measured latency fraction (pruned / dense), remaining weights "
+                           "(unstructured fine-pruning, log scale), or both FLOPs and latency: two files, OUTPUT "
+                           "with _flops and _latency before the suffix (default flops).")  # fmt: skip
     plot.add_argument("--latency-batch-size", type=_positive_int,
                       help="Batch size of the latency measurement to plot (default: the largest).")  # fmt: skip
     plot.add_argument("--title", help="Figure title.")

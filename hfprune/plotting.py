@@ -38,7 +38,7 @@ METHOD_LABELS = {
     "soft_movement": "soft movement",
 }
 
-TRADEOFF_AXES = ("flops", "latency")
+TRADEOFF_AXES = ("flops", "latency", "weights")
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h")
 _LABEL_FONTSIZE = 8
@@ -63,6 +63,9 @@ class OperatingPoint:
             benchmark reports it (unstructured fine-pruning).
         dense (`bool`): Whether this is the unpruned reference model.
         source (`Path`, *optional*): The result file the point was read from.
+        accuracy_range (`tuple[float, float]`, *optional*): Lowest and highest accuracy over the seeds that
+            ``accuracy`` (their mean) averages, where there was more than one.
+        seeds (`int`): How many runs ``accuracy`` averages.
     """
 
     benchmark: str
@@ -75,6 +78,8 @@ class OperatingPoint:
     weights_fraction: float | None = None
     dense: bool = False
     source: Path | None = None
+    accuracy_range: tuple[float, float] | None = None
+    seeds: int = 1
 
     def latency_ratio(self, batch_size: int | None = None) -> float | None:
         """Latency vs dense at ``batch_size`` (default: the largest batch measured), ``None`` if not measured."""
@@ -91,8 +96,9 @@ class OperatingPoint:
 
 _EXPECTED_FORMATS = (
     "a `variants` mapping whose entries have `dev_accuracy` (structured_retraining_free*.json) or "
-    "`top1_finetuned` / `eval.top1` (cnn_channel_pruning.json), or a `methods` mapping whose entries have "
-    "`dev_accuracy` plus `dense_teacher_dev_accuracy` (glue_fine_pruning.json)"
+    "`top1_finetuned` / `eval.top1` (cnn_channel_pruning.json), a `methods` mapping whose entries have "
+    "`dev_accuracy` plus `dense_teacher_dev_accuracy` (glue_fine_pruning.json), or a `points` list of "
+    "{task, method, remaining, seed, dev_accuracy} plus `dense` (fine_pruning_sweep.json)"
 )
 
 
@@ -108,6 +114,9 @@ def load_operating_points(paths: str | os.PathLike | Iterable[str | os.PathLike]
     - ``glue_fine_pruning.json``: ``methods.<name>.dev_accuracy``, ``encoder_remaining`` as ``weights_fraction``
       and ``dense_teacher_dev_accuracy`` as the dense point. Unstructured zeros leave dense FLOPs and latency
       unchanged, so these points have neither.
+    - ``fine_pruning_sweep.json``: ``points``, one per run; runs of the same task, method and ``remaining`` that
+      differ only in seed become one point (the mean, with the range over seeds), one benchmark per task, with
+      ``dense.<task>.dev_accuracy`` as its dense point.
 
     Accuracies stored as fractions (0-1) are converted to percent.
 
@@ -156,7 +165,15 @@ def _has_accuracy_format(data: Any) -> bool:
         return False
     variants, methods = data.get("variants"), data.get("methods")
     return (_entries_have(variants, "dev_accuracy") or _entries_have(variants, "top1_finetuned")
-            or _entries_have(variants, "eval") or _entries_have(methods, "dev_accuracy"))  # fmt: skip
+            or _entries_have(variants, "eval") or _entries_have(methods, "dev_accuracy")
+            or _is_sweep(data))  # fmt: skip
+
+
+def _is_sweep(data: Mapping[str, Any]) -> bool:
+    points = data.get("points")
+    return isinstance(points, list) and bool(points) and all(
+        isinstance(p, Mapping) and {"method", "remaining", "dev_accuracy"} <= set(p) for p in points
+    )
 
 
 def _parse_result(path: Path, data: Any) -> list[OperatingPoint]:
@@ -169,6 +186,8 @@ def _parse_result(path: Path, data: Any) -> list[OperatingPoint]:
             return _parse_variants(path, data, _accuracy_key(data, "top-1 accuracy"), _finetuned_top1)
         if _entries_have(methods, "dev_accuracy") and "dense_teacher_dev_accuracy" in data:
             return _parse_fine_pruning(path, data)
+        if _is_sweep(data):
+            return _parse_sweep(path, data)
     keys = sorted(data)[:12] if isinstance(data, Mapping) else type(data).__name__
     raise ConfigError(
         f"{path}: unknown benchmark result format (top-level keys: {keys}). Expected {_EXPECTED_FORMATS}."
@@ -303,6 +322,37 @@ def _parse_fine_pruning(path: Path, data: Mapping[str, Any]) -> list[OperatingPo
     return points
 
 
+def _parse_sweep(path: Path, data: Mapping[str, Any]) -> list[OperatingPoint]:
+    runs: dict[tuple[str, str, float], list[Mapping[str, Any]]] = {}
+    for entry in data["points"]:
+        key = (str(entry.get("task", "")), str(entry["method"]), float(entry["remaining"]))
+        runs.setdefault(key, []).append(entry)
+    dense = data.get("dense") or {}
+    points: list[OperatingPoint] = []
+    for task in dict.fromkeys(task for task, _, _ in runs):
+        benchmark = f"{path.stem} ({task})" if task else path.stem
+        metric = f"{task.upper()} dev accuracy" if task else "dev accuracy"
+        reference = dense.get(task) if isinstance(dense, Mapping) else None
+        if isinstance(reference, Mapping) and reference.get("dev_accuracy") is not None:
+            points.append(OperatingPoint(benchmark=benchmark, method="dense", key="dense", metric=metric,
+                                         accuracy=_percent(reference["dev_accuracy"], path, f"dense.{task}"),
+                                         weights_fraction=1.0, dense=True, source=path))  # fmt: skip
+        for (run_task, method, remaining), entries in runs.items():
+            if run_task != task:
+                continue
+            where = f"points[{task}/{method}/{remaining}]"
+            accuracies = [_percent(entry["dev_accuracy"], path, where) for entry in entries]
+            reached = [float(e["reached_remaining"]) for e in entries if e.get("reached_remaining") is not None]
+            points.append(OperatingPoint(
+                benchmark=benchmark, method=METHOD_LABELS.get(method, method.replace("_", " ")), key=method,
+                accuracy=sum(accuracies) / len(accuracies), metric=metric,
+                weights_fraction=sum(reached) / len(reached) if reached else remaining, source=path,
+                accuracy_range=(min(accuracies), max(accuracies)) if len(accuracies) > 1 else None,
+                seeds=len(accuracies),
+            ))  # fmt: skip
+    return points
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Drawing
 # --------------------------------------------------------------------------------------------------------------
@@ -398,6 +448,8 @@ def _label_points(axes: Any, figure: Any, labelled: list[tuple[float, float, str
 
 
 def _x_value(point: OperatingPoint, x: str, batch_size: int | None) -> float | None:
+    if x == "weights":
+        return point.weights_fraction
     return point.flops_fraction if x == "flops" else point.latency_ratio(batch_size)
 
 
@@ -419,8 +471,9 @@ def plot_tradeoff(
         points (`Sequence[OperatingPoint]`): From `load_operating_points`; points without a value for ``x`` are
             left out (e.g. fine-pruning results without FLOPs), as are benchmarks left with no pruned point.
         output_png (`str` or `os.PathLike`): Where to write the PNG (written atomically; folders are created).
-        x (`str`, *optional*, defaults to ``"flops"``): ``"flops"`` (FLOPs fraction) or ``"latency"`` (measured
-            latency fraction, pruned / dense).
+        x (`str`, *optional*, defaults to ``"flops"``): ``"flops"`` (FLOPs fraction), ``"latency"`` (measured
+            latency fraction, pruned / dense) or ``"weights"`` (fraction of prunable weights left: unstructured
+            fine-pruning, drawn as one line per method over a log axis).
         title (`str`, *optional*): Figure title.
         latency_batch_size (`int`, *optional*): With ``x="latency"``, the batch size whose measurement to plot
             (default: the largest batch each benchmark measured).
@@ -448,7 +501,7 @@ def plot_tradeoff(
         if any(not point.dense for point, _ in plotted):
             panels.append((name, batch, plotted, [point for point in group if point.dense]))
     if not panels:
-        what = "a FLOPs fraction" if x == "flops" else "a latency measurement"
+        what = {"flops": "a FLOPs fraction", "weights": "a remaining-weights fraction"}.get(x, "a latency measurement")
         if latency_batch_size is not None and x == "latency":
             what += f" at batch size {latency_batch_size}"
         raise ConfigError(
@@ -469,9 +522,15 @@ def plot_tradeoff(
     pending = []
     for axes, (name, batch, plotted, dense_points) in zip(grid.flat, panels, strict=False):
         accuracies = [point.accuracy for point, _ in plotted] + [point.accuracy for point in dense_points]
+        accuracies += [bound for point, _ in plotted for bound in (point.accuracy_range or ())]
         low, high = min(accuracies), max(accuracies)
         pad = max(1.5, 0.15 * (high - low))
         axes.set_ylim(low - pad, high + pad)
+        if x == "weights":
+            _draw_curves(axes, ticker, plotted, dense_points, styles)
+            axes.set_title(name, fontsize=10)
+            axes.set_ylabel(f"{plotted[0][0].metric} (%)")
+            continue
         # From zero, as in ShrinkBench: the distance to the dense model at 100% is the saving. A pruned model that
         # measured slower than dense (latency above 100%) still gets room.
         axes.set_xlim(0.0, max(1.08, max(value for _, value in plotted) + 0.08))
@@ -519,6 +578,38 @@ def plot_tradeoff(
     for axes, labelled in pending:
         _label_points(axes, figure, labelled)
     return _save_atomic(figure, output, dpi=110)
+
+
+def _draw_curves(axes: Any, ticker: Any, plotted: list[tuple[OperatingPoint, float]],
+                 dense_points: list[OperatingPoint], styles: dict[str, tuple[str, str]]) -> None:  # fmt: skip
+    """Accuracy against remaining weights as ShrinkBench draws it: one line per method over a log axis, the range
+    over seeds as error bars, a legend instead of point labels."""
+    methods: dict[str, list[tuple[float, OperatingPoint]]] = {}
+    for point, value in plotted:
+        if not point.dense:
+            methods.setdefault(point.method, []).append((value, point))
+    for method, curve in methods.items():
+        curve.sort(key=lambda item: item[0])
+        colour, marker = styles[method]
+        xs, ys = [value for value, _ in curve], [point.accuracy for _, point in curve]
+        errors = [[point.accuracy - (point.accuracy_range or (point.accuracy,) * 2)[0] for _, point in curve],
+                  [(point.accuracy_range or (point.accuracy,) * 2)[1] - point.accuracy for _, point in curve]]
+        seeds = max(point.seeds for _, point in curve)
+        label = method + (f" (mean of up to {seeds} seeds, bars: range)" if seeds > 1 else "")
+        axes.errorbar(xs, ys, yerr=errors, color=colour, marker=marker, ms=6, lw=1.2, capsize=3, label=label,
+                      zorder=3)  # fmt: skip
+    for dense in dense_points:
+        axes.axhline(dense.accuracy, ls="--", color="0.35", lw=1.0, zorder=1, label=f"dense ({dense.accuracy:.1f}%)")
+    values = sorted({value for value, _ in (item for curve in methods.values() for item in curve)})
+    axes.set_xscale("log")
+    axes.set_xlim(min(values) / 1.5, 1.0)
+    axes.set_xticks(values + [1.0])
+    axes.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{100 * v:g}%"))
+    axes.xaxis.set_minor_formatter(ticker.NullFormatter())
+    axes.grid(True, color="0.9", lw=0.6)
+    axes.set_axisbelow(True)
+    axes.set_xlabel("encoder weights remaining (log scale)")
+    axes.legend(fontsize=_LABEL_FONTSIZE, loc="lower right")
 
 
 def _strip_common_prefix(labels: list[str]) -> tuple[list[str], str]:

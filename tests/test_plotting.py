@@ -82,7 +82,9 @@ def test_known_values_are_read_from_the_right_keys():
 
 def test_folder_loads_every_result_file():
     points = load_operating_points(RESULTS)
-    assert {point.benchmark for point in points} == {Path(name).stem for name in RESULT_FILES}
+    # The sweep's points are one benchmark per task ("fine_pruning_sweep (sst2)").
+    stems = {point.benchmark.split(" (")[0] for point in points}
+    assert stems == {Path(name).stem for name in RESULT_FILES} | {"fine_pruning_sweep"}
     # Memory and step-time results in the same folder have no accuracy points: skipped there, refused by name.
     with pytest.raises(ConfigError, match="unknown benchmark result format"):
         load_operating_points(RESULTS / "retraining_free_memory.json")
@@ -161,3 +163,31 @@ def test_cli_plot(tmp_path, capsys):
     assert main(["plot", str(odd), "--output", str(tmp_path / "x.png")]) == 2
     assert "odd.json: unknown benchmark result format" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def _sweep_file(tmp_path):
+    points = [{"task": "sst2", "method": method, "remaining": remaining, "seed": seed, "steps": 1000,
+               "dev_accuracy": accuracy, "reached_remaining": remaining}
+              for method, remaining, seed, accuracy in [
+                  ("magnitude", 0.1, 42, 0.78), ("magnitude", 0.1, 43, 0.76), ("magnitude", 0.03, 42, 0.70),
+                  ("movement", 0.1, 42, 0.80), ("movement", 0.03, 42, 0.74), ("magnitude", 0.5, 42, 0.86)]]  # fmt: skip
+    points.append({**points[0], "task": "mrpc", "dev_accuracy": 0.70})
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps({"points": points, "dense": {"sst2": {"dev_accuracy": 0.88}}}))
+    return path
+
+
+def test_sweep_points_average_seeds_per_task_and_plot_against_remaining_weights(tmp_path):
+    points = load_operating_points(_sweep_file(tmp_path))
+    sst2 = {(p.key, p.weights_fraction): p for p in points if p.benchmark == "sweep (sst2)"}
+    assert sst2[("dense", 1.0)].dense and sst2[("dense", 1.0)].accuracy == pytest.approx(88.0)
+    magnitude = sst2[("magnitude", 0.1)]
+    assert magnitude.accuracy == pytest.approx(77.0) and magnitude.accuracy_range == pytest.approx((76.0, 78.0))
+    assert magnitude.seeds == 2 and sst2[("movement", 0.1)].accuracy_range is None
+    mrpc = [p for p in points if p.benchmark == "sweep (mrpc)"]
+    assert [p.accuracy for p in mrpc] == pytest.approx([70.0]) and not mrpc[0].dense  # no dense entry for it
+    target = tmp_path / "weights.png"
+    assert plot_tradeoff(points, target, x="weights") == target
+    assert_png(target, (1012, 418))
+    with pytest.raises(ConfigError, match="No pruned operating point has a FLOPs fraction"):
+        plot_tradeoff(points, tmp_path / "flops.png")
