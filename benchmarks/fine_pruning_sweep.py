@@ -14,7 +14,8 @@ of the same point replaces it), so the sweep can be split into runs that each fi
     python benchmarks/fine_pruning_sweep.py --task mrpc --remaining 0.1      # trains the MRPC teacher first
 
 Methods (``METHODS``): ``magnitude`` (per-matrix top-k of |W|), ``movement`` (hard top-k of learned scores, with
-the magnitude-prior init hfprune recommends for short runs), ``movement_constant`` (the paper's constant init),
+the magnitude-prior init hfprune recommends for short runs and PruningTrainer's default score learning rate for it,
+kappa 3), ``movement_k1`` / ``movement_k3`` / ``movement_k9`` (the same at fixed score learning rates), ``movement_constant`` (the paper's constant init),
 ``soft_movement`` (sigmoid scores with the L1 ramp, aimed at the target with one global threshold,
 ``use_sparsity``), and ``soft_movement_threshold`` (the paper's fixed threshold, its sparsity whatever lambda gives).
 """
@@ -49,6 +50,8 @@ METHODS = {
                     "score_learning_rate": 1.09e-3},
     "movement_k3": {"importance": {"type": "movement", "init": "magnitude", "update_every": 10},
                     "score_learning_rate": 3.3e-3},
+    "movement_k9": {"importance": {"type": "movement", "init": "magnitude", "update_every": 10},
+                    "score_learning_rate": 1e-2},
     "soft_movement": {"importance": {"type": "soft_movement", "use_sparsity": True, "init": "magnitude",
                                      "final_lambda": 400.0, "update_every": 10}, "scope": "global"},
     "soft_movement_threshold": {"importance": {"type": "soft_movement", "final_threshold": 0.1,
