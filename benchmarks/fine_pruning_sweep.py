@@ -15,9 +15,10 @@ of the same point replaces it), so the sweep can be split into runs that each fi
 
 Methods (``METHODS``): ``magnitude`` (per-matrix top-k of |W|), ``movement`` (hard top-k of learned scores, with
 the magnitude-prior init hfprune recommends for short runs and PruningTrainer's default score learning rate for it,
-kappa 3), ``movement_k1`` / ``movement_k3`` / ``movement_k9`` (the same at fixed score learning rates), ``movement_constant`` (the paper's constant init),
-``soft_movement`` (sigmoid scores with the L1 ramp, aimed at the target with one global threshold,
-``use_sparsity``), and ``soft_movement_threshold`` (the paper's fixed threshold, its sparsity whatever lambda gives).
+kappa 3), ``movement_k1`` / ``movement_k3`` / ``movement_k9`` (the same at fixed score learning rates),
+``movement_constant`` (the paper's constant init), ``soft_movement`` (sigmoid scores with the L1 ramp, aimed at
+the target with one global threshold, ``use_sparsity``, magnitude prior), and ``soft_movement_threshold`` (the
+paper's fixed threshold, its sparsity whatever lambda gives).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pathlib import Path
 import torch
 
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/cards.py
 REPO = Path(__file__).resolve().parents[1]
 SHARED_GLUE = REPO.parent / "shared" / "data" / "glue"
 
@@ -130,6 +132,25 @@ def run_point(args: argparse.Namespace, teacher: Path, method: str, remaining: f
     }
 
 
+#: The point whose model card goes to model_cards/ (what the README recommends: movement with the magnitude prior).
+HEADLINE = ("sst2", "movement", 0.1, 42)
+HEADLINE_CARD = "minilm-sst2-movement-10"
+
+
+def write_headline_card(runs: Path, command: str) -> Path | None:
+    """Copy the headline run's card (rendered by `PruningTrainer.save_pruned_model`) to model_cards/."""
+    from cards import CARDS, with_provenance
+
+    task, method, remaining, seed = HEADLINE
+    folder = runs / f"{task}-{method}-{remaining:g}-seed{seed}" / "final"
+    if not (folder / "README.md").is_file():
+        return None
+    path = CARDS / f"{HEADLINE_CARD}.md"
+    path.write_text(with_provenance((folder / "README.md").read_text(), command,
+                                    f"point {task}/{method}/{remaining:g}/seed {seed}"))  # fmt: skip
+    return path
+
+
 def merge(args: argparse.Namespace, point: dict, teacher: Path, teacher_metrics: dict) -> None:
     """Add ``point`` to ``--output`` (replacing an earlier run of the same task/method/remaining/seed)."""
     results = json.loads(args.output.read_text()) if args.output.is_file() else {}
@@ -187,6 +208,8 @@ def main() -> int:
                     fcntl.flock(lock, fcntl.LOCK_EX)  # lanes running side by side merge one at a time
                     merge(args, point, teacher, teacher_metrics)
                 print(json.dumps(point), flush=True)
+                if (args.task, method, remaining, seed) == HEADLINE:
+                    write_headline_card(args.runs, point["command"])
     return 0
 
 

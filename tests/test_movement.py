@@ -96,6 +96,12 @@ def test_soft_movement_score_learning_rate_follows_the_ramp():
     assert rate("soft_movement", 1000, 40000) == 1e-2  # long ramps keep the paper's rate
     assert rate("movement", 100, 700) == 1e-2
     assert rate({"type": "soft_movement", "use_sparsity": True}, 100, 700) == 1e-2
+    # The magnitude prior: movement at three times the weights' own pace (3 x weight lr / mean |W|).
+    pruner = Pruner(tiny_bert(), PruningConfig(importance={"type": "movement", "init": "magnitude"}, sparsity=0.9))
+    weights = torch.cat([m.weight.detach().abs().reshape(-1) for m in pruner.modules.values()])
+    expected = 3 * 5e-5 / float(weights.mean())
+    assert default_score_learning_rate(pruner, 5e-5) == pytest.approx(expected, rel=1e-5)
+    assert default_score_learning_rate(pruner) == 1e-2  # no weight learning rate known: the paper's
 
 
 def test_soft_movement_can_aim_at_a_sparsity(tmp_path):
