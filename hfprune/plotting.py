@@ -342,11 +342,10 @@ def _parse_sweep(path: Path, data: Mapping[str, Any]) -> list[OperatingPoint]:
                 continue
             where = f"points[{task}/{method}/{remaining}]"
             accuracies = [_percent(entry["dev_accuracy"], path, where) for entry in entries]
-            reached = [float(e["reached_remaining"]) for e in entries if e.get("reached_remaining") is not None]
             points.append(OperatingPoint(
                 benchmark=benchmark, method=METHOD_LABELS.get(method, method.replace("_", " ")), key=method,
                 accuracy=sum(accuracies) / len(accuracies), metric=metric,
-                weights_fraction=sum(reached) / len(reached) if reached else remaining, source=path,
+                weights_fraction=remaining, source=path,  # the target: runs record what they reached beside it
                 accuracy_range=(min(accuracies), max(accuracies)) if len(accuracies) > 1 else None,
                 seeds=len(accuracies),
             ))  # fmt: skip
@@ -604,7 +603,7 @@ def _draw_curves(axes: Any, ticker: Any, plotted: list[tuple[OperatingPoint, flo
     axes.set_xscale("log")
     axes.set_xlim(min(values) / 1.5, 1.0)
     axes.set_xticks(values + [1.0])
-    axes.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{100 * v:g}%"))
+    axes.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{100 * v:.3g}%"))
     axes.xaxis.set_minor_formatter(ticker.NullFormatter())
     axes.grid(True, color="0.9", lw=0.6)
     axes.set_axisbelow(True)
