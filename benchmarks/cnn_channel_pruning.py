@@ -290,7 +290,7 @@ def imagenet_model(args: argparse.Namespace, name: str) -> dict[str, Any]:
     import timm
 
     from hfprune import ConfigError, PruningConfig
-    from hfprune.channels import apply_channel_plan_, count_flops, plan_channels
+    from hfprune.channels import count_flops, plan_channels
     from hfprune.structures import Channels
 
     torch.manual_seed(args.seed)
@@ -300,6 +300,8 @@ def imagenet_model(args: argparse.Namespace, name: str) -> dict[str, Any]:
     result: dict[str, Any] = {"init": "random (timm.create_model, pretrained=False)", "input": list(IMAGENET_INPUT),
                               "dense_flops": dense_flops, "dense_params": num_params(dense), "attempts": []}  # fmt: skip
     result["keep_residual_width_diagnosis"] = residual_skip_diagnosis(dense, example)
+    if args.target_latency is not None:
+        return imagenet_latency_plan(args, name, dense, example, result)
     plan = None
     for keep_residual_width in (True, False):
         requested = args.target_flops
@@ -338,6 +340,54 @@ def imagenet_model(args: argparse.Namespace, name: str) -> dict[str, Any]:
     result["plan_channels_s"] = first["plan_channels_s"]  # one call at the requested target
     result["plan_channels_total_s"] = sum(a["plan_channels_s"] for a in result["attempts"])
     result["first_plan_flops_fraction"] = first["plan_flops_fraction"]
+    return imagenet_measure(args, name, dense, example, plan, result)
+
+
+def imagenet_latency_plan(args: argparse.Namespace, name: str, dense: nn.Module, example: torch.Tensor,
+                          result: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """plan_channels at --target-latency, batch 1 (keep_residual_width=True, else False), then measured."""
+    from hfprune import ConfigError, PruningConfig
+    from hfprune.channels import plan_channels
+    from hfprune.structures import Channels
+
+    plan = None
+    for keep_residual_width in (True, False):
+        config = PruningConfig(structure=Channels(keep_residual_width=keep_residual_width),
+                               target_latency=args.target_latency, latency_shape=list(IMAGENET_INPUT))  # fmt: skip
+        log(f"{name}: plan_channels (keep_residual_width={keep_residual_width}, target_latency={args.target_latency})")
+        start = time.perf_counter()
+        try:
+            record = latency_table_record(dense, config, example)
+            table_s = time.perf_counter() - start
+            plan = plan_channels(dense, config, example)
+        except ConfigError as err:
+            result["attempts"].append({"keep_residual_width": keep_residual_width, "error": str(err)})
+            log(f"{name}: keep_residual_width={keep_residual_width} failed: {err}")
+            continue
+        result["attempts"].append({"keep_residual_width": keep_residual_width, "table_s": table_s,
+                                   "plan_channels_s": time.perf_counter() - start - table_s})  # fmt: skip
+        result.update({"keep_residual_width": keep_residual_width, "pruning_config": config.to_dict(),
+                       "num_groups": len(plan.kept), "latency_table": record,
+                       "predicted_latency_fraction": plan.extra["predicted_latency_fraction"],
+                       "plan_channels_s": result["attempts"][-1]["plan_channels_s"],
+                       "plan_channels_total_s": result["attempts"][-1]["plan_channels_s"]})  # fmt: skip
+        break
+    if plan is None:
+        result["error"] = "plan_channels could not reach the latency target with either keep_residual_width."
+        return result
+    result = imagenet_measure(args, name, dense, example, plan, result)
+    measured = 1.0 / result["batch1_paired_speedup"]
+    result["measured_latency_fraction_batch1"] = measured
+    result["speedup_error_batch1"] = args.target_latency / measured - 1.0
+    return result
+
+
+def imagenet_measure(args: argparse.Namespace, name: str, dense: nn.Module, example: torch.Tensor, plan: Any,
+                     result: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Apply ``plan`` to a copy of ``dense``; FLOPs, parameters and paired latency at batch 1 and the big batch."""
+    from hfprune.channels import apply_channel_plan_, count_flops
+
+    dense_flops = result["dense_flops"]
     pruned = copy.deepcopy(dense)
     start = time.perf_counter()
     apply_channel_plan_(pruned, plan, example)
@@ -449,6 +499,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--card", default="resnet56-cifar10-eagleeye-50",
                         help="Render the EagleEye model's card into model_cards/<CARD>.md ('' skips it).")
     parser.add_argument("--target-flops", type=float, default=0.5, help="Fraction of dense FLOPs to keep.")
+    parser.add_argument("--target-latency", type=float, default=None,
+                        help="Plan uniform L1 and EagleEye (and the ImageNet models) to this fraction of the dense "
+                             "latency instead, from latency tables measured here (ResNet-56 at --batch-size, the "
+                             "ImageNet models at batch 1); Torch-Pruning still bisects on FLOPs.")  # fmt: skip
     parser.add_argument("--train-limit", type=int, default=None, help="Use a seeded random N of the train split.")
     parser.add_argument("--eval-limit", type=int, default=None, help="Use a seeded random N of the eval split.")
     parser.add_argument("--batch-size", type=int, default=64, help="Fine-tune, search and evaluation batch size.")
@@ -580,7 +634,12 @@ def cifar(args: argparse.Namespace, results: dict[str, Any], notes: list[str]) -
         "train_augmentation": None if args.no_augment else "RandomCrop(32, padding=4) + RandomHorizontalFlip, then eval transform",
         "eval_transform": str(eval_tf),
     })  # fmt: skip
-    config = PruningConfig(importance="l1", structure="channels", target_flops=args.target_flops)
+    if args.target_latency is None:
+        config = PruningConfig(importance="l1", structure="channels", target_flops=args.target_flops)
+    else:
+        config = PruningConfig(importance="l1", structure="channels", target_latency=args.target_latency,
+                               latency_shape=[args.batch_size, *CIFAR_INPUT[1:]])  # fmt: skip
+        results["latency_table"] = latency_table_record(dense, config, example)
     results["pruning_config"] = config.to_dict()
 
     log("dense: evaluating")
@@ -731,6 +790,16 @@ def cifar(args: argparse.Namespace, results: dict[str, Any], notes: list[str]) -
     if args.card:
         card = eagleeye_card(args, dense, pruned["eagleeye"], plans["eagleeye"], variants, latency, full)
         log(f"wrote {card}")
+
+
+def latency_table_record(dense: nn.Module, config: Any, example: torch.Tensor) -> dict[str, Any]:
+    """Measure the latency table now (timed; plan_channels and eagleeye_search then read it from the cache)."""
+    from hfprune.channels import latency_table_for_channels
+
+    log(f"latency table at {config.latency_shape}")
+    start = time.perf_counter()
+    table = latency_table_for_channels(dense, config, example, rebuild=True)
+    return {"build_s": time.perf_counter() - start, "table": table.to_dict()}
 
 
 def eagleeye_card(args: argparse.Namespace, dense: nn.Module, model: nn.Module, plan: Any, variants: dict,

@@ -9,9 +9,12 @@ FLOPs targets, EagleEye candidate search, a JSON `ChannelPlan`, and plan-based r
 from __future__ import annotations
 
 import copy
+import hashlib
+import math
 import random
+import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -23,6 +26,16 @@ from torch.utils.flop_counter import FlopCounterMode
 from .calibration import initial_loss_scale, inputs_like_model, scaled_backward, take_batches
 from .config import PruningConfig
 from .errors import ConfigError, HfPruneWarning, MissingDataError, UnsupportedArchitectureError
+from .latency import (
+    LatencyCurve,
+    LatencyTable,
+    LatencyTableMismatchError,
+    cached_table,
+    curves_from_savings,
+    measure_savings,
+    steady_allocator,
+    table_key,
+)
 from .plan import ChannelPlan, PlanMismatchError
 from .selection import check_round_to, round_count
 from .structures import Channels
@@ -282,6 +295,220 @@ def plan_from_ratios(scores: dict[str, Tensor], ratios: dict[str, float], round_
     return ChannelPlan(num_channels={name: s.numel() for name, s in scores.items()}, kept=kept)
 
 
+def plan_from_counts(scores: dict[str, Tensor], counts: dict[str, int]) -> ChannelPlan:
+    """Keep the best ``counts[name]`` channels of each group (all of a group not in ``counts``)."""
+    kept = {}
+    for name, score in scores.items():
+        count = counts.get(name, score.numel())
+        kept[name] = sorted(torch.sort(score, descending=True, stable=True).indices[:count].tolist())
+    return ChannelPlan(num_channels={name: s.numel() for name, s in scores.items()}, kept=kept)
+
+
+# ------------------------------------------------------------------------------------------ latency budgets
+def latency_inputs(config: PruningConfig, example_inputs: Tensor) -> Tensor:
+    """Images of ``config.latency_shape`` (default: the shape of ``example_inputs``)."""
+    shape = config.latency_shape or list(example_inputs.shape)
+    if len(shape) != 4:
+        raise ConfigError(f"latency_shape for a CNN is [batch, channels, height, width]; got {shape}.")
+    if list(shape) == list(example_inputs.shape):
+        return example_inputs
+    return torch.zeros(shape, dtype=example_inputs.dtype, device=example_inputs.device)
+
+
+def channel_latency_table(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    *,
+    ignored_layers: list[str] | None = None,
+    keep_residual_width: bool = True,
+    steps: int = 8,
+    rounds: int = 7,
+    warmup: int = 2,
+) -> LatencyTable:
+    """Measure a CNN's channel groups at the shape of ``example_inputs`` (a batch of images).
+
+    Groups whose root convolutions have the same shape, stride and output size form one class (one curve: the
+    blocks of a ResNet stage); each class is measured at ``steps - 1`` widths (1/steps ... of its channels) with
+    every member cut to that width.
+    """
+    _, groups = channel_groups(model, example_inputs, Channels(keep_residual_width=keep_residual_width),
+                               ignored_layers)  # fmt: skip
+    key = channel_table_key(model, list(example_inputs.shape), list(groups))
+    classes = channel_classes(model, example_inputs, list(groups))
+    num_channels = {name: model.get_submodule(name).out_channels for name in groups}
+
+    def build_variant(members: list[str], width: int) -> Callable[[], nn.Module]:
+        def variant() -> nn.Module:
+            kept = {name: list(range(width if name in members else count)) for name, count in num_channels.items()}
+            plan = ChannelPlan(num_channels=dict(num_channels), kept=kept)
+            return apply_channel_plan_(copy.deepcopy(model), plan, example_inputs).eval()
+
+        return variant
+
+    variants = []
+    full = {}
+    for name, members in classes.items():
+        full[name] = num_channels[members[0]]
+        step = max(1, full[name] // steps)
+        for width in range(step, full[name], step):
+            variants.append((name, width, build_variant(members, width), len(members)))
+    allocator = steady_allocator()
+    start = time.perf_counter()
+    was_training = model.training
+    dense_ms, saved = measure_savings(model.eval(), variants, example_inputs, rounds=rounds, warmup=warmup)
+    model.train(was_training)
+    return LatencyTable(
+        key=key,
+        dense_ms=dense_ms,
+        curves=curves_from_savings(saved, full, classes),
+        protocol={
+            "rounds": rounds,
+            "warmup": warmup,
+            "allocator": allocator,
+            "steps": steps,
+            "keep_residual_width": keep_residual_width,
+            "ignored_layers": ignored_layers,
+            "seconds": round(time.perf_counter() - start, 1),
+            "interleaved": "chunks of 6 with the dense model",
+            "statistic": "median",
+        },  # fmt: skip
+    )
+
+
+@torch.no_grad()
+def channel_classes(model: nn.Module, example_inputs: torch.Tensor, roots: list[str]) -> dict[str, list[str]]:
+    """Group the root convolutions ``roots`` by shape, stride, groups and output size: ``{class name: roots}``."""
+    outputs: dict[str, tuple[int, ...]] = {}
+    handles = [
+        model.get_submodule(name).register_forward_hook(
+            lambda _, __, output, name=name: outputs.__setitem__(name, tuple(output.shape[2:]))
+        )
+        for name in roots
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        model(inputs_like_model(example_inputs[:1], model))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    classes: dict[str, list[str]] = {}
+    for name in roots:
+        conv = model.get_submodule(name)
+        size = "x".join(map(str, outputs.get(name, ())))
+        label = (f"conv {conv.in_channels}->{conv.out_channels} k{'x'.join(map(str, conv.kernel_size))} "
+                 f"s{conv.stride[0]} g{conv.groups} @{size}")  # fmt: skip
+        classes.setdefault(label, []).append(name)
+    return classes
+
+
+def channel_table_key(model: nn.Module, shape: Sequence[int], roots: Sequence[str]) -> dict[str, Any]:
+    """`table_key` plus the pruned groups (ignored layers and residual widths decide which there are)."""
+    key = table_key(model, shape)
+    key["groups"] = hashlib.sha1("\n".join(sorted(roots)).encode()).hexdigest()[:12]
+    return key
+
+
+def channel_widths(table: LatencyTable, kept_counts: Mapping[str, int]) -> dict[str, dict[str, int]]:
+    """``{curve: {group: kept channels}}`` for `LatencyTable.predict_ms`, from kept counts per group."""
+    widths: dict[str, dict[str, int]] = {}
+    for curve_name, curve in table.curves.items():
+        widths[curve_name] = {group: kept_counts[group] for group in curve.blocks if group in kept_counts}
+    return widths
+
+
+def latency_table_for_channels(
+    model: nn.Module, config: PruningConfig, example_inputs: Tensor, ignored_layers: list[str] | None = None,
+    rebuild: bool = False,
+) -> LatencyTable:  # fmt: skip
+    """The channel latency table for ``config``'s shape on the model's device: ``config.latency_table`` (checked
+    against this model, its groups, device, torch, dtype and shape), else the cached one, else measured now."""
+    structure = config.structure
+    if not isinstance(structure, Channels):
+        raise ConfigError("A channel latency table needs structure='channels'.")
+    inputs = latency_inputs(config, example_inputs)
+    if inputs is not example_inputs:
+        _check_takes(model, inputs, example_inputs)
+    _, groups = channel_groups(model, inputs, structure, ignored_layers)
+    key = channel_table_key(model, list(inputs.shape), list(groups))
+
+    def build() -> LatencyTable:
+        return channel_latency_table(model, inputs, ignored_layers=ignored_layers,
+                                     keep_residual_width=structure.keep_residual_width)  # fmt: skip
+
+    return cached_table(key, build, config.latency_table, rebuild=rebuild)
+
+
+@torch.no_grad()
+def _check_takes(model: nn.Module, inputs: Tensor, example_inputs: Tensor) -> None:
+    """Refuse a ``latency_shape`` the model cannot run, before any table work."""
+    was_training = model.training
+    model.eval()
+    try:
+        model(inputs_like_model(inputs[:1], model))
+    except RuntimeError as err:
+        raise ConfigError(
+            f"The model cannot take inputs of latency_shape {list(inputs.shape)} ({_first_line(err)}). Give a shape "
+            f"it accepts, e.g. [batch, {', '.join(map(str, example_inputs.shape[1:]))}] like the example inputs."
+        ) from None
+    finally:
+        model.train(was_training)
+
+
+def _first_line(err: BaseException) -> str:
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+
+
+def _friendly_count(curve: LatencyCurve, count: int, smallest: int, tolerance_ms: float, round_to: int) -> int:
+    """The widest friendly width of ``curve`` at or below ``count`` (not below ``smallest`` when one exists)."""
+    friendly = curve.friendly_widths(tolerance_ms, round_to)
+    below = [width for width in friendly if smallest <= width <= count]
+    if below:
+        return below[-1]
+    return min((width for width in friendly if width >= smallest), default=curve.full_width)
+
+
+def _counts_for_latency(
+    relative: dict[str, float], scores: dict[str, Tensor], table: LatencyTable, target: float, max_ratio: float,
+    round_to: int,
+) -> dict[str, int]:  # fmt: skip
+    """Kept channels per group: relative per-group ratios times the factor that brings the latency predicted by
+    ``table`` to ``target`` x dense, each count snapped to a width the hardware likes (`LatencyCurve`)."""
+    curve_of = {group: table.curve(name) for name, curve in table.curves.items() for group in curve.blocks}
+    missing = sorted(set(scores) - set(curve_of))
+    if missing:
+        raise LatencyTableMismatchError(
+            f"The latency table does not cover the channel groups {missing[:4]}: it was measured with other "
+            "ignored_layers or keep_residual_width. Build it with the same settings (or leave latency_table unset)."
+        )
+
+    def counts(factor: float) -> dict[str, int]:
+        result = {}
+        for name, score in scores.items():
+            width = score.numel()
+            smallest = width - int(math.floor(max_ratio * width))
+            count = _kept_count(width, min(max_ratio, factor * relative[name]), 1)
+            result[name] = _friendly_count(curve_of[name], count, smallest, table.tolerance_ms, round_to)
+        return result
+
+    def predicted(factor: float) -> float:
+        return table.predict_ms(channel_widths(table, counts(factor))) / table.dense_ms
+
+    if predicted(1e6) > target:
+        raise ConfigError(
+            f"target_latency={target} cannot be met: pruning every prunable group to {max_ratio:.0%} is predicted "
+            f"to run at {predicted(1e6):.3f} of the dense {table.dense_ms:.2f} ms at "
+            f"{'x'.join(map(str, table.key['shape']))} (the stem, the classifier and the residual widths do not "
+            "shrink). Raise target_latency, or set keep_residual_width=False / fewer ignored layers."
+        )
+    low, high = 0.0, 1e6
+    for _ in range(100):
+        middle = (low + high) / 2
+        low, high = (middle, high) if predicted(middle) > target else (low, middle)
+    return counts(high)
+
+
 def count_flops(model: nn.Module, example_inputs: Tensor) -> int:
     """Forward FLOPs for ``example_inputs`` (torch.utils.flop_counter)."""
     was_training = model.training
@@ -419,17 +646,30 @@ def plan_channels(
     loss_fn: Callable[..., Tensor] | None = None,
     max_ratio: float = 0.9,
 ) -> ChannelPlan:
-    """Score channels and return the plan for ``config`` (uniform ``sparsity`` per group, or ``target_flops``).
+    """Score channels and return the plan for ``config`` (uniform ``sparsity`` per group, ``target_flops`` or
+    ``target_latency``).
 
-    With ``target_flops`` every group is pruned at the same ratio, chosen so the measured FLOPs meet the target.
-    The model is not modified.
+    With ``target_flops`` every group is pruned at the same ratio, chosen so the measured FLOPs meet the target;
+    with ``target_latency`` at the same ratio too, chosen so the latency predicted from the measured table meets
+    it, each width snapped to one the hardware likes. The model is not modified.
     """
     require_real_weights(model, "plan_channels")
     structure = config.structure
     if not isinstance(structure, Channels):
         raise ConfigError("plan_channels needs structure='channels'.")
+    # The latency table is measured (or read) before scoring: a foreign table or a bad shape fails first.
+    table = None
+    if config.target_latency is not None:
+        table = latency_table_for_channels(model, config, example_inputs, ignored_layers)
     _, groups = channel_groups(model, example_inputs, structure, ignored_layers)
     scores = score_channels(model, groups, config, dataloader, num_batches=num_batches, loss_fn=loss_fn)
+    if table is not None:
+        relative = {name: 1.0 for name in scores}
+        counts = _counts_for_latency(relative, scores, table, config.target_latency, max_ratio, structure.round_to)  # type: ignore[arg-type]
+        plan = plan_from_counts(scores, counts)
+        _record_latency(plan, table, counts)
+        plan.extra["flops_fraction"] = _pruned_flops(model, plan, example_inputs) / count_flops(model, example_inputs)
+        return plan
     if config.target_flops is None:
         plan = plan_from_ratios(scores, {name: config.sparsity for name in scores}, structure.round_to)
         apply_channel_plan_(copy.deepcopy(model), plan, example_inputs)  # fails early if the plan breaks the model
@@ -467,6 +707,12 @@ def plan_channels(
         )
     plan.extra["flops_fraction"] = achieved
     return plan
+
+
+def _record_latency(plan: ChannelPlan, table: LatencyTable, counts: dict[str, int]) -> None:
+    plan.extra["latency_shape"] = table.key["shape"]
+    plan.extra["latency_device"] = table.key["device"]
+    plan.extra["predicted_latency_fraction"] = table.predict_ms(channel_widths(table, counts)) / table.dense_ms
 
 
 @torch.no_grad()
@@ -520,18 +766,24 @@ def eagleeye_search(
     ignored_layers: list[str] | None = None,
     seed: int = 0,
 ) -> tuple[ChannelPlan, list[dict[str, Any]]]:
-    """EagleEye (Li et al. 2020): random per-layer ratios meeting the FLOPs target, each scored after adaptive BN.
+    """EagleEye (Li et al. 2020): random per-layer ratios meeting the FLOPs or latency target, each scored after
+    adaptive BN.
 
     Every candidate draws a random relative ratio per group, scaled so the (linear) FLOPs model meets
-    ``config.target_flops``; the pruned copy's BN statistics are re-estimated on ``bn_batches`` and its top-1 is
-    measured on ``eval_batches``. The best candidate's plan is returned with all candidates' results.
+    ``config.target_flops``, or so the latency predicted from the measured table (`hfprune.latency`) meets
+    ``config.target_latency`` with widths the hardware likes; the pruned copy's BN statistics are re-estimated on
+    ``bn_batches`` and its top-1 is measured on ``eval_batches``. The best candidate's plan is returned with all
+    candidates' results.
     """
     require_real_weights(model, "eagleeye_search")
-    if config.target_flops is None:
-        raise ConfigError("EagleEye searches under a FLOPs constraint: set target_flops.")
+    if config.target_flops is None and config.target_latency is None:
+        raise ConfigError("EagleEye searches under a FLOPs or latency constraint: set target_flops or target_latency.")
     structure = config.structure
     if not isinstance(structure, Channels):
         raise ConfigError("eagleeye_search needs structure='channels'.")
+    table = None
+    if config.target_latency is not None:
+        table = latency_table_for_channels(model, config, example_inputs, ignored_layers)
     _, groups = channel_groups(model, example_inputs, structure, ignored_layers)
     scores = score_channels(model, groups, config)
     dense, per_channel = _linear_flops_model(model, scores, example_inputs)
@@ -540,13 +792,26 @@ def eagleeye_search(
     best: tuple[float, ChannelPlan] | None = None
     for index in range(num_candidates):
         relative = {name: rng.uniform(0.05, 1.0) for name in scores}
-        ratios = _scale_to_budget(relative, scores, dense, per_channel, config.target_flops, max_ratio)
-        plan = plan_from_ratios(scores, ratios, structure.round_to)
+        if table is not None:
+            counts = _counts_for_latency(relative, scores, table, config.target_latency, max_ratio,  # type: ignore[arg-type]
+                                         structure.round_to)  # fmt: skip
+            plan = plan_from_counts(scores, counts)
+            _record_latency(plan, table, counts)
+        else:
+            ratios = _scale_to_budget(relative, scores, dense, per_channel, config.target_flops, max_ratio)  # type: ignore[arg-type]
+            plan = plan_from_ratios(scores, ratios, structure.round_to)
         candidate = apply_channel_plan_(copy.deepcopy(model), plan, example_inputs)
         flops = count_flops(candidate, example_inputs) / dense
         adaptive_bn_(candidate, bn_batches)
         accuracy = top1(candidate, eval_batches)
-        results.append({"candidate": index, "top1": accuracy, "flops_fraction": flops})
+        results.append(
+            {
+                "candidate": index,
+                "top1": accuracy,
+                "flops_fraction": flops,
+                **({"predicted_latency_fraction": plan.extra["predicted_latency_fraction"]} if table else {}),
+            }
+        )
         if best is None or accuracy > best[0]:
             plan.extra.update({"flops_fraction": flops, "adaptive_bn_top1": accuracy, "candidate": index})
             best = (accuracy, plan)

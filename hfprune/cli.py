@@ -45,7 +45,7 @@ CALIBRATION_KEYS = {"task": (str, None), "data_dir": (str, None), "num_examples"
 #: `hfprune prune` flags that set the pruning method; with none of them (and no recipe) an embedding model gets
 #: `hfprune.workflows.embedding.default_embedding_config`.
 PRUNING_FLAGS = ("method", "sparsity", "scope", "structure", "target_modules", "exclude_modules", "target_flops",
-                 "target_params")  # fmt: skip
+                 "target_params", "target_latency", "latency_table")  # fmt: skip
 
 
 #: Hub id of the bundled demo model, recorded as ``base_model`` in model cards.
@@ -140,8 +140,13 @@ def build_config(args: argparse.Namespace, recipe: dict[str, Any]) -> PruningCon
         "exclude_modules": args.exclude_modules,
         "target_flops": args.target_flops,
         "target_params": args.target_params,
+        "target_latency": args.target_latency,
+        "latency_table": args.latency_table,
     }
     values.update({key: value for key, value in overrides.items() if value is not None})
+    if values.get("target_latency") is not None and values.get("latency_shape") is None:
+        # The budget holds at the shape the report measures: --batch-size x --seq-len.
+        values["latency_shape"] = [args.batch_size, args.seq_len]
     for key in ("target_modules", "exclude_modules"):
         _check_patterns(key, values.get(key))
     return PruningConfig(**values)
@@ -319,6 +324,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
         before.latency_ms, after.latency_ms = paired_latency_ms([dense, model], example, rounds=args.latency_runs)
         for item in (before, after):
             item.latency_runs, item.device = args.latency_runs, device_description()
+    notes = [f"Pruned in one shot in {pruning_seconds:.1f} s"
+             + (f" with {args.num_calibration} calibration examples of {args.task or data.path}"  # type: ignore
+                if needs_data else "")]  # fmt: skip
+    if plan is not None and "predicted_latency_fraction" in plan.extra:
+        notes.append(_latency_note(plan.extra, before.latency_ms, after.latency_ms, example))
+        print(notes[-1])
     evaluation = None
     if args.eval and data is not None:
         from .hub import CardEvaluation
@@ -328,9 +339,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
         kind = task_of(type(model).__name__)
         if kind == "text-classification" and "accuracy" not in scores[0]:
             kind = "text-regression"
-        evaluation = CardEvaluation(task_type=kind, dataset_type=data.path, dataset_name=data.path,
-                                    metrics={k: v for k, v in scores[1].items() if not k.startswith("num_")},
-                                    base_metrics={k: v for k, v in scores[0].items() if not k.startswith("num_")})
+        evaluation = CardEvaluation(
+            task_type=kind,
+            dataset_type=data.path,
+            dataset_name=data.path,
+            metrics={k: v for k, v in scores[1].items() if not k.startswith("num_")},
+            base_metrics={k: v for k, v in scores[0].items() if not k.startswith("num_")},
+        )
         print(f"Dev metrics before: {scores[0]}; after: {scores[1]}")
     elif args.eval:
         from .glue import get_task, glue_card_evaluation
@@ -351,13 +366,56 @@ def cmd_prune(args: argparse.Namespace) -> int:
         tokenizer=tokenizer,
         plan=plan,
         evaluation=evaluation,
-        method_notes=[f"Pruned in one shot in {pruning_seconds:.1f} s"
-                      + (f" with {args.num_calibration} calibration examples of {args.task or data.path}"  # type: ignore
-                         if needs_data else "")],
+        method_notes=notes,
         overwrite=args.overwrite,
     )  # fmt: skip
     print(compare_reports(before, after))
     print(f"Pruned in {pruning_seconds:.1f} s. Saved to {output}")
+    return 0
+
+
+def _latency_note(extra: dict[str, Any], dense_ms: float | None, pruned_ms: float | None, example: Any) -> str:
+    """Predicted (from the latency table) and measured (this run's report) latency of a latency-targeted plan."""
+    shape = "x".join(map(str, extra["latency_shape"]))
+    predicted = extra["predicted_latency_fraction"]
+    note = f"Latency at {shape} on {extra['latency_device']}: predicted {predicted:.3f} of dense"
+    measured_shape = None
+    if isinstance(example, dict) and "input_ids" in example:
+        measured_shape = "x".join(map(str, example["input_ids"].shape))
+    if dense_ms is not None and pruned_ms is not None and measured_shape == shape:
+        note += f", measured {pruned_ms / dense_ms:.3f} ({pruned_ms:.2f} ms against {dense_ms:.2f} ms)"
+    return note
+
+
+def cmd_latency_table(args: argparse.Namespace) -> int:
+    """Build (or read from the cache) a model's latency table and print it."""
+    import torch
+
+    from .latency import LatencyTable
+
+    _check_output_file(args.output)
+    folder = _model_folder(args.model)
+    if folder is not None and not _is_channel_model(folder):
+        from .budget import latency_table_for
+
+        _check_model(args.model)
+        model = load_model(folder)
+        config = PruningConfig(structure="heads_and_neurons", target_latency=1.0,
+                               latency_shape=[args.batch_size, args.seq_len])  # fmt: skip
+        table = latency_table_for(model.eval(), config, rebuild=args.rebuild)
+    else:
+        from .channels import create_base_model, latency_table_for_channels
+
+        model = load_pruned(folder) if folder is not None else create_base_model(args.model, args.num_classes)
+        default_size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size") or (3, 224, 224)
+        size = args.image_size or default_size[1]
+        shape = [args.batch_size, 3, size, size]
+        config = PruningConfig(structure="channels", target_latency=1.0, latency_shape=shape)
+        table = latency_table_for_channels(model.eval(), config, torch.zeros(shape), rebuild=args.rebuild)
+    print(table.to_markdown())
+    if args.output:
+        LatencyTable.save(table, args.output)
+        print(f"Wrote {args.output}", file=sys.stderr)
     return 0
 
 
@@ -671,6 +729,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="Heads/neurons: fraction of the encoder's head and FFN parameters to keep, in (0, 1] (replaces "
         "--sparsity; exclusive with --target-flops).",
     )
+    prune.add_argument(
+        "--target-latency",
+        type=float,
+        help="Heads/neurons: fraction of the dense model's latency to keep, in (0, 1], measured on this machine at "
+        "--batch-size x --seq-len (replaces --sparsity; exclusive with --target-flops/--target-params). Widths come "
+        "from a latency table, measured once and cached (see `hfprune latency-table`).",
+    )
+    prune.add_argument("--latency-table", help="With --target-latency: a JSON table from `hfprune latency-table` "
+                       "(default: the cached one for this model, device and shape).")  # fmt: skip
     prune.add_argument("--task", help="GLUE task for calibration data (needed by taylor and fisher; recipe key "
                        "calibration.task).")  # fmt: skip
     prune.add_argument("--data-dir", help="Folder of original GLUE TSVs (default: nyu-mll/glue from the Hub; recipe "
@@ -712,18 +779,44 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--dataset", help="Your own data instead of --task: a CSV/TSV/JSON(L)/Parquet file or folder "
                        "(train/validation files), or a Hub dataset id; calibration draws from its train split, --eval "
                        "scores its validation split (recipe key calibration.dataset).")  # fmt: skip
-    prune.add_argument("--text-columns", help="--dataset: the text column, or two comma-separated for sentence pairs "
-                       "(default: sentence, text, or sentence1,sentence2 ...; recipe key calibration.text_columns).")
+    prune.add_argument(
+        "--text-columns",
+        help="--dataset: the text column, or two comma-separated for sentence pairs "
+        "(default: sentence, text, or sentence1,sentence2 ...; recipe key calibration.text_columns).",
+    )
     prune.add_argument("--label-column", help="--dataset: the label column (class ids, class names or numbers; "
                        "default label).")  # fmt: skip
     prune.add_argument("--split", help="--dataset: the split to read (default: train for calibration, validation "
                        "for --eval).")  # fmt: skip
-    prune.add_argument("--distill-steps", type=_positive_int, help="Sentence-transformers models: after pruning, this "
-                       "many steps (batch 32) of cosine distillation from the dense model on the calibration text "
-                       "(all of it; --dataset or --calibration-text), to recover accuracy (default: none).")
+    prune.add_argument(
+        "--distill-steps",
+        type=_positive_int,
+        help="Sentence-transformers models: after pruning, this "
+        "many steps (batch 32) of cosine distillation from the dense model on the calibration text "
+        "(all of it; --dataset or --calibration-text), to recover accuracy (default: none).",
+    )
     prune.add_argument("--overwrite", action="store_true", help="Replace --output if it already exists.")
     _add_shape_args(prune)
     prune.set_defaults(func=cmd_prune)
+
+    table = commands.add_parser(
+        "latency-table",
+        help="Measure how much time each block saves at each width, on this machine (cached; used by "
+        "--target-latency).",
+        description="Time a model's prunable blocks at each kept width (attention heads and FFN neurons of an "
+        "encoder; channel groups of a timm/torchvision CNN) against the dense model, in interleaved rounds with a "
+        "steady allocator, and print the table. Tables are cached by model, device, torch version, dtype and shape.",
+    )
+    table.add_argument("--model", required=True, help="Transformer folder or Hub id, a timm architecture (e.g. "
+                       "resnet50, cifar_resnet56) or torchvision:<name>, or a channel-pruned folder.")  # fmt: skip
+    table.add_argument("--batch-size", type=_positive_int, default=1, help="Batch size (default 1).")
+    table.add_argument("--seq-len", type=_positive_int, default=128, help="Transformers: tokens per example.")
+    table.add_argument("--image-size", type=_positive_int, help="CNNs: image height and width (default: the "
+                       "model's pretrained_cfg input size, else 224).")  # fmt: skip
+    table.add_argument("--num-classes", type=_positive_int, default=1000, help="CNNs built by name: classes.")
+    table.add_argument("--rebuild", action="store_true", help="Measure again even if a cached table exists.")
+    table.add_argument("--output", help="Also write the table to this JSON file (for --latency-table).")
+    table.set_defaults(func=cmd_latency_table)
 
     rep = commands.add_parser(
         "report",
@@ -753,8 +846,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--labels", help="CSV of image path,label for --images.")
     evaluate.add_argument("--num-classes", type=_positive_int, help="Classes of a timm model given by name.")
     evaluate.add_argument("--checkpoint", help="Weights for a timm model given by name.")
-    evaluate.add_argument("--classes", help="ImageFolder class names in label order: comma-separated, or a text file "
-                          "with one per line (default: the model's label names, else all class folders sorted).")
+    evaluate.add_argument(
+        "--classes",
+        help="ImageFolder class names in label order: comma-separated, or a text file "
+        "with one per line (default: the model's label names, else all class folders sorted).",
+    )
     evaluate.add_argument("--batch-size", type=_positive_int, default=64, help="Evaluation batch size (default 64).")
     evaluate.add_argument("--seq-len", type=_positive_int, default=128, help="GLUE truncation length (default 128).")
     evaluate.set_defaults(func=cmd_eval)

@@ -143,6 +143,13 @@ class PruningConfig(ConfigMixin):
             comparable across them (``fisher``); otherwise both keep the same fraction.
         flops_seq_len (`int`, defaults to 128): Sequence length used to count encoder FLOPs (attention's cost
             grows with it).
+        target_latency (`float`, *optional*): For structured kinds, the fraction of the dense model's measured
+            latency to keep, in ``(0, 1]``, at ``latency_shape`` on the model's device: widths are chosen from a
+            measured latency table (`hfprune.latency`), not from FLOPs. Replaces ``sparsity``.
+        latency_shape (`list[int]`, *optional*): ``[batch, sequence length]`` for transformers (default ``[1,
+            flops_seq_len]``) or ``[batch, channels, height, width]`` for CNNs (default: the example inputs').
+        latency_table (`str`, *optional*): A JSON table from ``hfprune latency-table`` to plan with; by default the
+            cached table for this model, device, torch version, dtype and shape (measured once when missing).
 
     Example:
         ```python
@@ -193,6 +200,28 @@ class PruningConfig(ConfigMixin):
         },
     )
     flops_seq_len: int = field(default=128, metadata={"help": "Sequence length at which encoder FLOPs are counted."})
+    target_latency: float | None = field(
+        default=None,
+        metadata={
+            "help": "Structured pruning: fraction of the dense model's measured latency to keep, in (0, 1], at "
+            "latency_shape on the device the model is on; overrides sparsity. Exclusive with target_flops/params."
+        },
+    )
+    latency_shape: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Input shape target_latency holds at: [batch, sequence length] for transformers (default [1, "
+            "flops_seq_len]), [batch, channels, height, width] for CNNs (default: the example inputs' shape)."
+        },
+    )
+    latency_table: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSON latency table to plan with (from `hfprune latency-table`); default: the cached one for "
+            "this model, device, torch, dtype and shape, measured once when missing. A table measured for "
+            "anything else is refused."
+        },
+    )
     config_version: int = field(default=CONFIG_VERSION, metadata={"help": "Format version of this config."})
     hfprune_version: str | None = field(default=None, metadata={"help": "hfprune version that wrote the config."})
 
@@ -217,7 +246,8 @@ class PruningConfig(ConfigMixin):
         self.sparsity_overrides = {
             str(k): self._check_sparsity(f"sparsity_overrides[{k!r}]", v) for k, v in self.sparsity_overrides.items()
         }
-        for name, what in (("target_flops", "encoder FLOPs"), ("target_params", "encoder head/FFN parameters")):
+        for name, what in (("target_flops", "encoder FLOPs"), ("target_params", "encoder head/FFN parameters"),
+                           ("target_latency", "the dense model's measured latency")):  # fmt: skip
             value = getattr(self, name)
             if value is None:
                 continue
@@ -241,6 +271,31 @@ class PruningConfig(ConfigMixin):
                 )
             if self.target_flops is not None:
                 raise ConfigError("Set target_flops or target_params, not both.")
+        if self.target_latency is not None:
+            if not self.structure.structured:  # type: ignore[union-attr]
+                raise ConfigError(
+                    "target_latency needs a structured kind (structure='heads', 'neurons', 'heads_and_neurons' or "
+                    "'channels'): unstructured zeros do not make a model faster on CPUs and GPUs."
+                )
+            others = [name for name in ("target_flops", "target_params") if getattr(self, name) is not None]
+            if others:
+                raise ConfigError(f"Set one target: target_latency or {others[0]}, not both.")
+        if self.latency_shape is not None:
+            shape = self.latency_shape
+            if (
+                not isinstance(shape, (list, tuple))
+                or len(shape) not in (2, 4)
+                or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
+            ):
+                raise ConfigError(
+                    f"latency_shape must be [batch, sequence length] (transformers) or [batch, channels, height, "
+                    f"width] (CNNs) of positive integers; got {shape!r}, e.g. [32, 128] or [64, 3, 32, 32]."
+                )
+            self.latency_shape = [int(s) for s in shape]
+        if self.latency_table is not None and not isinstance(self.latency_table, (str, os.PathLike)):
+            raise ConfigError(f"latency_table must be the path of a JSON table; got {self.latency_table!r}.")
+        if self.latency_table is not None:
+            self.latency_table = os.fspath(self.latency_table)
         if self.flops_seq_len < 1:
             raise ConfigError(f"flops_seq_len must be >= 1; got {self.flops_seq_len}.")
         initial = getattr(self.schedule, "initial", 0.0)

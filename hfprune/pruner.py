@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .adapters import get_adapter
+from .budget import encoder_dims, kept_fraction, latency_kept_fraction, plan_flops
 from .calibration import check_calibration_batch, initial_loss_scale, scaled_backward
 from .config import PruningConfig
 from .errors import ConfigError, MissingDataError, NoPrunableModulesError
@@ -166,14 +167,14 @@ class Pruner:
     def _unit_sparsity(self, model: nn.Module, config: PruningConfig) -> float:
         """Final sparsity of heads/neurons (from a FLOPs/parameter target if set); refuses one that removes every
         head."""
-        from .structured import encoder_dims, kept_fraction
-
         sparsity = config.sparsity
-        budget = "target_flops" if config.target_flops is not None else "target_params"
-        if isinstance(config.structure, HybridBlocks) and (config.target_flops or config.target_params):
+        targets = {"target_flops": config.target_flops, "target_params": config.target_params,
+                   "target_latency": config.target_latency}  # fmt: skip
+        budget = next((name for name, value in targets.items() if value is not None), None)
+        if isinstance(config.structure, HybridBlocks) and budget is not None:
             raise ConfigError(f"The hybrid structure takes sparsity (of attention blocks and FFN neurons), not "
                               f"{budget}: how many heads empty out is only known at the end.")  # fmt: skip
-        if config.target_flops is not None or config.target_params is not None:
+        if budget is not None:
             dims = encoder_dims(model)
             # One masked projection per layer and pruned kind: anything less means layers were left out.
             every_layer = len(self.modules) == dims.num_layers * len(config.structure.kinds)  # type: ignore[union-attr]
@@ -190,7 +191,8 @@ class Pruner:
                     f"{budget}. Use movement (top-k) with a FLOPs/parameter target, or tune soft_movement's "
                     "final_lambda."
                 )
-            sparsity = 1.0 - kept_fraction(config, dims)
+            share = latency_kept_fraction(config, dims) if budget == "target_latency" else kept_fraction(config, dims)
+            sparsity = 1.0 - share
         if config.structure.uniform and config.scope == "global":  # type: ignore[union-attr]
             raise ConfigError(
                 "uniform=True keeps the same widths in every layer, but scope='global' ranks units across layers. "
@@ -400,7 +402,8 @@ class Pruner:
         """Round kept neurons per layer to ``round_to``, and never remove the last attention head of the model."""
         round_to = self.config.structure.round_to  # type: ignore[union-attr]
         # Under a FLOPs/parameter target, rounding up could overshoot it: round down instead.
-        down = self.config.target_flops is not None or self.config.target_params is not None
+        config = self.config
+        down = any(target is not None for target in (config.target_flops, config.target_params, config.target_latency))
         for name, (kind, _) in self.units.items():
             count = int(keep[name].sum())
             width = keep[name].numel()
@@ -498,8 +501,6 @@ class Pruner:
         """What a trainer logs: mask sparsity, plus threshold and lambda for soft movement."""
         result = {"sparsity": self.mask_sparsity()}
         if self.units and all(find_mask(module) is not None for module in self.modules.values()):
-            from .structured import encoder_dims, plan_flops
-
             plan, dims = self.plan(), encoder_dims(self.model)
             result.update({f"{kind}_kept": value for kind, value in plan.remaining_fraction().items()})
             seq_len = self.config.flops_seq_len

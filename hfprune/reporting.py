@@ -221,10 +221,20 @@ def paired_latency_ms(
                 _call(model, model_inputs)
         for _ in range(rounds):
             for index, model in enumerate(models):
+                _synchronize(inputs[index])
                 start = time.perf_counter()
                 _call(model, inputs[index])
+                _synchronize(inputs[index])  # CUDA kernels run asynchronously: wait for them inside the timing
                 timings[index].append((time.perf_counter() - start) * 1000.0)
     return [statistics.median(t) for t in timings]
+
+
+def _synchronize(inputs: Any) -> None:
+    tensor = inputs if isinstance(inputs, torch.Tensor) else next(
+        (value for value in (inputs.values() if isinstance(inputs, Mapping) else inputs)
+         if isinstance(value, torch.Tensor)), None)  # fmt: skip
+    if tensor is not None and tensor.is_cuda:
+        torch.cuda.synchronize(tensor.device)
 
 
 def _prunable_modules(

@@ -14,121 +14,31 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .adapters import ArchAdapter
-from .adapters.base import unit_param_count
+from .budget import (
+    KINDS,
+    EncoderDims,
+    budget_of,
+    encoder_dims,
+    fisher_search,
+    kept_fraction,
+    latency_counts,
+    latency_table_for,
+    plan_flops,
+    plan_params_fraction,
+    predicted_latency_fraction,
+    rounded_within_budget,
+    uniform_fisher_search,
+)
 from .calibration import check_calibration_batch, initial_loss_scale, scaled_backward
 from .compaction import PlanMismatchError, PruningPlan, encoder_structure
 from .config import PruningConfig
 from .errors import ConfigError, MissingDataError
+from .latency import LatencyTable
 from .masks import set_mask_
 from .selection import check_round_to, round_count
-from .shrink import UnitGroup, unit_mask
+from .shrink import unit_mask
 from .structures import ColumnGroups, EncoderUnits, HybridBlocks
 from .targets import require_real_weights
-
-
-KINDS = ("heads", "neurons")
-
-
-@dataclass(frozen=True, eq=False)
-class EncoderDims:
-    """Sizes and unit costs of an encoder, from its adapter (`UnitGroup` slices and attention products).
-
-    Every layer has the same widths before pruning, so the costs of one head and one neuron are read off the
-    first layer.
-    """
-
-    adapter: ArchAdapter
-    layer: nn.Module
-    groups: dict[str, UnitGroup]
-    num_layers: int
-    num_heads: int
-    intermediate_size: int
-    model: nn.Module
-
-    def _seq_len(self, seq_len: int) -> int:
-        return self.adapter.sequence_length(self.model, seq_len)
-
-    def head_flops(self, seq_len: int) -> int:
-        """Forward FLOPs of one head: every weight it owns plus its attention products."""
-        return self.adapter.unit_flops(self.model, self.groups["heads"], self.layer, self._seq_len(seq_len))
-
-    def neuron_flops(self, seq_len: int) -> int:
-        """Forward FLOPs of one FFN neuron: its rows of the input layer and column of the output layer."""
-        return self.adapter.unit_flops(self.model, self.groups["neurons"], self.layer, self._seq_len(seq_len))
-
-    def total_flops(self, seq_len: int) -> int:
-        return int(self.total(self.head_flops(seq_len), self.neuron_flops(seq_len)))
-
-    def head_params(self) -> int:
-        """Parameters of one head: its weight slices and their bias entries."""
-        return unit_param_count(self.groups["heads"], self.layer)
-
-    def neuron_params(self) -> int:
-        """Parameters of one FFN neuron: its input row(s) and bias and its output column."""
-        return unit_param_count(self.groups["neurons"], self.layer)
-
-    def total(self, head_cost: float, neuron_cost: float) -> float:
-        """Cost of every head and neuron of the encoder, given the cost of one of each."""
-        return self.num_layers * (self.num_heads * head_cost + self.intermediate_size * neuron_cost)
-
-
-@dataclass(frozen=True)
-class Budget:
-    """A structured target: keep ``fraction`` of the cost of all heads and neurons, counted in ``unit``."""
-
-    option: str
-    unit: str
-    head: float
-    neuron: float
-    total: float
-    fraction: float
-
-    @property
-    def amount(self) -> float:
-        return self.fraction * self.total
-
-
-def budget_of(config: PruningConfig, dims: EncoderDims) -> Budget | None:
-    """The FLOPs (at ``flops_seq_len``) or parameter target of ``config``; ``None`` when it sets neither."""
-    if config.target_params is not None:
-        head, neuron, fraction = dims.head_params(), dims.neuron_params(), config.target_params
-        option, unit = "target_params", "head/FFN parameters"
-    elif config.target_flops is not None:
-        seq_len = config.flops_seq_len
-        head, neuron, fraction = dims.head_flops(seq_len), dims.neuron_flops(seq_len), config.target_flops
-        option, unit = "target_flops", "encoder FLOPs"
-    else:
-        return None
-    return Budget(option, unit, head, neuron, dims.total(head, neuron), fraction)
-
-
-def encoder_dims(model: nn.Module) -> EncoderDims:
-    adapter, layers, groups = encoder_structure(model)
-    return EncoderDims(
-        adapter=adapter,
-        layer=layers[0],
-        groups=groups,
-        num_layers=len(layers),
-        num_heads=groups["heads"].num_units(layers[0]),
-        intermediate_size=groups["neurons"].num_units(layers[0]),
-        model=model,
-    )
-
-
-def _plan_cost(plan: PruningPlan, head_cost: float, neuron_cost: float) -> float:
-    return sum(map(len, plan.heads)) * head_cost + sum(map(len, plan.neurons)) * neuron_cost
-
-
-def plan_flops(plan: PruningPlan, dims: EncoderDims, seq_len: int) -> int:
-    """Encoder FLOPs of the heads and neurons ``plan`` keeps."""
-    return int(_plan_cost(plan, dims.head_flops(seq_len), dims.neuron_flops(seq_len)))
-
-
-def plan_params_fraction(plan: PruningPlan, dims: EncoderDims) -> float:
-    """Fraction of the encoder's head and FFN parameters that ``plan`` keeps."""
-    head, neuron = dims.head_params(), dims.neuron_params()
-    return _plan_cost(plan, head, neuron) / dims.total(head, neuron)
 
 
 @dataclass(frozen=True)
@@ -157,27 +67,6 @@ def unit_targets(model: nn.Module, kinds: tuple[str, ...]) -> dict[str, UnitTarg
                 kind, index, layer.get_submodule(group.consumer), ColumnGroups(group.unit_size)
             )
     return targets
-
-
-def kept_fraction(config: PruningConfig, dims: EncoderDims) -> float:
-    """Fraction of the pruned kinds' units to keep so the encoder meets ``config``'s FLOPs or parameter target
-    (same fraction for heads and neurons, as scores of the two kinds are not on one scale)."""
-    structure = config.structure
-    budget = budget_of(config, dims)
-    assert budget is not None
-    cost = {
-        "heads": dims.num_layers * dims.num_heads * budget.head,
-        "neurons": dims.num_layers * dims.intermediate_size * budget.neuron,
-    }
-    fixed = sum(cost[kind] for kind in KINDS if kind not in structure.kinds)  # type: ignore[union-attr]
-    fraction = (budget.amount - fixed) / (budget.total - fixed)
-    if fraction < 0:
-        raise ConfigError(
-            f"{budget.option}={budget.fraction} cannot be met by pruning only {structure.kinds}: the other units "  # type: ignore
-            f"already use {fixed / budget.total:.3f} of the {budget.unit}. Raise {budget.option} or prune heads and "
-            "neurons."
-        )
-    return fraction
 
 
 # ------------------------------------------------------------------------------------------------------ scoring
@@ -411,100 +300,12 @@ def _global_keep(scores: Tensor, count: int) -> list[list[int]]:
     return [sorted(layer) for layer in kept]
 
 
-def _fisher_search(scores: dict[str, Tensor], budget: Budget, kinds: tuple) -> tuple[int, int]:
-    """Kwon et al. 2022's mask search: choose how many heads and neurons (best first, globally) maximise the kept
-    importance within the budget."""
-    heads_sorted = torch.sort(scores["heads"].reshape(-1).double(), descending=True).values
-    neurons_sorted = torch.sort(scores["neurons"].reshape(-1).double(), descending=True).values
-    head_cum = torch.cat([torch.zeros(1, dtype=torch.float64), heads_sorted.cumsum(0)])
-    neuron_cum = torch.cat([torch.zeros(1, dtype=torch.float64), neurons_sorted.cumsum(0)])
-    best = _best_counts(head_cum, neuron_cum, budget.amount, budget, kinds, min_heads=0)
-    if best is None:
-        raise ConfigError(
-            f"No choice of {' and '.join(kinds)} fits {budget.fraction:.3f} of the {budget.unit}: the units that "
-            f"are not pruned already cost more. Raise {budget.option} or prune more kinds."
-        )
-    return best
-
-
-def _uniform_fisher_search(
-    scores: dict[str, Tensor], dims: EncoderDims, budget: Budget, kinds: tuple
-) -> tuple[int, int]:
-    """The mask search with one (heads, neurons) count for every layer: maximise the importance kept over all
-    layers when each layer keeps its best ``heads`` heads and ``neurons`` neurons within its share of the budget."""
-    per_layer = {}
-    for kind in KINDS:
-        ranked = torch.sort(scores[kind].double(), dim=1, descending=True).values
-        per_layer[kind] = torch.cat([torch.zeros(1, dtype=torch.float64), ranked.cumsum(1).sum(0)])
-    best = _best_counts(per_layer["heads"], per_layer["neurons"], budget.amount / dims.num_layers, budget, kinds,
-                        min_heads=1)  # fmt: skip
-    if best is None:
-        raise ConfigError(
-            f"No per-layer choice of {' and '.join(kinds)} fits {budget.fraction:.3f} of the {budget.unit} with at "
-            f"least one head per layer. Raise {budget.option} or set uniform=False."
-        )
-    return best
-
-
-def _best_counts(
-    head_cum: Tensor, neuron_cum: Tensor, amount: float, budget: Budget, kinds: tuple, min_heads: int
-) -> tuple[int, int] | None:
-    """The (heads, neurons) counts within ``amount`` that maximise the kept importance; ``*_cum[k]`` is the
-    importance of the best ``k`` units. Kinds not pruned keep all their units."""
-    total_heads, total_neurons = head_cum.numel() - 1, neuron_cum.numel() - 1
-    head_options = range(min_heads, total_heads + 1) if "heads" in kinds else [total_heads]
-    best: tuple[float, int, int] | None = None
-    for num_heads in head_options:
-        remaining = amount - num_heads * budget.head
-        if remaining < 0:
-            break
-        if "neurons" in kinds:
-            num_neurons = min(total_neurons, int(remaining // budget.neuron))
-        elif remaining < total_neurons * budget.neuron:
-            continue
-        else:
-            num_neurons = total_neurons
-        value = float(head_cum[num_heads] + neuron_cum[num_neurons])
-        if best is None or value > best[0]:
-            best = (value, num_heads, num_neurons)
-    return None if best is None else (best[1], best[2])
-
-
-def _rounded_within_budget(
-    kept: dict[str, list[list[int]]], neuron_scores: Tensor, budget: Budget, multiple: int, uniform: bool
-) -> list[int]:
-    """Kept neurons per layer as multiples of ``multiple`` that stay within ``budget``.
-
-    Rounding to the nearest multiple can overshoot the target (a 0.5 FLOPs target ended at 0.65 with
-    ``round_to=32`` on 37-wide layers); here each layer's count is rounded down (possibly to 0: the layer's FFN is
-    then skipped), then the budget this frees is spent a multiple at a time on the layer whose next neurons score
-    highest (on every layer at once when ``uniform``). The counts the budget search chose are within it, so the
-    rounded ones are too.
-    """
-    width = neuron_scores.shape[1]
-    ranked = torch.sort(neuron_scores.double(), dim=1, descending=True).values
-    cumulative = torch.cat([torch.zeros(len(ranked), 1, dtype=torch.float64), ranked.cumsum(1)], dim=1)
-    counts = [round_count(len(layer), width, multiple, down=True) for layer in kept["neurons"]]
-    head_cost = sum(map(len, kept["heads"])) * budget.head
-
-    def cost(values: list[int]) -> float:
-        return head_cost + sum(values) * budget.neuron
-
-    while True:
-        grown = [min(width, count + multiple) for count in counts]
-        if uniform:
-            candidates = [grown] if grown != counts else []
-        else:
-            candidates = [counts[:layer] + [grown[layer]] + counts[layer + 1 :]
-                          for layer in range(len(counts)) if grown[layer] != counts[layer]]  # fmt: skip
-        candidates = [option for option in candidates if cost(option) <= budget.amount * (1 + 1e-9)]
-        if not candidates:
-            return counts
-        counts = max(candidates, key=lambda option: float(sum(cumulative[i, c] for i, c in enumerate(option))))
-
-
-def select_units(scores: dict[str, Tensor], config: PruningConfig, dims: EncoderDims, model_type: str) -> PruningPlan:
-    """Decide which heads and neurons to keep, per layer (local) or across layers (global / FLOPs target)."""
+def select_units(
+    scores: dict[str, Tensor], config: PruningConfig, dims: EncoderDims, model_type: str,
+    table: LatencyTable | None = None,
+) -> PruningPlan:  # fmt: skip
+    """Decide which heads and neurons to keep, per layer (local) or across layers (global / FLOPs target), or per
+    layer within a latency budget (``target_latency``, spent from ``table``)."""
     structure = config.structure
     if not isinstance(structure, EncoderUnits):
         raise ConfigError(f"select_units needs a structured kind; got {structure.registered_name!r}.")  # type: ignore
@@ -515,9 +316,16 @@ def select_units(scores: dict[str, Tensor], config: PruningConfig, dims: Encoder
     }
     budget = budget_of(config, dims)
     fisher = config.importance.additive_unit_scores  # type: ignore[union-attr]
-    if budget is not None and structure.uniform:
+    if config.target_latency is not None:
+        if table is None:
+            raise ConfigError("target_latency needs a latency table (hfprune.budget.latency_table_for).")
+        counts = latency_counts(scores, table, config.target_latency, kinds, uniform=structure.uniform,
+                                additive=fisher, multiple=structure.round_to)  # fmt: skip
+        for kind in kinds:
+            kept[kind] = [_top(scores[kind][layer], counts[kind][layer]) for layer in range(dims.num_layers)]
+    elif budget is not None and structure.uniform:
         if fisher:
-            counts = dict(zip(KINDS, _uniform_fisher_search(scores, dims, budget, kinds), strict=True))
+            counts = dict(zip(KINDS, uniform_fisher_search(scores, dims, budget, kinds), strict=True))
         else:
             fraction = kept_fraction(config, dims)
             counts = {k: int(math.floor(fraction * widths[k])) for k in kinds}
@@ -525,7 +333,7 @@ def select_units(scores: dict[str, Tensor], config: PruningConfig, dims: Encoder
             kept[kind] = [_top(scores[kind][layer], counts[kind]) for layer in range(dims.num_layers)]
     elif budget is not None:
         if fisher:
-            counts = dict(zip(KINDS, _fisher_search(scores, budget, kinds), strict=True))
+            counts = dict(zip(KINDS, fisher_search(scores, budget, kinds), strict=True))
         else:
             fraction = kept_fraction(config, dims)
             counts = {k: int(math.floor(fraction * widths[k] * dims.num_layers)) for k in kinds}
@@ -539,17 +347,18 @@ def select_units(scores: dict[str, Tensor], config: PruningConfig, dims: Encoder
             else:
                 count = widths[kind] - int(round(config.sparsity * widths[kind]))
                 kept[kind] = [_top(scores[kind][layer], count) for layer in range(dims.num_layers)]
-    if structure.round_to > 1 and "neurons" in kinds:
+    if structure.round_to > 1 and "neurons" in kinds and config.target_latency is None:
         if budget is None:
             counts = [round_count(len(layer_kept), widths["neurons"], structure.round_to)
                       for layer_kept in kept["neurons"]]  # fmt: skip
         else:
-            counts = _rounded_within_budget(kept, scores["neurons"], budget, structure.round_to, structure.uniform)
+            counts = rounded_within_budget(kept, scores["neurons"], budget, structure.round_to, structure.uniform)
         kept["neurons"] = [_top(scores["neurons"][layer], count) for layer, count in enumerate(counts)]
     if "heads" in kinds and not any(kept["heads"]):
         raise ConfigError(
             "This pruning would remove every attention head of every layer, leaving no attention at all. Lower the "
-            "sparsity or raise target_flops / target_params (with uniform=True, each layer's share is rounded down)."
+            "sparsity or raise target_flops / target_params / target_latency (with uniform=True, each layer's share "
+            "is rounded down)."
         )
     return PruningPlan(
         model_type=model_type,
@@ -625,12 +434,19 @@ def plan_structured(
                           "neurons or heads_and_neurons.")  # fmt: skip
     if isinstance(structure, EncoderUnits) and "neurons" in structure.kinds:
         check_round_to(structure.round_to, encoder_dims(model).intermediate_size)  # before any calibration work
+    # The latency table is measured (or read from the cache) before any calibration work: a shape the model cannot
+    # take, or a foreign table, fails first.
+    table = latency_table_for(model, config) if config.target_latency is not None else None
     importance = config.importance
     matrices: dict[tuple[str, int], Tensor] | None = {} if importance.wants_unit_interactions() else None  # type: ignore
     scores = score_units(model, config, dataloader, num_batches=num_batches, loss_fn=loss_fn, matrices=matrices)
-    plan = select_units(scores, config, encoder_dims(model), model.config.model_type)  # type: ignore[attr-defined]
+    plan = select_units(scores, config, encoder_dims(model), model.config.model_type, table)  # type: ignore[attr-defined]
     if matrices:
-        plan.extra["rearranged_swaps"] = rearrange_(plan, matrices)
+        plan.extra["rearranged_swaps"] = rearrange_(plan, matrices)  # same counts per layer: same latency
+    if table is not None:
+        plan.extra["latency_shape"] = table.key["shape"]
+        plan.extra["latency_device"] = table.key["device"]
+        plan.extra["predicted_latency_fraction"] = predicted_latency_fraction(plan, table)
     dims = encoder_dims(model)
     plan.extra["flops_seq_len"] = config.flops_seq_len
     plan.extra["encoder_flops_fraction"] = plan_flops(plan, dims, config.flops_seq_len) / dims.total_flops(
@@ -648,7 +464,9 @@ def apply_plan_masks_(model: nn.Module, plan: PruningPlan) -> None:
     plan.validate()
     dims = encoder_dims(model)
     if (plan.num_layers, plan.num_heads, plan.intermediate_size) != (
-        dims.num_layers, dims.num_heads, dims.intermediate_size
+        dims.num_layers,
+        dims.num_heads,
+        dims.intermediate_size,
     ):
         raise PlanMismatchError(
             f"The plan is for {plan.num_layers} layers of {plan.num_heads} heads and {plan.intermediate_size} "
