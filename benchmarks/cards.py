@@ -28,6 +28,7 @@ def write_card(name: str, model: Any, *, command: str, variant: str, base_model:
     pruning_config = card.pop("pruning_config", None)
     report = card.pop("report", None)
     base_report = card.pop("base_report", None)
+    card.setdefault("model_name", name)  # the base model's folder name ("final", "data") says nothing
     rendered = render_model_card(model, base_model, pruning_config, report, base_report, **card)
     path = CARDS / f"{name}.md"
     path.parent.mkdir(parents=True, exist_ok=True)

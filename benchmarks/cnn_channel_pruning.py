@@ -634,11 +634,8 @@ def cifar(args: argparse.Namespace, results: dict[str, Any], notes: list[str]) -
         "train_augmentation": None if args.no_augment else "RandomCrop(32, padding=4) + RandomHorizontalFlip, then eval transform",
         "eval_transform": str(eval_tf),
     })  # fmt: skip
-    if args.target_latency is None:
-        config = PruningConfig(importance="l1", structure="channels", target_flops=args.target_flops)
-    else:
-        config = PruningConfig(importance="l1", structure="channels", target_latency=args.target_latency,
-                               latency_shape=[args.batch_size, *CIFAR_INPUT[1:]])  # fmt: skip
+    config = PruningConfig.from_dict(variants_config(args))
+    if args.target_latency is not None:
         results["latency_table"] = latency_table_record(dense, config, example)
     results["pruning_config"] = config.to_dict()
 
@@ -792,6 +789,16 @@ def cifar(args: argparse.Namespace, results: dict[str, Any], notes: list[str]) -
         log(f"wrote {card}")
 
 
+def variants_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The PruningConfig uniform L1 and EagleEye plan with (as a dict)."""
+    from hfprune import PruningConfig
+
+    if args.target_latency is None:
+        return PruningConfig(importance="l1", structure="channels", target_flops=args.target_flops).to_dict()
+    return PruningConfig(importance="l1", structure="channels", target_latency=args.target_latency,
+                         latency_shape=[args.batch_size, *CIFAR_INPUT[1:]]).to_dict()  # fmt: skip
+
+
 def latency_table_record(dense: nn.Module, config: Any, example: torch.Tensor) -> dict[str, Any]:
     """Measure the latency table now (timed; plan_channels and eagleeye_search then read it from the cache)."""
     from hfprune.channels import latency_table_for_channels
@@ -832,8 +839,7 @@ def eagleeye_card(args: argparse.Namespace, dense: nn.Module, model: nn.Module, 
                      f"{args.epochs:g} epochs of the training split)")  # fmt: skip
     return write_card(args.card, model, command=results_command(), variant="variant eagleeye",
                       base_model="cifar_resnet56 (hfprune.models) with the CIFAR ResNet-56 weights of ../shared/data",
-                      pruning_config=PruningConfig(importance="l1", structure="channels",
-                                                   target_flops=args.target_flops),
+                      pruning_config=PruningConfig.from_dict(variants_config(args)), library="timm",
                       report=after, base_report=before, plan=plan, evaluation=evaluation,
                       method_notes=notes)  # fmt: skip
 

@@ -180,6 +180,7 @@ def main() -> int:
     if args.kd_steps:
         for name, model in pruned.items():
             log(f"{name}: {args.kd_steps} distillation steps")
+            model.requires_grad_(True)  # the Torch-Pruning baseline comes back frozen
             variants[name]["kd"] = kd_finetune(args, model, base, tokenizer)
             variants[name]["dev_accuracy_kd"] = accuracy(model, dev)
             log(f"{name}: acc after KD {variants[name]['dev_accuracy_kd']:.4f}")
