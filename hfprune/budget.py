@@ -276,6 +276,7 @@ def encoder_latency_table(
     neuron_step: int | None = None,
     rounds: int = 7,
     warmup: int = 2,
+    min_seconds: float = 1.0,
 ) -> LatencyTable:
     """Measure a transformer encoder's heads and FFN-neuron curves at ``batch_size`` x ``seq_len`` (on the
     model's device and dtype). Every layer has the same widths, so each grid width is one copy with that width
@@ -308,7 +309,9 @@ def encoder_latency_table(
     allocator = steady_allocator()
     start = time.perf_counter()
     was_training = model.training
-    dense_ms, saved = measure_savings(model.eval(), variants, example, rounds=rounds, warmup=warmup)
+    dense_ms, saved, rounds = measure_savings(
+        model.eval(), variants, example, rounds=rounds, warmup=warmup, min_seconds=min_seconds
+    )
     model.train(was_training)
     layers = [str(index) for index in range(dims.num_layers)]
     return LatencyTable(

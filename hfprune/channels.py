@@ -324,6 +324,7 @@ def channel_latency_table(
     steps: int = 8,
     rounds: int = 7,
     warmup: int = 2,
+    min_seconds: float = 1.0,
 ) -> LatencyTable:
     """Measure a CNN's channel groups at the shape of ``example_inputs`` (a batch of images).
 
@@ -355,7 +356,9 @@ def channel_latency_table(
     allocator = steady_allocator()
     start = time.perf_counter()
     was_training = model.training
-    dense_ms, saved = measure_savings(model.eval(), variants, example_inputs, rounds=rounds, warmup=warmup)
+    dense_ms, saved, rounds = measure_savings(
+        model.eval(), variants, example_inputs, rounds=rounds, warmup=warmup, min_seconds=min_seconds
+    )
     model.train(was_training)
     return LatencyTable(
         key=key,

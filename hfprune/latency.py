@@ -278,10 +278,17 @@ def measure_savings(
     rounds: int = 7,
     warmup: int = 2,
     chunk: int = 6,
-) -> tuple[float, dict[tuple[str, int], float]]:
+    min_seconds: float = 1.0,
+) -> tuple[float, dict[tuple[str, int], float], int]:
     """Time ``dense`` against each variant ``(curve, width, build, num_blocks)`` in interleaved rounds, a chunk of
     variants at a time (each chunk with the dense model, so drift between chunks cancels); return the dense
-    median and each variant's saving per block."""
+    median, each variant's saving per block, and the rounds used.
+
+    At least ``rounds`` rounds, more when the model is fast: each model is timed for about ``min_seconds`` per
+    chunk (a 30 ms forward at batch 1 gets ~34 rounds), since one round's noise weighs more on a short forward.
+    """
+    dense_ms = paired_latency_ms([dense], example_inputs, rounds=3, warmup=warmup)[0]
+    rounds = max(rounds, min(200, math.ceil(min_seconds * 1000.0 / max(dense_ms, 1e-3))))
     dense_times, saved = [], {}
     for start in range(0, len(variants), chunk):
         part = variants[start : start + chunk]
@@ -292,7 +299,7 @@ def measure_savings(
             saved[(curve, width)] = (times[0] - time_ms) / num_blocks
         del models
     dense_times.sort()
-    return dense_times[len(dense_times) // 2], saved
+    return dense_times[len(dense_times) // 2], saved, rounds
 
 
 def curves_from_savings(

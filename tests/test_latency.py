@@ -108,7 +108,7 @@ def test_table_round_trips_and_refuses_what_it_was_not_measured_for(tmp_path):
 
 def test_encoder_table_measures_every_head_count_and_a_neuron_grid():
     model = tiny_bert()
-    table = encoder_latency_table(model, batch_size=2, seq_len=16, neuron_step=8, rounds=1, warmup=0)
+    table = encoder_latency_table(model, batch_size=2, seq_len=16, neuron_step=8, rounds=1, warmup=0, min_seconds=0)
     assert table.curves["heads"].widths == [0, 1, 2, 3, 4]
     assert table.curves["neurons"].widths == [0, 8, 16, 24, 32, 37]
     assert table.curves["heads"].blocks == ["0", "1"]
@@ -316,7 +316,7 @@ def test_channel_plans_meet_a_latency_target_on_friendly_widths(tmp_path):
 def test_channel_table_measures_each_class_and_caches_it():
     model = _resnet20()
     config = PruningConfig(structure="channels", target_latency=0.8)
-    table = channel_latency_table(model, X32, rounds=1, warmup=0)
+    table = channel_latency_table(model, X32, rounds=1, warmup=0, min_seconds=0)
     assert len(table.curves) == 5
     stage_one = next(c for name, c in table.curves.items() if name.startswith("conv 16->16"))
     assert stage_one.widths == [2, 4, 6, 8, 10, 12, 14, 16]
