@@ -302,21 +302,54 @@ def measure_savings(
     return dense_times[len(dense_times) // 2], saved, rounds
 
 
+def measured_latency_fraction(
+    dense: nn.Module, pruned: nn.Module, example_inputs: Any, min_seconds: float = 1.0
+) -> float:
+    """``pruned``'s median latency over ``dense``'s, in interleaved rounds (about ``min_seconds`` per model)."""
+    dense_ms = paired_latency_ms([dense], example_inputs, rounds=3, warmup=2)[0]
+    rounds = max(7, min(200, math.ceil(min_seconds * 1000.0 / max(dense_ms, 1e-3))))
+    was_training = dense.training
+    times = paired_latency_ms([dense, pruned], example_inputs, rounds=rounds, warmup=2)
+    dense.train(was_training)
+    return times[1] / times[0]
+
+
 def curves_from_savings(
     saved: Mapping[tuple[str, int], float], full: Mapping[str, int], blocks: Mapping[str, list[str]]
 ) -> dict[str, LatencyCurve]:
     """One curve per kind from measured savings ``{(kind, width): ms per block}`` and each kind's full width (which
-    saves 0), made monotone: from the full width down, a narrower block saves at least what a wider one does."""
+    saves 0), made monotone (a narrower block saves at least what a wider one does) by isotonic regression.
+
+    Not by a running maximum: that keeps the luckiest of the noisy neighbours, and the optimism adds up over the
+    curves of a plan (ResNet-50's 15 classes of channel groups predicted 0.45 of the dense latency for a plan
+    that measured 0.60; the least-squares fit predicts 0.59).
+    """
     curves = {}
     for name, width in full.items():
-        measured = sorted((w, s) for (c, w), s in saved.items() if c == name) + [(width, 0.0)]
-        monotone, best = [], 0.0
-        for _, value in reversed(measured):
-            best = max(best, value)
-            monotone.append(best)
-        curves[name] = LatencyCurve(widths=[w for w, _ in measured], saved_ms=list(reversed(monotone)),
-                                    blocks=blocks[name], measured_ms=[s for _, s in measured])  # fmt: skip
+        measured = sorted((w, s) for (c, w), s in saved.items() if c == name)
+        fitted = _nonincreasing_fit([value for _, value in measured] + [0.0])
+        curves[name] = LatencyCurve(widths=[w for w, _ in measured] + [width], saved_ms=fitted,
+                                    blocks=blocks[name], measured_ms=[s for _, s in measured] + [0.0])  # fmt: skip
     return curves
+
+
+def _nonincreasing_fit(values: list[float]) -> list[float]:
+    """The least-squares non-increasing sequence closest to ``values`` (pool adjacent violators), its last value
+    held at the last of ``values`` (the full width saves exactly nothing)."""
+    pools: list[list[float]] = []  # [mean, weight, count]
+    for index, value in enumerate(values):
+        weight = 1e9 if index == len(values) - 1 else 1.0
+        pools.append([value, weight, 1])
+        while len(pools) > 1 and pools[-2][0] < pools[-1][0]:
+            mean2, weight2, count2 = pools.pop()
+            mean1, weight1, count1 = pools.pop()
+            total = weight1 + weight2
+            pools.append([(mean1 * weight1 + mean2 * weight2) / total, total, count1 + count2])
+    fitted = []
+    for mean, _, count in pools:
+        fitted += [mean] * count
+    fitted[-1] = values[-1]
+    return fitted
 
 
 def width_grid(width: int, step: int) -> list[int]:
