@@ -170,7 +170,8 @@ def _sweep_file(tmp_path):
                "dev_accuracy": accuracy, "reached_remaining": remaining}
               for method, remaining, seed, accuracy in [
                   ("magnitude", 0.1, 42, 0.78), ("magnitude", 0.1, 43, 0.76), ("magnitude", 0.03, 42, 0.70),
-                  ("movement", 0.1, 42, 0.80), ("movement", 0.03, 42, 0.74), ("magnitude", 0.5, 42, 0.86)]]  # fmt: skip
+                  ("movement", 0.1, 42, 0.80), ("movement", 0.03, 42, 0.74),
+                ("magnitude", 0.5, 42, 0.86)]]  # fmt: skip
     points.append({**points[0], "task": "mrpc", "dev_accuracy": 0.70})
     path = tmp_path / "sweep.json"
     path.write_text(json.dumps({"points": points, "dense": {"sst2": {"dev_accuracy": 0.88}}}))
