@@ -349,6 +349,8 @@ def _nonincreasing_fit(values: list[float]) -> list[float]:
     for mean, _, count in pools:
         fitted += [mean] * count
     fitted[-1] = values[-1]
+    for index in range(len(fitted) - 2, -1, -1):  # exactly monotone despite the anchor's rounding
+        fitted[index] = max(fitted[index], fitted[index + 1])
     return fitted
 
 

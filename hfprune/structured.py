@@ -6,6 +6,8 @@ removes the units, and `apply_plan_masks_` zeroes them instead (same outputs, de
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -14,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .adapters import get_adapter
 from .budget import (
     KINDS,
     EncoderDims,
@@ -30,10 +33,10 @@ from .budget import (
     uniform_fisher_search,
 )
 from .calibration import check_calibration_batch, initial_loss_scale, scaled_backward
-from .compaction import PlanMismatchError, PruningPlan, encoder_structure
+from .compaction import PlanMismatchError, PruningPlan, compact_, encoder_structure
 from .config import PruningConfig
 from .errors import ConfigError, MissingDataError
-from .latency import LatencyTable
+from .latency import LatencyTable, measured_latency_fraction
 from .masks import set_mask_
 from .selection import check_round_to, round_count
 from .shrink import unit_mask
@@ -440,19 +443,57 @@ def plan_structured(
     importance = config.importance
     matrices: dict[tuple[str, int], Tensor] | None = {} if importance.wants_unit_interactions() else None  # type: ignore
     scores = score_units(model, config, dataloader, num_batches=num_batches, loss_fn=loss_fn, matrices=matrices)
-    plan = select_units(scores, config, encoder_dims(model), model.config.model_type, table)  # type: ignore[attr-defined]
-    if matrices:
-        plan.extra["rearranged_swaps"] = rearrange_(plan, matrices)  # same counts per layer: same latency
     if table is not None:
-        plan.extra["latency_shape"] = table.key["shape"]
-        plan.extra["latency_device"] = table.key["device"]
-        plan.extra["predicted_latency_fraction"] = predicted_latency_fraction(plan, table)
+        plan = _measured_latency_plan(model, config, scores, matrices, table)
+    else:
+        plan = select_units(scores, config, encoder_dims(model), model.config.model_type)  # type: ignore[attr-defined]
+        if matrices:
+            plan.extra["rearranged_swaps"] = rearrange_(plan, matrices)
     dims = encoder_dims(model)
     plan.extra["flops_seq_len"] = config.flops_seq_len
     plan.extra["encoder_flops_fraction"] = plan_flops(plan, dims, config.flops_seq_len) / dims.total_flops(
         config.flops_seq_len
     )
     plan.extra["encoder_params_fraction"] = plan_params_fraction(plan, dims)
+    return plan
+
+
+def _measured_latency_plan(
+    model: nn.Module, config: PruningConfig, scores: dict[str, Tensor], matrices: dict | None, table: LatencyTable,
+    attempts: int = 3, tolerance: float = 0.03,
+) -> PruningPlan:  # fmt: skip
+    """The plan for ``config.target_latency`` from the table, then checked: compacted and timed against the dense
+    model at the latency shape; while it misses by more than ``tolerance``, the aim is rescaled by the miss and the
+    plan made again (a table measured while the machine drifted can be a few percent off). The closest plan is
+    returned, with each attempt's predicted and measured latency."""
+    target = config.target_latency
+    example = get_adapter(model).example_inputs(model, *table.key["shape"])
+    aim, best, tried = target, None, []
+    for _ in range(attempts):
+        try:
+            plan = select_units(scores, dataclasses.replace(config, target_latency=aim), encoder_dims(model),
+                                model.config.model_type, table)  # type: ignore[attr-defined]  # fmt: skip
+        except ConfigError:
+            if best is None:  # the target itself is out of reach: the error says how far
+                raise
+            break
+        if matrices:
+            plan.extra["rearranged_swaps"] = rearrange_(plan, matrices)  # same counts per layer: same latency
+        predicted = predicted_latency_fraction(plan, table)
+        pruned = copy.deepcopy(model)
+        compact_(pruned, plan)
+        measured = measured_latency_fraction(model, pruned, example)
+        del pruned
+        tried.append({"aim": aim, "predicted": predicted, "measured": measured})
+        if best is None or abs(measured - target) < abs(best[1] - target):  # type: ignore[operator]
+            best = (plan, measured, predicted)
+        if abs(measured / target - 1.0) <= tolerance:  # type: ignore[operator]
+            break
+        aim = min(1.0, aim * target / measured)  # type: ignore[operator]
+    plan, measured, predicted = best  # type: ignore[misc]
+    plan.extra.update({"latency_shape": table.key["shape"], "latency_device": table.key["device"],
+                       "predicted_latency_fraction": predicted, "measured_latency_fraction": measured,
+                       "latency_attempts": tried})  # fmt: skip
     return plan
 
 
