@@ -30,6 +30,7 @@ from .latency import (
     LatencyCurve,
     LatencyTable,
     LatencyTableMismatchError,
+    aim_by_measuring,
     cached_table,
     curves_from_savings,
     measure_savings,
@@ -712,37 +713,24 @@ def plan_channels(
 
 def _measured_latency_plan(
     model: nn.Module, config: PruningConfig, example_inputs: Tensor, scores: dict[str, Tensor], table: LatencyTable,
-    max_ratio: float, attempts: int = 3, tolerance: float = 0.03,
+    max_ratio: float,
 ) -> ChannelPlan:  # fmt: skip
-    """The same ratio in every group, aimed at ``config.target_latency`` by the table, then checked: the pruned copy
-    is timed against the dense model at the latency shape, and while it misses by more than ``tolerance`` the aim
-    is rescaled by the miss and the plan made again (the table adds up each class of groups measured alone, which
-    over-promises when many small savings overlap, as in MobileNetV2). The closest plan is returned, with its
-    predicted and measured latency."""
-    target = config.target_latency
+    """The same ratio in every group, aimed at ``config.target_latency`` by the table, then timed against the dense
+    model at the latency shape and re-aimed while it misses (`hfprune.latency.aim_by_measuring`)."""
     inputs = latency_inputs(config, example_inputs)
     relative = {name: 1.0 for name in scores}
-    aim, best, tried = target, None, []
-    for _ in range(attempts):
-        try:
-            counts = _counts_for_latency(relative, scores, table, aim, max_ratio, config.structure.round_to)  # type: ignore
-        except ConfigError:
-            if best is None:  # the target itself is out of reach: the error says how far
-                raise
-            break  # a re-aimed target is out of reach: keep the closest plan so far
+
+    def plan_for(aim: float) -> ChannelPlan:
+        counts = _counts_for_latency(relative, scores, table, aim, max_ratio, config.structure.round_to)  # type: ignore
         plan = plan_from_counts(scores, counts)
         _record_latency(plan, table, counts)
+        return plan
+
+    def measure(plan: ChannelPlan) -> float:
         pruned = apply_channel_plan_(copy.deepcopy(model), plan, example_inputs)
-        measured = measured_latency_fraction(model, pruned, inputs)
-        tried.append({"aim": aim, "predicted": plan.extra["predicted_latency_fraction"], "measured": measured})
-        if best is None or abs(measured - target) < abs(best[1] - target):
-            best = (plan, measured)
-        if abs(measured / target - 1.0) <= tolerance:  # type: ignore[operator]
-            break
-        aim = aim * target / measured  # type: ignore[operator]
-    plan, measured = best  # type: ignore[misc]
-    plan.extra.update({"measured_latency_fraction": measured, "latency_attempts": tried})
-    return plan
+        return measured_latency_fraction(model, pruned, inputs)
+
+    return aim_by_measuring(config.target_latency, plan_for, measure)  # type: ignore[arg-type]
 
 
 def _record_latency(plan: ChannelPlan, table: LatencyTable, counts: dict[str, int]) -> None:

@@ -36,7 +36,7 @@ from .calibration import check_calibration_batch, initial_loss_scale, scaled_bac
 from .compaction import PlanMismatchError, PruningPlan, compact_, encoder_structure
 from .config import PruningConfig
 from .errors import ConfigError, MissingDataError
-from .latency import LatencyTable, measured_latency_fraction
+from .latency import LatencyTable, aim_by_measuring, measured_latency_fraction
 from .masks import set_mask_
 from .selection import check_round_to, round_count
 from .shrink import unit_mask
@@ -459,42 +459,27 @@ def plan_structured(
 
 
 def _measured_latency_plan(
-    model: nn.Module, config: PruningConfig, scores: dict[str, Tensor], matrices: dict | None, table: LatencyTable,
-    attempts: int = 3, tolerance: float = 0.03,
-) -> PruningPlan:  # fmt: skip
-    """The plan for ``config.target_latency`` from the table, then checked: compacted and timed against the dense
-    model at the latency shape; while it misses by more than ``tolerance``, the aim is rescaled by the miss and the
-    plan made again (a table measured while the machine drifted can be a few percent off). The closest plan is
-    returned, with each attempt's predicted and measured latency."""
-    target = config.target_latency
+    model: nn.Module, config: PruningConfig, scores: dict[str, Tensor], matrices: dict | None, table: LatencyTable
+) -> PruningPlan:
+    """The plan for ``config.target_latency`` from the table, compacted, timed against the dense model at the
+    latency shape and re-aimed while it misses (`hfprune.latency.aim_by_measuring`)."""
     example = get_adapter(model).example_inputs(model, *table.key["shape"])
-    aim, best, tried = target, None, []
-    for _ in range(attempts):
-        try:
-            plan = select_units(scores, dataclasses.replace(config, target_latency=aim), encoder_dims(model),
-                                model.config.model_type, table)  # type: ignore[attr-defined]  # fmt: skip
-        except ConfigError:
-            if best is None:  # the target itself is out of reach: the error says how far
-                raise
-            break
+
+    def plan_for(aim: float) -> PruningPlan:
+        plan = select_units(scores, dataclasses.replace(config, target_latency=aim), encoder_dims(model),
+                            model.config.model_type, table)  # type: ignore[attr-defined]  # fmt: skip
         if matrices:
             plan.extra["rearranged_swaps"] = rearrange_(plan, matrices)  # same counts per layer: same latency
-        predicted = predicted_latency_fraction(plan, table)
+        plan.extra.update({"latency_shape": table.key["shape"], "latency_device": table.key["device"],
+                           "predicted_latency_fraction": predicted_latency_fraction(plan, table)})  # fmt: skip
+        return plan
+
+    def measure(plan: PruningPlan) -> float:
         pruned = copy.deepcopy(model)
         compact_(pruned, plan)
-        measured = measured_latency_fraction(model, pruned, example)
-        del pruned
-        tried.append({"aim": aim, "predicted": predicted, "measured": measured})
-        if best is None or abs(measured - target) < abs(best[1] - target):  # type: ignore[operator]
-            best = (plan, measured, predicted)
-        if abs(measured / target - 1.0) <= tolerance:  # type: ignore[operator]
-            break
-        aim = min(1.0, aim * target / measured)  # type: ignore[operator]
-    plan, measured, predicted = best  # type: ignore[misc]
-    plan.extra.update({"latency_shape": table.key["shape"], "latency_device": table.key["device"],
-                       "predicted_latency_fraction": predicted, "measured_latency_fraction": measured,
-                       "latency_attempts": tried})  # fmt: skip
-    return plan
+        return measured_latency_fraction(model, pruned, example)
+
+    return aim_by_measuring(config.target_latency, plan_for, measure)  # type: ignore[arg-type]
 
 
 @torch.no_grad()
