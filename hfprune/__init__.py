@@ -21,8 +21,10 @@ from .importance import (
     MovementImportance,
     RandomImportance,
     SoftMovementImportance,
+    SynFlowImportance,
     TaylorImportance,
 )
+from .lottery import LotteryConfig, find_lottery_ticket
 from .pruner import Pruner, prune_
 from .reporting import PruningReport, compare_reports, report
 from .schedules import ConstantSchedule, CubicSchedule, LinearSchedule
@@ -45,6 +47,7 @@ __all__ = [
     "HfPruneError",
     "HfPruneWarning",
     "L2MagnitudeImportance",
+    "LotteryConfig",
     "LinearSchedule",
     "MagnitudeImportance",
     "MissingDataError",
@@ -57,12 +60,14 @@ __all__ = [
     "PruningReport",
     "RandomImportance",
     "SoftMovementImportance",
+    "SynFlowImportance",
     "TaylorImportance",
     "UnsupportedArchitectureError",
     "Unstructured",
     "__version__",
     "compact_",
     "compare_reports",
+    "find_lottery_ticket",
     "load_pruned",
     "plan_structured",
     "kd_loss",

@@ -118,3 +118,37 @@ def calibration_loss(model: nn.Module, batch: Any, loss_fn: Callable[..., Tensor
         f"Calibration batches must be dicts of model inputs with labels, or (inputs, targets) pairs; got "
         f"{type(batch).__name__}."
     )
+
+
+def synaptic_flow_backward(model: nn.Module, input_shape: tuple[int, ...]) -> None:
+    """Leave in every parameter's ``.grad`` the gradient of SynFlow's objective (Tanaka et al. 2020): the sum of the
+    outputs of the network with every weight, bias and BatchNorm statistic replaced by its absolute value, in
+    eval mode, on one all-ones input of ``input_shape`` (no batch dimension). Needs no data. The pass runs in
+    float64 (the product of absolute weights overflows float32 in deep nets) unless the model mixes float dtypes;
+    weights, signs, dtype and mode are restored afterwards, so only ``.grad`` changes."""
+    was_training = model.training
+    floats = {t.dtype for t in model.state_dict(keep_vars=True).values() if t.is_floating_point()}
+    dtype = floats.pop() if len(floats) == 1 else None
+    signs: dict[str, Tensor] = {}
+    model.eval()
+    if dtype is not None:
+        model.double()
+    try:
+        with torch.no_grad():
+            for name, tensor in model.state_dict(keep_vars=True).items():
+                if tensor.is_floating_point():
+                    signs[name] = torch.sign(tensor)
+                    tensor.abs_()
+        model.zero_grad(set_to_none=True)
+        weight = next(p for p in model.parameters() if p.is_floating_point())
+        output = model(torch.ones((1, *input_shape), dtype=weight.dtype, device=weight.device))
+        logits = output.logits if hasattr(output, "logits") else output
+        logits.sum().backward()
+    finally:
+        with torch.no_grad():
+            for name, tensor in model.state_dict(keep_vars=True).items():
+                if name in signs:
+                    tensor.mul_(signs[name])
+        if dtype is not None:
+            model.to(dtype)  # gradients too
+        model.train(was_training)

@@ -41,7 +41,7 @@ class ChannelStats(Protocol):
 IMPORTANCES: Registry[Importance] = Registry("importance")
 
 #: What a criterion needs from a run, hence what the engines gather for it (and which data it requires).
-NEEDS = ("weights", "seed", "gradients", "per_example_gradients", "activations", "learned_scores")
+NEEDS = ("weights", "seed", "gradients", "per_example_gradients", "activations", "learned_scores", "synaptic_flow")
 #: Needs only calibration (or training) data can meet.
 DATA_NEEDS = ("gradients", "per_example_gradients", "activations")
 #: Needs met by backward passes.
@@ -182,13 +182,14 @@ class RandomImportance(Importance):
         return stats.random()
 
 
-@IMPORTANCES.register("taylor", "gradient_weight")
+@IMPORTANCES.register("taylor", "gradient_weight", "snip")
 @dataclass(frozen=True)
 class TaylorImportance(Importance):
     """First-order Taylor estimate of the loss change when a weight is removed: ``|w * dL/dw|``.
 
     This is ShrinkBench's "gradient x weight" baseline (Molchanov et al. 2017). It is averaged over every backward
-    pass seen by `Pruner.accumulate`, so give it a few batches of real data.
+    pass seen by `Pruner.accumulate`, so give it a few batches of real data. Applied at initialization (before
+    training) it is SNIP's connection sensitivity (Lee et al. 2019), hence the alias ``"snip"``.
     """
 
     needs: ClassVar[str] = "gradients"
@@ -214,6 +215,60 @@ class TaylorImportance(Importance):
                 "or pass a dataloader to prune_()."
             )
         return state["sum"] / state["count"].float()
+
+
+@IMPORTANCES.register("synflow")
+@dataclass(frozen=True)
+class SynFlowImportance(Importance):
+    """Iterative Synaptic Flow pruning (Tanaka et al. 2020): data-free pruning at initialization.
+
+    A weight's score is ``|w * dR/dw|`` where ``R`` is the summed output of the network with every parameter replaced
+    by its absolute value, fed one all-ones input (`hfprune.calibration.synaptic_flow_backward`). `prune_` prunes in
+    ``iterations`` steps on an exponential schedule (kept share ``d**(k/iterations)`` for a final density ``d``),
+    re-scoring the masked network each time: removing a weight lowers the flow through its neighbours, so a layer is
+    never emptied while others keep weights (the paper's "layer collapse", which magnitude and SNIP suffer at
+    extreme sparsity). The guarantee is over paths through weights: a bias (or BatchNorm shift) feeds flow past the
+    layers before it, so a layer whose weights carry little flow next to its neighbours' biases can still empty.
+    Use it with ``scope="global"``, as the paper does. One-shot only (`prune_`).
+
+    Args:
+        iterations (`int`, defaults to 100): Scoring-and-pruning rounds (the paper's 100).
+        input_shape (`tuple[int, ...]`, *optional*): Shape of one input without the batch dimension, e.g.
+            ``(3, 32, 32)``; default: the shape of the first batch of the dataloader given to `prune_` (only its
+            shape is read).
+    """
+
+    needs: ClassVar[str] = "synaptic_flow"
+    supported_structures: ClassVar[tuple[str, ...]] = PER_TENSOR_STRUCTURES
+    iterations: int = 100
+    input_shape: tuple[int, ...] | None = None
+
+    def validate(self) -> None:
+        if self.iterations < 1:
+            raise ConfigError(f"SynFlow iterations must be >= 1; got {self.iterations}.")
+        if self.input_shape is not None:  # a list from JSON/YAML: stored as the tuple it is, so configs compare equal
+            object.__setattr__(self, "input_shape", tuple(self.input_shape))
+        if self.input_shape is not None and (not self.input_shape or any(int(n) < 1 for n in self.input_shape)):
+            raise ConfigError(
+                f"input_shape is one input's shape without the batch dimension, e.g. (3, 32, 32); got "
+                f"{self.input_shape!r}."
+            )
+
+    def init_state(self, weight: Tensor, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        return {"score": torch.zeros_like(weight, dtype=torch.float32), "passes": torch.zeros((), dtype=torch.long)}
+
+    def update(self, state: dict[str, Tensor], weight: Tensor, grad: Tensor) -> None:
+        # Each pass scores the network as it is now (masked weights score 0): the latest pass replaces the last.
+        state["score"] = (weight.detach().double() * grad.detach().double()).abs().float()
+        state["passes"] += 1
+
+    def score(self, state: dict[str, Tensor], weight: Tensor) -> Tensor:
+        if int(state["passes"]) == 0:
+            raise ConfigError(
+                "SynFlow scores a network at initialization, in one call: use hfprune.prune_(model, config) (it runs "
+                "the data-free passes itself), not PruningTrainer or a Pruner in a training loop."
+            )
+        return state["score"]
 
 
 @IMPORTANCES.register("movement", "hard_movement")

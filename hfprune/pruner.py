@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .adapters import get_adapter
 from .budget import encoder_dims, kept_fraction, latency_kept_fraction, plan_flops
-from .calibration import check_calibration_batch, initial_loss_scale, scaled_backward
+from .calibration import check_calibration_batch, initial_loss_scale, scaled_backward, synaptic_flow_backward
 from .config import PruningConfig
 from .errors import ConfigError, MissingDataError, NoPrunableModulesError
 from .masks import find_mask, get_raw_weight, merge_masks_, remove_mask_, set_mask_
@@ -609,6 +609,10 @@ def prune_(
             "prune in one shot. Use PruningTrainer (or Pruner in your training loop), or 'taylor' for one-shot "
             "pruning."
         )
+    if config.importance.needs == "synaptic_flow":  # type: ignore[union-attr]
+        _prune_by_synaptic_flow_(pruner, _synaptic_flow_input_shape(model, config, dataloader))
+        pruner.make_permanent_()
+        return model
     if pruner.requires_grad:
         if dataloader is None:
             raise MissingDataError(
@@ -635,3 +639,48 @@ def prune_(
     pruner.apply_sparsity_(config.sparsity)
     pruner.make_permanent_()
     return model
+
+
+def _synaptic_flow_input_shape(model: nn.Module, config: PruningConfig, dataloader: Iterable[Any] | None) -> tuple:
+    """One input's shape for SynFlow's all-ones pass: the importance's ``input_shape``, else the first batch's."""
+    embeddings = getattr(model, "get_input_embeddings", lambda: None)()
+    if isinstance(embeddings, nn.Embedding):
+        raise ConfigError(
+            f"SynFlow feeds the network an all-ones float input, which {type(model).__name__} (it takes token ids) "
+            "has no use for. Use it on models that take images or feature vectors, or use 'magnitude', 'random' or "
+            "'snip' at initialization."
+        )
+    shape = config.importance.input_shape  # type: ignore[union-attr]
+    if shape is not None:
+        return tuple(shape)
+    if dataloader is None:
+        raise MissingDataError(
+            "SynFlow needs no data, only the shape of one input: set it in the importance, e.g. "
+            "{'type': 'synflow', 'input_shape': [3, 32, 32]}, or pass a dataloader (only its first batch's shape is "
+            "read)."
+        )
+    batch = next(iter(dataloader), None)
+    inputs = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+    if isinstance(inputs, Mapping):
+        inputs = next((v for v in inputs.values() if isinstance(v, Tensor) and v.is_floating_point()), None)
+    if not isinstance(inputs, Tensor) or not inputs.is_floating_point() or inputs.dim() < 2:
+        raise ConfigError(
+            "SynFlow reads one input's shape from the dataloader's first batch, which holds no batched float tensor "
+            f"(got {type(inputs).__name__}). Set input_shape in the importance instead."
+        )
+    return tuple(inputs.shape[1:])
+
+
+def _prune_by_synaptic_flow_(pruner: Pruner, input_shape: tuple[int, ...]) -> None:
+    """Iterative SynFlow: re-score the masked network and prune a little more, ``iterations`` times, the kept share
+    of each module shrinking exponentially to its final density (Tanaka et al. 2020, Algorithm 1)."""
+    config = pruner.config
+    final = {name: pruner.overrides.get(name, float(config.sparsity)) for name in pruner.modules}
+    iterations = config.importance.iterations  # type: ignore[union-attr]
+    for iteration in range(1, iterations + 1):
+        synaptic_flow_backward(pruner.model, input_shape)
+        for name, module in pruner.modules.items():
+            config.importance.update(pruner.importance_state[name], module.weight, get_raw_weight(module).grad)  # type: ignore
+        share = iteration / iterations
+        pruner.apply_sparsity_({name: 1.0 - (1.0 - sparsity) ** share for name, sparsity in final.items()})
+    pruner.model.zero_grad(set_to_none=True)

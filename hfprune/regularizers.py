@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
@@ -49,3 +50,75 @@ class BatchNormL1(Regularizer):
         if self.weight and not norms:
             raise ConfigError("bn_l1 > 0 penalizes BatchNorm scales, but the model has no BatchNorm layer.")
         return lambda: self.weight * sum(norm.weight.abs().sum() for norm in norms)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Polarization(Regularizer):
+    """Polarization (Zhuang et al. 2020): ``weight * sum(t * |gamma| - |gamma - mean(gamma)|)`` over every BatchNorm
+    scale, the mean taken over all of them. The L1 term pushes scales down as network slimming's does; the second
+    term pushes them away from their mean, so that they split into a group near 0 and a group clearly above it,
+    and a threshold in the gap (`polarization_threshold`) separates the channels to prune from the rest instead of
+    cutting through a continuum. The paper clamps scales to [0, 1]; train with ``clamp=True`` to do the same.
+
+    Args:
+        weight (`float`): Penalty weight (lambda; the paper uses about 1e-4 on CIFAR).
+        t (`float`, defaults to 1.2): Balance of the L1 term against the polarizing term; larger prunes more.
+        clamp (`bool`, defaults to True): Clamp every BatchNorm scale to [0, 1] before each forward pass of the
+            bound model, as the paper's training does (a scale can then never turn negative).
+    """
+
+    weight: float
+    t: float = 1.2
+    clamp: bool = True
+    log_name = "polarization_loss"
+
+    def __post_init__(self) -> None:
+        if self.weight < 0:
+            raise ConfigError(f"The polarization weight must be >= 0; got {self.weight}.")
+        if self.t <= 0:
+            raise ConfigError(f"Polarization t must be > 0 (the paper uses 0.6 to 1.6); got {self.t}.")
+
+    def bind(self, model: nn.Module) -> Callable[[], Tensor]:
+        norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
+        if not norms:
+            raise ConfigError("Polarization penalizes BatchNorm scales, but the model has no BatchNorm layer.")
+
+        if self.clamp:
+            # Before each forward, not in the penalty: the forward has already used the scales by then.
+            for norm in norms:
+                norm.register_forward_pre_hook(_clamp_scale)
+
+        def penalty() -> Tensor:
+            scales = torch.cat([norm.weight.reshape(-1) for norm in norms])
+            return self.weight * (self.t * scales.abs().sum() - (scales - scales.mean()).abs().sum())
+
+        return penalty
+
+
+@torch.no_grad()
+def _clamp_scale(norm: nn.Module, inputs: tuple) -> None:
+    norm.weight.clamp_(0.0, 1.0)
+
+
+def polarization_threshold(scales: Tensor, bins: int = 100) -> float:
+    """The scale in the middle of the widest empty stretch of a histogram of ``scales`` (all BatchNorm scales of a
+    model) below their mean: where a polarized network separates the channels it switched off from the others.
+    Returns 0.0 when the histogram has no empty bin below the mean (the scales did not polarize)."""
+    values = scales.detach().float().abs().reshape(-1)
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return 0.0
+    counts = torch.histc(values, bins=bins, min=low, max=high)
+    width = (high - low) / bins
+    limit = int((float(values.mean()) - low) / width)
+    best, start, best_range = 0, None, None
+    for index in range(min(limit, bins)):
+        if counts[index] == 0:
+            start = index if start is None else start
+            if index - start + 1 > best:
+                best, best_range = index - start + 1, (start, index)
+        else:
+            start = None
+    if best_range is None:
+        return 0.0
+    return low + width * (best_range[0] + best_range[1] + 1) / 2
