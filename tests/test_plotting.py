@@ -21,6 +21,7 @@ RESULT_FILES = [
     "cnn_channel_pruning.json",
     "cnn_channel_pruning_momentum_3ep.json",
     "latency_aware_cnn.json",
+    "latency_aware.json",
     "latency_aware_fixed_rounds.json",
 ]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
