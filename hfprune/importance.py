@@ -49,7 +49,7 @@ GRADIENT_NEEDS = ("gradients", "per_example_gradients", "learned_scores")
 
 #: Structure names, grouped by the engine that runs them: per-tensor masks (`Pruner`), encoder units (heads and
 #: FFN neurons) and CNN channels.
-PER_TENSOR_STRUCTURES = ("unstructured", "blocks")
+PER_TENSOR_STRUCTURES = ("unstructured", "blocks", "stripes")
 UNIT_STRUCTURES = ("heads", "neurons", "heads_and_neurons")
 #: Fine-pruning structures that mix per-tensor blocks and units (`HybridBlocks`).
 HYBRID_STRUCTURES = ("hybrid",)

@@ -104,6 +104,33 @@ class Blocks(Structure):
         return mask.reshape(shape)
 
 
+@STRUCTURES.register("stripes")
+@dataclass(frozen=True)
+class Stripes(Structure):
+    """Stripes of convolution kernels (stripe-wise pruning, Meng et al. 2020): one unit is one kernel position of one
+    filter across all its input channels, a 1 x 1 x C stripe, so a 3 x 3 filter has 9 units. Removing stripes
+    keeps every filter (no channel disappears) but lets a filter keep only the positions that matter; a
+    convolution whose stripes are gone runs as a sum of shifted 1 x 1 convolutions
+    (`hfprune.stripes.compact_stripes_`). Conv2d weights only.
+    """
+
+    def check(self, name: str, shape: torch.Size) -> None:
+        if len(shape) != 4:
+            raise ConfigError(
+                f"Module {name!r} has a weight of shape {tuple(shape)}; stripes are positions of 2-D convolution "
+                "kernels (weights [out, in, kh, kw]). Target only nn.Conv2d layers (target_modules)."
+            )
+
+    def unit_size(self, shape: torch.Size) -> int:
+        return shape[1]
+
+    def reduce(self, scores: Tensor) -> Tensor:
+        return scores.sum(dim=1).reshape(-1)
+
+    def expand(self, keep: Tensor, shape: torch.Size) -> Tensor:
+        return keep.reshape(shape[0], 1, shape[2], shape[3]).expand(shape).clone()
+
+
 @dataclass(frozen=True)
 class ColumnGroups(Structure):
     """Groups of ``size`` consecutive input columns of one weight: the per-tensor face of heads and neurons.
