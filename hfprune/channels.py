@@ -617,6 +617,36 @@ def _linear_flops_model(
     return dense, per_channel
 
 
+def _global_ratios(
+    scores: dict[str, Tensor], saved: Callable[[dict[str, float]], float], need: float, max_ratio: float,
+    dense: int | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """Per-group ratios from one score threshold for every group (network slimming's global threshold on BN
+    scales): the lowest threshold whose removed channels (at most ``max_ratio`` of a group) save ``need``, as
+    ``saved(ratios)`` counts it (FLOPs under the linear model, or channels)."""
+    values = torch.cat([score.float().flatten() for score in scores.values()]).sort().values
+
+    def ratios_at(count: int) -> dict[str, float]:
+        if count >= len(values):
+            return {name: max_ratio for name in scores}
+        threshold = values[count]
+        return {
+            name: min(max_ratio, float((score.float() < threshold).float().mean())) for name, score in scores.items()
+        }
+
+    if saved(ratios_at(len(values))) < need:
+        what = f"a FLOPs target of {1 - need / dense:.3g}" if dense else "this sparsity"
+        raise ConfigError(
+            f"With scope='global', {what} cannot be met: removing {max_ratio:.0%} of every prunable group is not "
+            "enough. Raise the target, or make more channels prunable (keep_residual_width=False)."
+        )
+    low, high = 0, len(values)
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (middle + 1, high) if saved(ratios_at(middle)) < need else (low, middle)
+    return ratios_at(low)
+
+
 def _scale_to_budget(
     relative: dict[str, float], scores: dict[str, Tensor], dense: int, per_channel: dict[str, float],
     target: float, max_ratio: float,
@@ -673,7 +703,10 @@ def plan_channels(
         plan.extra["flops_fraction"] = _pruned_flops(model, plan, example_inputs) / count_flops(model, example_inputs)
         return plan
     if config.target_flops is None:
-        plan = plan_from_ratios(scores, {name: config.sparsity for name in scores}, structure.round_to)
+        ratios = (_global_ratios(scores, lambda r: sum(r[n] * scores[n].numel() for n in r),
+                                 config.sparsity * sum(s.numel() for s in scores.values()), max_ratio)
+                  if config.scope == "global" else {name: config.sparsity for name in scores})  # fmt: skip
+        plan = plan_from_ratios(scores, ratios, structure.round_to)
         apply_channel_plan_(copy.deepcopy(model), plan, example_inputs)  # fails early if the plan breaks the model
         return plan
     dense, per_channel = _linear_flops_model(model, scores, example_inputs)
@@ -683,7 +716,11 @@ def plan_channels(
     aim, best = target, None
     for _ in range(4):
         try:
-            ratios = _scale_to_budget({n: 1.0 for n in scores}, scores, dense, per_channel, aim, max_ratio)
+            if config.scope == "global":
+                saved = lambda r: sum(per_channel[n] * r[n] * scores[n].numel() for n in r)  # noqa: E731
+                ratios = _global_ratios(scores, saved, (1.0 - aim) * dense, max_ratio, dense)
+            else:
+                ratios = _scale_to_budget({n: 1.0 for n in scores}, scores, dense, per_channel, aim, max_ratio)
         except ConfigError:
             if best is None:  # the target itself is out of reach: the error names it
                 raise

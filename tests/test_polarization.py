@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from hfprune import ConfigError
+from hfprune import ConfigError, PruningConfig
 from hfprune.regularizers import Polarization, polarization_threshold
 
 
@@ -76,3 +76,31 @@ def test_the_trainer_adds_the_penalty(tmp_path):
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "polarization_loss" in entry]
     assert logged and all(entry["polarization_loss"] != 0 for entry in logged)
+
+
+def test_global_channel_scope_prunes_below_one_threshold_across_layers():
+    # Network slimming (and polarization) prune the channels whose BN scale is below one threshold for the whole
+    # network: a layer whose scales collapsed loses them all, the others keep theirs.
+    import timm
+
+    import hfprune.models  # noqa: F401 - registers cifar_resnet20
+    from hfprune.channels import plan_channels
+
+    torch.manual_seed(0)
+    model = timm.create_model("cifar_resnet20", num_classes=10).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.0)
+        model.layer1[0].bn1.weight[:12] = 0.01
+    example = torch.zeros(1, 3, 32, 32)
+    config = PruningConfig(importance="bn_scale", structure="channels", sparsity=12 / 336, scope="global")
+    plan = plan_channels(model, config, example)
+    assert plan.kept["layer1.0.conv1"] == list(range(12, 16))
+    assert all(len(kept) == plan.num_channels[name] for name, kept in plan.kept.items() if name != "layer1.0.conv1")
+    local = plan_channels(model, PruningConfig(importance="bn_scale", structure="channels", sparsity=0.25), example)
+    assert all(len(kept) == plan.num_channels[name] * 3 // 4 for name, kept in local.kept.items())
+    by_flops = plan_channels(model, PruningConfig(importance="bn_scale", structure="channels", target_flops=0.8,
+                                                  scope="global"), example)  # fmt: skip
+    assert by_flops.extra["flops_fraction"] == pytest.approx(0.8, abs=0.01)
+    assert by_flops.kept["layer1.0.conv1"] == list(range(12, 16))
