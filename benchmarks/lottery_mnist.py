@@ -192,8 +192,9 @@ def merge(output: Path, new_points: list[dict], command: str) -> None:
     points = [p for p in results.get("points", []) if tuple(p[k] for k in key) not in fresh] + new_points
     results["points"] = sorted(points, key=lambda p: (p["task"], p["method"], -p["remaining"], p["seed"]))
     dense = [p["dev_accuracy"] for p in results["points"] if p["method"] == "winning_ticket" and p.get("round") == 0]
-    if dense:
-        results["dense"] = {"mnist-lenet": {"dev_accuracy": sum(dense) / len(dense), "seeds": len(dense)}}
+    if dense:  # the dense round of the lottery part is the reference of both parts
+        reference = {"dev_accuracy": sum(dense) / len(dense), "seeds": len(dense)}
+        results["dense"] = {"mnist-lenet": reference, "mnist-lenet-at-init": reference}
     results["machine"] = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
     results["protocol"] = __doc__.split("\n\n")[1].replace("\n", " ")
     results.setdefault("commands", [])
@@ -223,7 +224,8 @@ def main() -> int:
     for seed in (int(s) for s in args.seeds.split(",")):
         started = time.perf_counter()
         part = lottery_part if args.part == "lottery" else init_part
-        points = [dict(task="mnist-lenet", seed=seed, iterations=args.iterations, **point)
+        task = "mnist-lenet" if args.part == "lottery" else "mnist-lenet-at-init"  # one plot panel each
+        points = [dict(task=task, seed=seed, iterations=args.iterations, **point)
                   for point in part(args, train_data, eval_data, seed)]  # fmt: skip
         with open(Path(tempfile.gettempdir()) / "lottery_mnist.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)

@@ -602,12 +602,15 @@ def _draw_curves(axes: Any, ticker: Any, plotted: list[tuple[OperatingPoint, flo
     values = sorted({value for value, _ in (item for curve in methods.values() for item in curve)})
     axes.set_xscale("log")
     axes.set_xlim(min(values) / 1.5, 1.0)
-    axes.set_xticks(values + [1.0])
+    if len(values) <= 8:  # a tick at every budget measured; more would overlap (a lottery search's 16 rounds)
+        axes.set_xticks(values + [1.0])
+    else:
+        axes.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     axes.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{100 * v:.3g}%"))
     axes.xaxis.set_minor_formatter(ticker.NullFormatter())
     axes.grid(True, color="0.9", lw=0.6)
     axes.set_axisbelow(True)
-    axes.set_xlabel("encoder weights remaining (log scale)")
+    axes.set_xlabel("prunable weights remaining (log scale)")
     axes.legend(fontsize=_LABEL_FONTSIZE, loc="lower right")
 
 
