@@ -734,6 +734,9 @@ class ImageRecipe:
         pruning (`dict`, *optional*): `PruningConfig` fields (``structure: channels``); ``None`` skips pruning.
         eagleeye (`dict`, *optional*): ``{num_candidates, max_ratio, bn_batches, eval_batches, seed}`` to choose
             per-layer widths by EagleEye instead of uniform ratios.
+        lottery (`dict`, *optional*): `LotteryConfig` fields (``rounds``, ``prune_rate``, ``rewind_step``,
+            ``pruning``, ``rate_overrides``): instead of pruning once, search for a lottery ticket, each round
+            trained with ``training`` on ``train_data`` (`hfprune.workflows.lottery`).
         distillation (`dict`, *optional*): `DistillationConfig` fields; the dense model is the teacher.
         training (`dict`, *optional*): `TrainingArguments` for fine-tuning; ``None`` skips fine-tuning.
         output_dir (`str`): Where the pruned model and results go.
@@ -755,6 +758,7 @@ class ImageRecipe:
     classes: list[str] | str | None = None
     pruning: dict[str, Any] | None = None
     eagleeye: dict[str, Any] | None = None
+    lottery: dict[str, Any] | None = None
     distillation: dict[str, Any] | None = None
     training: dict[str, Any] | None = None
 
@@ -770,6 +774,14 @@ class ImageRecipe:
                              for key, value in self.eagleeye.items()}  # fmt: skip
             _check_positive("the eagleeye section", **{key: self.eagleeye.get(key) for key in
                                                         ("num_candidates", "max_ratio", "bn_batches", "eval_batches")})
+        if self.lottery is not None:
+            if self.pruning is not None or self.eagleeye is not None or self.distillation is not None:
+                raise ConfigError(
+                    "A lottery section runs its own pruning rounds: remove the pruning, eagleeye and distillation "
+                    "sections (what to prune goes in lottery.pruning)."
+                )
+            if self.training is None:
+                raise ConfigError("A lottery section needs a training section: every round trains the network.")
         if self.training is not None:
             from transformers import TrainingArguments
 
@@ -848,7 +860,12 @@ def _weights_digest(model: Any) -> str:
 
 
 def train_image(recipe: ImageRecipe) -> dict[str, Any]:
-    """Prune (uniform or EagleEye), optionally fine-tune with distillation, evaluate top-1/top-5, save."""
+    """Prune (uniform or EagleEye), optionally fine-tune with distillation, evaluate top-1/top-5, save; or, with a
+    ``lottery`` section, search for a lottery ticket (`hfprune.workflows.lottery.run_lottery_recipe`)."""
+    if recipe.lottery is not None:
+        from .workflows.lottery import run_lottery_recipe
+
+        return run_lottery_recipe(recipe)
     import copy
 
     import torch

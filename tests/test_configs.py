@@ -34,6 +34,7 @@ DOCUMENTED = {
     "glue/sst2_movement_distil.yaml",  # movement pruning + KD
     "glue/sst2_soft_movement_distil.yaml",  # soft movement + KD
     "glue/sst2_heads_neurons_movement_distil.yaml",  # heads/neurons during training
+    "image/cifar_resnet20_lottery.yaml",  # lottery ticket search with rewinding, CIFAR
     "image/cifar_resnet56_eagleeye.yaml",  # CNN EagleEye, CIFAR
     "image/resnet50_imagenet_eagleeye.yaml",  # CNN EagleEye, ImageNet
 }
@@ -119,6 +120,14 @@ def validate_glue(path: Path, overrides: list[str] | None = None) -> None:
 
 def validate_image(path: Path, overrides: list[str] | None = None) -> None:
     recipe = ImageRecipe.from_yaml(path, overrides=overrides)
+    if recipe.lottery is not None:  # a lottery search: its config must build, its training section too
+        from hfprune import LotteryConfig
+
+        pruning = {"target_modules": ["conv1"], **recipe.lottery.get("pruning", {})}
+        config = LotteryConfig.from_dict({**recipe.lottery, "pruning": pruning})
+        assert LotteryConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
+        training_arguments(recipe.training)
+        return
     assert recipe.pruning is not None, f"{path}: an image recipe without a pruning section prunes nothing."
     config = PruningConfig.from_dict(recipe.pruning)
     assert isinstance(config.structure, Channels), f"{path}: CNN recipes prune channels (structure: channels)."

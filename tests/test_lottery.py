@@ -179,3 +179,30 @@ def test_trainer_callback_calls_after_step_with_the_global_step():
 
     callback.on_step_end(None, State(), None)
     assert seen == [12]
+
+
+def test_an_image_recipe_with_a_lottery_section_searches_and_resumes(tmp_path, capsys):
+    from hfprune.recipes import ImageRecipe, train_image
+
+    from .test_image_labels import CLASSES, _tree
+
+    root = _tree(tmp_path / "images", CLASSES, per_class=2)
+    training = {"output_dir": str(tmp_path / "unused"), "max_steps": 2, "per_device_train_batch_size": 4,
+                "use_cpu": True, "report_to": [], "learning_rate": 0.01, "seed": 3}  # fmt: skip
+    recipe = ImageRecipe(model="cifar_resnet20", num_classes=5, output_dir=str(tmp_path / "search"),
+                         train_data=str(root), eval_data=str(root), batch_size=4, training=training,
+                         lottery={"rounds": 2, "rewind_step": 1, "pruning": {"scope": "local"}})  # fmt: skip
+    summary = train_image(recipe)
+    assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]
+    assert summary["rounds"][2]["remaining"] == pytest.approx(0.64, abs=0.01)
+    assert "top1" in summary["rounds"][2]["metrics"] and "conv1" in summary["rounds"][0]["kept"]
+    assert (tmp_path / "search" / "rewind.safetensors").is_file()
+    assert "hfprune lottery round 2" in capsys.readouterr().out
+    again = train_image(recipe)  # every round is on disk: nothing is trained again
+    assert again["rounds"] == summary["rounds"] and "hfprune lottery round" not in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="remove the pruning"):
+        ImageRecipe(model="cifar_resnet20", num_classes=5, output_dir=str(tmp_path / "x"), train_data=str(root),
+                    training=training, lottery={"rounds": 1}, pruning={"structure": "channels"})  # fmt: skip
+    with pytest.raises(ConfigError, match="rounds"):
+        train_image(ImageRecipe(model="cifar_resnet20", num_classes=5, output_dir=str(tmp_path / "y"),
+                                train_data=str(root), training=training, lottery={"round": 1}))  # fmt: skip
