@@ -120,6 +120,22 @@ def calibration_loss(model: nn.Module, batch: Any, loss_fn: Callable[..., Tensor
     )
 
 
+@torch.no_grad()
+def calibration_forward(model: nn.Module, batch: Any) -> None:
+    """Run the model on one calibration batch for what forward hooks observe; labels are not needed (dropped)."""
+    if isinstance(batch, Mapping):
+        model(**{key: inputs_like_model(value, model) for key, value in batch.items() if key != "labels"})
+    elif isinstance(batch, (tuple, list)) and batch:
+        model(inputs_like_model(batch[0], model))
+    elif isinstance(batch, Tensor):
+        model(inputs_like_model(batch, model))
+    else:
+        raise MissingDataError(
+            f"Calibration batches must be dicts of model inputs, (inputs, targets) pairs or tensors; got "
+            f"{type(batch).__name__}."
+        )
+
+
 def synaptic_flow_backward(model: nn.Module, input_shape: tuple[int, ...]) -> None:
     """Leave in every parameter's ``.grad`` the gradient of SynFlow's objective (Tanaka et al. 2020): the sum of the
     outputs of the network with every weight, bias and BatchNorm statistic replaced by its absolute value, in

@@ -236,6 +236,16 @@ class PruningConfig(ConfigMixin):
         self.sparsity = self._check_sparsity("sparsity", self.sparsity)
         if self.scope not in ("local", "global"):
             raise ConfigError(f"scope must be 'local' or 'global'; got {self.scope!r}.")
+        pattern = getattr(self.structure, "n", None), getattr(self.structure, "m", None)
+        if structure_name == "nm":  # the pattern fixes the sparsity, group by group
+            implied = 1.0 - pattern[0] / pattern[1]  # type: ignore[operator]
+            if abs(self.sparsity - implied) > 1e-9:
+                raise ConfigError(
+                    f"N:M {pattern[0]}:{pattern[1]} keeps {pattern[0]} of every {pattern[1]} weights, a sparsity of "
+                    f"{implied:g}; got sparsity={self.sparsity:g}. Set sparsity={implied:g}."
+                )
+            if self.scope != "local":
+                raise ConfigError("N:M sparsity is chosen within each group of m weights: use scope='local'.")
         self.target_modules = _normalize_modules(self.target_modules, "target_modules")
         self.exclude_modules = _normalize_modules(self.exclude_modules, "exclude_modules")
         check_module_patterns("target_modules", self.target_modules)

@@ -13,7 +13,7 @@ from typing import ClassVar, Literal, Protocol
 import torch
 from torch import Tensor
 
-from .errors import ConfigError
+from .errors import ConfigError, MissingDataError
 from .registry import Registry, SerializableComponent
 
 
@@ -49,7 +49,7 @@ GRADIENT_NEEDS = ("gradients", "per_example_gradients", "learned_scores")
 
 #: Structure names, grouped by the engine that runs them: per-tensor masks (`Pruner`), encoder units (heads and
 #: FFN neurons) and CNN channels.
-PER_TENSOR_STRUCTURES = ("unstructured", "blocks", "stripes")
+PER_TENSOR_STRUCTURES = ("unstructured", "blocks", "stripes", "nm")
 UNIT_STRUCTURES = ("heads", "neurons", "heads_and_neurons")
 #: Fine-pruning structures that mix per-tensor blocks and units (`HybridBlocks`).
 HYBRID_STRUCTURES = ("hybrid",)
@@ -92,6 +92,10 @@ class Importance(SerializableComponent):
 
     def update(self, state: dict[str, Tensor], weight: Tensor, grad: Tensor) -> None:
         """Accumulate statistics after a backward pass; a no-op for data-free criteria."""
+
+    def observe(self, state: dict[str, Tensor], inputs: Tensor) -> None:
+        """Accumulate statistics of a pruned layer's input on a calibration batch (criteria that need
+        ``activations``); a no-op for the others."""
 
     def score(self, state: dict[str, Tensor], weight: Tensor) -> Tensor:
         """Elementwise scores, same shape as ``weight``; larger means more important."""
@@ -217,6 +221,41 @@ class TaylorImportance(Importance):
         return state["sum"] / state["count"].float()
 
 
+@IMPORTANCES.register("wanda")
+@dataclass(frozen=True)
+class WandaImportance(Importance):
+    """Wanda (Sun et al. 2024): ``|W_ij| * ||X_j||_2``, a weight's magnitude times the norm of the input feature it
+    multiplies over the calibration tokens. One-shot, no gradients, no weight update; with ``structure="nm"`` it
+    gives N:M masks from a few batches of data. Linear layers only (`prune_` with a dataloader); the paper compares
+    weights within each output row, hfprune within each tensor (and within each N:M group).
+    """
+
+    needs: ClassVar[str] = "activations"
+    supported_structures: ClassVar[tuple[str, ...]] = PER_TENSOR_STRUCTURES
+
+    def init_state(self, weight: Tensor, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        if weight.dim() != 2:
+            raise ConfigError(
+                f"Wanda scores the input features of linear layers; a weight of shape {tuple(weight.shape)} is not "
+                "one. Target only nn.Linear modules."
+            )
+        return {"squares": torch.zeros(weight.shape[1], dtype=torch.float32, device=weight.device),
+                "tokens": torch.zeros((), dtype=torch.long)}  # fmt: skip
+
+    def observe(self, state: dict[str, Tensor], inputs: Tensor) -> None:
+        flat = inputs.detach().reshape(-1, inputs.shape[-1]).float()
+        state["squares"] += flat.pow(2).sum(dim=0).to(state["squares"].device)
+        state["tokens"] += flat.shape[0]
+
+    def score(self, state: dict[str, Tensor], weight: Tensor) -> Tensor:
+        if int(state["tokens"]) == 0:
+            raise MissingDataError(
+                "Wanda needs the inputs of the pruned layers: pass calibration batches to prune_(model, config, "
+                "dataloader)."
+            )
+        return weight.detach().abs().float() * state["squares"].sqrt()[None, :]
+
+
 @IMPORTANCES.register("synflow")
 @dataclass(frozen=True)
 class SynFlowImportance(Importance):
@@ -340,6 +379,11 @@ class SoftMovementImportance(MovementImportance):
             still emerge, as with a threshold), while the L1 penalty ramps as usual. The run then ends at the
             sparsity asked for, whatever ``final_lambda`` and the score learning rate.
     """
+
+    # A threshold keeps any number of a group's weights, so it cannot hold an N:M pattern.
+    supported_structures: ClassVar[tuple[str, ...]] = tuple(
+        name for name in MovementImportance.supported_structures if name != "nm"
+    )
 
     initial_threshold: float = 0.0
     final_threshold: float = 0.1

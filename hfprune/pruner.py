@@ -16,7 +16,13 @@ from torch import Tensor, nn
 
 from .adapters import get_adapter
 from .budget import encoder_dims, kept_fraction, latency_kept_fraction, plan_flops
-from .calibration import check_calibration_batch, initial_loss_scale, scaled_backward, synaptic_flow_backward
+from .calibration import (
+    calibration_forward,
+    check_calibration_batch,
+    initial_loss_scale,
+    scaled_backward,
+    synaptic_flow_backward,
+)
 from .config import PruningConfig
 from .errors import ConfigError, MissingDataError, NoPrunableModulesError
 from .masks import find_mask, get_raw_weight, merge_masks_, remove_mask_, set_mask_
@@ -384,7 +390,7 @@ class Pruner:
                 keep.update(select_global({name: unit_scores[name] for name in pooled}, pool_sparsity.pop()))
         for name in self.modules:
             if name not in keep:
-                keep[name] = select_local(unit_scores[name], sparsity[name])
+                keep[name] = self.structures[name].select(unit_scores[name], sparsity[name])
         min_density = getattr(self.config.importance, "min_density", 0.0)
         for name, kept in keep.items():
             # Soft movement's floor (as with its threshold): a global top-k must not cut a module off entirely.
@@ -613,6 +619,8 @@ def prune_(
         _prune_by_synaptic_flow_(pruner, _synaptic_flow_input_shape(model, config, dataloader))
         pruner.make_permanent_()
         return model
+    if config.importance.needs == "activations":  # type: ignore[union-attr]
+        _observe_inputs(pruner, dataloader, num_batches)
     if pruner.requires_grad:
         if dataloader is None:
             raise MissingDataError(
@@ -684,3 +692,35 @@ def _prune_by_synaptic_flow_(pruner: Pruner, input_shape: tuple[int, ...]) -> No
         share = iteration / iterations
         pruner.apply_sparsity_({name: 1.0 - (1.0 - sparsity) ** share for name, sparsity in final.items()})
     pruner.model.zero_grad(set_to_none=True)
+
+
+def _observe_inputs(pruner: Pruner, dataloader: Iterable[Any] | None, num_batches: int | None) -> None:
+    """Show the criterion each pruned layer's inputs over the calibration batches (forward passes only, eval mode)."""
+    importance = pruner.config.importance
+    if dataloader is None:
+        raise MissingDataError(
+            f"Importance {importance.registered_name!r} scores weights by the inputs they multiply: pass calibration "  # type: ignore
+            "batches to prune_(model, config, dataloader) (labels are not needed)."
+        )
+    hooks = [
+        module.register_forward_pre_hook(
+            lambda _module, args, _name=name: importance.observe(pruner.importance_state[_name], args[0])  # type: ignore
+        )
+        for name, module in pruner.modules.items()
+    ]
+    was_training = pruner.model.training
+    pruner.model.eval()
+    seen = 0
+    try:
+        for batch in dataloader:
+            if num_batches is not None and seen >= num_batches:
+                break
+            check_calibration_batch(pruner.model, batch, seen)
+            calibration_forward(pruner.model, batch)
+            seen += 1
+    finally:
+        for hook in hooks:
+            hook.remove()
+        pruner.model.train(was_training)
+    if seen == 0:
+        raise MissingDataError("The calibration dataloader yielded no batches.")

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .errors import ConfigError
 from .registry import Registry, SerializableComponent
+from .selection import select_local
 
 
 STRUCTURES: Registry[Structure] = Registry("structure")
@@ -41,6 +42,11 @@ class Structure(SerializableComponent):
     def expand(self, keep: Tensor, shape: torch.Size) -> Tensor:
         """Flat boolean keep-per-unit -> boolean mask of ``shape``."""
         raise TypeError(f"{type(self).__name__} must implement expand()")
+
+    def select(self, scores: Tensor, sparsity: float) -> Tensor:
+        """Flat keep-per-unit of one tensor at ``sparsity`` from its unit scores: the top-k by default; a structure
+        with its own pattern (N:M) chooses within its groups."""
+        return select_local(scores, sparsity)
 
 
 @STRUCTURES.register("unstructured")
@@ -102,6 +108,54 @@ class Blocks(Structure):
         grid = keep.reshape(out_features // self.rows, in_features // self.cols)
         mask = grid.repeat_interleave(self.rows, dim=0).repeat_interleave(self.cols, dim=1)
         return mask.reshape(shape)
+
+
+@STRUCTURES.register("nm", "n:m")
+@dataclass(frozen=True)
+class NM(Structure):
+    """N:M semi-structured sparsity: in every group of ``m`` consecutive weights along the input dimension of a row,
+    ``n`` are kept (2:4 is what NVIDIA Ampere and later tensor cores run faster, through
+    `torch.sparse.to_sparse_semi_structured`; on CPU it is only zeros). The final sparsity is ``1 - n/m``; on a
+    gradual schedule each group keeps ``m - round(sparsity * m)`` (never fewer than ``n``) along the way.
+
+    Args:
+        n (`int`, defaults to 2): Weights kept per group.
+        m (`int`, defaults to 4): Group size; the input dimension (``in_features``, or ``in * kh * kw`` of a conv)
+            must be a multiple of it.
+    """
+
+    n: int = 2
+    m: int = 4
+
+    def validate(self) -> None:
+        if not (self.m >= 2 and 1 <= self.n < self.m):
+            raise ConfigError(f"N:M sparsity needs 1 <= n < m and m >= 2; got n={self.n}, m={self.m}.")
+
+    @property
+    def sparsity(self) -> float:
+        """The sparsity the pattern implies, ``1 - n/m``."""
+        return 1.0 - self.n / self.m
+
+    def check(self, name: str, shape: torch.Size) -> None:
+        width = int(torch.Size(shape[1:]).numel()) if len(shape) > 1 else int(shape[0])
+        if width % self.m:
+            raise ConfigError(
+                f"Module {name!r} has a weight of shape {tuple(shape)}, whose input dimension ({width}) is not a "
+                f"multiple of m={self.m}: N:M groups cannot tile it. Exclude it (exclude_modules) or pick another m."
+            )
+
+    def reduce(self, scores: Tensor) -> Tensor:
+        return scores.reshape(-1)
+
+    def expand(self, keep: Tensor, shape: torch.Size) -> Tensor:
+        return keep.reshape(shape)
+
+    def select(self, scores: Tensor, sparsity: float) -> Tensor:
+        groups = scores.float().reshape(-1, self.m)
+        kept = min(self.m, max(self.n, self.m - round(sparsity * self.m)))
+        keep = torch.zeros_like(groups, dtype=torch.bool)
+        keep.scatter_(1, groups.topk(kept, dim=1, sorted=False).indices, True)
+        return keep.reshape(-1)
 
 
 @STRUCTURES.register("stripes")
