@@ -23,13 +23,14 @@ from .importance import (
     SoftMovementImportance,
     SynFlowImportance,
     TaylorImportance,
+    WandaImportance,
 )
 from .lottery import LotteryConfig, find_lottery_ticket
 from .pruner import Pruner, prune_
 from .reporting import PruningReport, compare_reports, report
 from .schedules import ConstantSchedule, CubicSchedule, LinearSchedule
 from .structured import plan_structured
-from .structures import Blocks, Heads, HeadsAndNeurons, Neurons, Unstructured
+from .structures import NM, Blocks, Heads, HeadsAndNeurons, Neurons, Stripes, Unstructured
 
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "FisherImportance",
     "Heads",
     "HeadsAndNeurons",
+    "NM",
     "Neurons",
     "PlanMismatchError",
     "PruningPlan",
@@ -60,9 +62,11 @@ __all__ = [
     "PruningReport",
     "RandomImportance",
     "SoftMovementImportance",
+    "Stripes",
     "SynFlowImportance",
     "TaylorImportance",
     "UnsupportedArchitectureError",
+    "WandaImportance",
     "Unstructured",
     "__version__",
     "compact_",
