@@ -28,6 +28,7 @@ from .config import PruningConfig
 from .errors import ConfigError, HfPruneError, HfPruneWarning
 from .masks import merged_state_dict
 from .plan import PLAN_NAME, ChannelPlan, PlanMismatchError, PruningPlan, read_plan
+from .quantization import QuantizationConfig, is_quantized, quantize_dynamic_int8
 from .reporting import PruningReport, compare_reports, report
 from .targets import require_real_weights
 
@@ -173,7 +174,7 @@ def recover_interrupted_save(path: str | os.PathLike) -> None:
     for kind in ("old", "tmp"):
         prefix = f".{final.name}.{kind}-"
         for leftover in sorted(final.parent.glob(f"{prefix}*")):
-            writer = leftover.name[len(prefix):].split("-")[0]  # .NAME.old-<pid>, .NAME.tmp-<pid>-<random>
+            writer = leftover.name[len(prefix) :].split("-")[0]  # .NAME.old-<pid>, .NAME.tmp-<pid>-<random>
             if writer.isdigit() and int(writer) != os.getpid() and _pid_alive(int(writer)):
                 continue
             if kind == "old" and not final.exists():
@@ -298,8 +299,8 @@ def model_class_of(config: Any, where: str | os.PathLike) -> type | None:
         found = "is not a model class" if model_class is not None else "is not in this transformers version"
         raise ConfigError(
             f"{where}/config.json names the architecture {name!r}, which {found} (transformers "
-            f"{transformers.__version__}). config.json's \"architectures\" must name the model class that saved the "
-            "folder, e.g. [\"BertForSequenceClassification\"]; fix it or save the model again with save_pretrained."
+            f'{transformers.__version__}). config.json\'s "architectures" must name the model class that saved the '
+            'folder, e.g. ["BertForSequenceClassification"]; fix it or save the model again with save_pretrained.'
         )
     return model_class
 
@@ -635,6 +636,12 @@ def save_pruned(
     gets ``evaluation`` as model-index eval results, and a ``kept_structure.png`` figure when matplotlib is there.
     """
     require_real_weights(model, "save_pruned")
+    if is_quantized(model):
+        raise ConfigError(
+            "An int8 model's packed weights cannot be written as safetensors: save the float model with "
+            "extra_configs=(hfprune.quantization.QuantizationConfig(),) and hfprune.load_pruned quantizes it again "
+            "on load (to the same int8 weights)."
+        )
     if isinstance(plan, ChannelPlan):
         # A channel-pruned timm CNN: its architecture name rebuilds the base model on load.
         architecture = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
@@ -710,6 +717,17 @@ def save_weights(model: nn.Module, directory: str | os.PathLike) -> None:
 
 
 def load_pruned(directory: str | os.PathLike, **model_kwargs: Any) -> nn.Module:
+    """Load a pruned model folder (see `_load_pruned`); a folder saved with a `QuantizationConfig` comes back
+    quantized (its float weights quantized again, which gives the int8 weights it was saved for)."""
+    model = _load_pruned(directory, **model_kwargs)
+    folder = local_folder(directory)
+    if (folder / QuantizationConfig.config_name).is_file():
+        QuantizationConfig.from_pretrained(folder)  # an unknown method is an error before anything else happens
+        model = quantize_dynamic_int8(model)
+    return model
+
+
+def _load_pruned(directory: str | os.PathLike, **model_kwargs: Any) -> nn.Module:
     """Load a structurally pruned model: base architecture -> plan -> weights. No pickles.
 
     ``directory`` is a folder or a Hub repository id. The plan comes from ``pruning_plan.json`` (written by
