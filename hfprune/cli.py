@@ -635,6 +635,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_output_directory(args.output, overwrite=args.overwrite, inputs=[args.model])
     folder = _model_folder(args.model) or Path(args.model)
     model = load_pruned(folder)
+    if args.format == "onnx":
+        from .onnx_export import export_onnx
+
+        record = export_onnx(model, args.output, image_size=args.image_size, tokenizer=_tokenizer_or_none(folder),
+                             overwrite=args.overwrite)  # fmt: skip
+        print(f"Exported {args.model} (onnx) to {args.output}; largest difference from PyTorch "
+              f"{max(record['max_abs_difference_vs_pytorch'].values()):.2g}")  # fmt: skip
+        return 0
     plan = PruningPlan.from_config(model.config)
     if plan is None:
         raise ConfigError(f"{args.model} is not a compacted (heads/neurons) model: there is nothing to export.")
@@ -855,12 +863,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seq-len", type=_positive_int, default=128, help="GLUE truncation length (default 128).")
     evaluate.set_defaults(func=cmd_eval)
 
-    export = commands.add_parser("export", help="Export a compacted transformer for plain transformers.")
+    export = commands.add_parser("export", help="Export a pruned model for plain transformers or ONNX.")
     export.add_argument("--model", required=True, help="Folder with pruning_plan.json (structured pruning).")
     export.add_argument("--output", required=True, help="Export folder.")
-    export.add_argument("--format", choices=["remote-code", "plain"], default="remote-code",
+    export.add_argument("--format", choices=["remote-code", "plain", "onnx"], default="remote-code",
                         help="remote-code: loads with trust_remote_code=True for any plan; plain: no custom code, "
-                             "only when all heads are kept and FFN widths are uniform.")  # fmt: skip
+                             "only when all heads are kept and FFN widths are uniform; onnx: model.onnx (dynamic "
+                             "batch and sequence), checked against PyTorch with onnxruntime.")  # fmt: skip
+    export.add_argument("--image-size", type=int, default=224, help="Image side for CNN ONNX exports (CIFAR: 32).")
     export.add_argument("--overwrite", action="store_true", help="Replace --output if it exists.")
     export.set_defaults(func=cmd_export)
 

@@ -1,12 +1,13 @@
 #!/usr/bin/env python
-"""int8 after pruning: the fine-tuned MiniLM SST-2 classifier dense, compacted (Fisher plan at 50 % encoder FLOPs
-+ least squares, as benchmarks/structured_retraining_free.py), dynamic int8 (`hfprune.quantization`), and compacted
-+ int8. SST-2 dev accuracy (all 872 rows) and CPU latency at batch 32 x 128 and 1 x 128: medians of interleaved
-rounds after a full-size warm-up, speedups as medians of per-round paired ratios against dense. One run; run it
+"""Deploying a pruned model on CPU: the fine-tuned MiniLM SST-2 classifier dense, compacted (Fisher plan at 50 %
+encoder FLOPs + least squares, as benchmarks/structured_retraining_free.py), dynamic int8 (`hfprune.quantization`),
+compacted + int8, and the dense and compacted models exported to ONNX (`hfprune.onnx_export`) run by onnxruntime.
+SST-2 dev accuracy (all 872 rows) and CPU latency at batch 32 x 128 and 1 x 128: medians of interleaved rounds
+after a full-size warm-up, speedups as medians of per-round paired ratios against dense PyTorch. One run; run it
 with the steady allocator and nothing else on the machine:
 
     MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=2147483648 \\
-        python benchmarks/int8_minilm.py --model runs/bench/minilm-sst2-dense/final
+        python benchmarks/deploy_minilm.py --model runs/bench/minilm-sst2-dense/final
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import argparse
 import copy
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import torch
 
@@ -36,11 +40,27 @@ from structured_retraining_free import (  # noqa: E402 - benchmarks/ is not a pa
 REPO = Path(__file__).resolve().parents[1]
 
 
+class OnnxClassifier:
+    """An onnxruntime session called like the PyTorch classifier (``model(**inputs).logits``)."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.names = [item.name for item in session.get_inputs()]
+
+    def eval(self) -> OnnxClassifier:
+        return self
+
+    def __call__(self, **inputs: torch.Tensor) -> SimpleNamespace:
+        feeds = {name: inputs[name].numpy() if name in inputs else torch.zeros_like(inputs["input_ids"]).numpy()
+                 for name in self.names}  # fmt: skip
+        return SimpleNamespace(logits=torch.from_numpy(self.session.run(["logits"], feeds)[0]))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=REPO / "runs" / "bench" / "minilm-sst2-dense" / "final")
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data" / "glue")
-    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "int8_minilm.json")
+    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "deploy_minilm.json")
     parser.add_argument("--target-flops", type=float, default=0.5)
     parser.add_argument("--num-calibration", type=int, default=1024)
     parser.add_argument("--eval-limit", type=int, default=None)
@@ -51,6 +71,7 @@ def main() -> int:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from hfprune.adapters.base import text_example_inputs
+    from hfprune.onnx_export import export_onnx, onnx_session
     from hfprune.quantization import quantize_dynamic_int8
 
     torch.manual_seed(0)
@@ -64,6 +85,10 @@ def main() -> int:
     pruning.pop("plan")
     models = {"dense": dense, "compacted": compacted, "int8": quantize_dynamic_int8(dense),
               "compacted_int8": quantize_dynamic_int8(compacted)}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="hfprune-onnx-") as folder:
+        for name in ("dense", "compacted"):
+            export_onnx(models[name], Path(folder) / name)
+            models[f"onnx_{name}"] = OnnxClassifier(onnx_session(Path(folder) / name))
     results: dict = {"command": "python " + " ".join(sys.argv), "machine": machine(), "seq_len": SEQ_LEN,
                      "pruning": pruning, "variants": {}}  # fmt: skip
     for name, model in models.items():
