@@ -234,7 +234,7 @@ def find_lottery_ticket(
         config.save_pretrained(output)
     pruner = Pruner(model, config.round_pruning(0))
     names = list(pruner.modules)
-    resolve_overrides(names, config.rate_overrides)  # an override that matches no pruned module is an error
+    rates = resolve_overrides(names, config.rate_overrides)  # a key that matches no pruned module is an error
     rewind_file = output / "rewind.safetensors"
     records: list[dict[str, Any]] = []
     first = 0
@@ -257,9 +257,7 @@ def find_lottery_ticket(
     for round_index in range(first, config.rounds + 1):
         if round_index > 0:
             # Rank the trained weights (removed ones score 0, so masks only shrink), then rewind the survivors.
-            pruner.config = config.round_pruning(round_index)
-            pruner.overrides = resolve_overrides(names, pruner.config.sparsity_overrides)
-            pruner.apply_sparsity_({name: pruner.overrides.get(name, pruner.config.sparsity) for name in names})
+            pruner.apply_sparsity_({name: config.sparsity_after(round_index, rates.get(name)) for name in names})
             rewind_(model, rewind_state)  # type: ignore[arg-type]
 
         def after_step(step: int, _round: int = round_index) -> None:
