@@ -86,7 +86,9 @@ class Polarization(Regularizer):
         if self.clamp:
             # Before each forward, not in the penalty: the forward has already used the scales by then.
             for norm in norms:
-                norm.register_forward_pre_hook(_clamp_scale)
+                if not getattr(norm, "_hfprune_clamped", False):  # bound again (a second trainer): one hook is enough
+                    norm.register_forward_pre_hook(_clamp_scale)
+                    norm._hfprune_clamped = True
 
         def penalty() -> Tensor:
             scales = torch.cat([norm.weight.reshape(-1) for norm in norms])
