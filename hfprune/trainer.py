@@ -55,7 +55,6 @@ class PruningCallback(TrainerCallback):
         self.pruner.step(state.global_step)
 
 
-
 def write_pruner_state(pruner: Pruner, checkpoint: Path) -> None:
     """Write the pruner state into ``checkpoint`` (write then rename: an interrupt never leaves a truncated file)."""
     checkpoint.mkdir(parents=True, exist_ok=True)
@@ -105,6 +104,8 @@ def load_pruner_state(path: Path) -> dict[str, Any]:
             "earlier checkpoint (resume_from_checkpoint=<output_dir>/checkpoint-N), or delete this checkpoint "
             "folder and resume with resume_from_checkpoint=True to use the newest complete one."
         ) from None
+
+
 def check_teacher_compatible(student: nn.Module, teacher: nn.Module) -> None:
     """Raise a `ConfigError` if teacher and student predict different labels or read different vocabularies."""
     student_config, teacher_config = getattr(student, "config", None), getattr(teacher, "config", None)
@@ -182,6 +183,17 @@ def warn_short_movement_ramp(pruner: Pruner) -> None:
         )
 
 
+def refuse_sharded_pruning(pruner: Pruner | None, fsdp: bool, deepspeed: bool) -> None:
+    """Refuse pruning under FSDP or DeepSpeed: masks and scores would be computed from each rank's shard of a weight
+    (the failure reported in other libraries' trackers), and hfprune has not been tested there (no GPU yet)."""
+    if pruner is not None and (fsdp or deepspeed):
+        raise ConfigError(
+            f"Pruning under {'FSDP' if fsdp else 'DeepSpeed'} is not supported yet: masks would be computed from each "
+            "rank's shard of a weight. Fine-prune with DDP (accelerate launch --multi_gpu), or train without a "
+            "pruning_config."
+        )
+
+
 class PruningTrainer(Trainer):
     """`transformers.Trainer` with pruning and knowledge distillation.
 
@@ -252,6 +264,7 @@ class PruningTrainer(Trainer):
         self.regularizers = list(regularizers) + ([BatchNormL1(float(bn_l1))] if bn_l1 else [])
         self._penalties = [(regularizer.log_name, regularizer.bind(model)) for regularizer in self.regularizers]
         super().__init__(model=model, args=args, callbacks=callbacks, **kwargs)
+        refuse_sharded_pruning(self.pruner, self.is_fsdp_enabled, self.is_deepspeed_enabled)
         self.teacher_model = teacher_model
         if teacher_model is not None:
             teacher_model.to(self.args.device).eval().requires_grad_(False)

@@ -98,7 +98,25 @@ def test_resuming_a_pruning_checkpoint_without_a_pruning_config_names_the_config
     _trainer(tmp_path, config=movement, max_steps=4).train()
     plain = _trainer(tmp_path, config=None, max_steps=6)
     target = True if resume == "true" else str(tmp_path / "checkpoint-4")
-    with pytest.raises(ConfigError, match=r"checkpoint-4 was written by a PruningTrainer with a pruning config "
-                                          r"\(PruningConfig\(importance=MovementImportance.*sparsity=0\.6\)\), but "
-                                          r"this trainer has none"):
+    with pytest.raises(
+        ConfigError,
+        match=r"checkpoint-4 was written by a PruningTrainer with a pruning config "
+        r"\(PruningConfig\(importance=MovementImportance.*sparsity=0\.6\)\), but "
+        r"this trainer has none",
+    ):
         plain.train(resume_from_checkpoint=target)
+
+
+def test_pruning_under_fsdp_or_deepspeed_is_refused_until_it_is_supported():
+    from hfprune import ConfigError, Pruner, PruningConfig
+    from hfprune.trainer import refuse_sharded_pruning
+
+    from .models import tiny_bert
+
+    pruner = Pruner(tiny_bert(), PruningConfig(sparsity=0.5))
+    with pytest.raises(ConfigError, match="FSDP is not supported yet"):
+        refuse_sharded_pruning(pruner, fsdp=True, deepspeed=False)
+    with pytest.raises(ConfigError, match="DeepSpeed is not supported yet"):
+        refuse_sharded_pruning(pruner, fsdp=False, deepspeed=True)
+    refuse_sharded_pruning(pruner, fsdp=False, deepspeed=False)
+    refuse_sharded_pruning(None, fsdp=True, deepspeed=True)  # no pruning: nothing of hfprune to refuse
