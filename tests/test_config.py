@@ -25,7 +25,9 @@ def test_every_registered_component_round_trips(registry, cls, tmp_path):
     elif registry.kind == "structure":
         partner = {"importance": next(imp.registered_name for imp in IMPORTANCES.classes()
                                       if cls.registered_name in imp.supported_structures)}  # fmt: skip
-    config = PruningConfig(**{field: component}, **partner, sparsity=0.3)
+    # A structure whose pattern fixes the sparsity (N:M) says which; the others take any.
+    sparsity = component.sparsity if isinstance(getattr(cls, "sparsity", None), property) else 0.3
+    config = PruningConfig(**{field: component}, **partner, sparsity=sparsity)
     data = json.loads(config.to_json_string())
     assert data[field]["type"] == cls.registered_name
     assert PruningConfig.from_dict(data) == config
