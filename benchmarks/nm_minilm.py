@@ -48,8 +48,8 @@ def main() -> int:
     batches = glue_calibration_batches("sst2", args.data_dir, tokenizer, num_examples=args.num_calibration,
                                        batch_size=32, max_seq_length=SEQ_LEN)  # fmt: skip
     targets = set(resolve_targets(dense, get_adapter(dense).default_target_modules, None))
-    results = {"command": "python " + " ".join(sys.argv), "machine": machine(), "dense": accuracy(dense, dev),
-               "variants": {}}  # fmt: skip
+    results = {"command": "python " + " ".join(sys.argv), "machine": machine(),
+               "variants": {"dense": {"dev_accuracy": accuracy(dense, dev)}}}  # fmt: skip
     for pattern in args.patterns.split(","):
         n, m = (int(part) for part in pattern.split(":"))
         for importance in ("magnitude", "wanda"):
