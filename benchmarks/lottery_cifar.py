@@ -27,8 +27,6 @@ import argparse
 import fcntl
 import json
 import math
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -36,6 +34,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lottery_mnist import merge_points  # noqa: E402 - benchmarks/ is not a package
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,25 +168,6 @@ def init_part(args, train_data, eval_data, seed: int) -> list[dict]:
     return points
 
 
-def merge(output: Path, new_points: list[dict], command: str) -> None:
-    results = json.loads(output.read_text()) if output.is_file() else {}
-    key = ("task", "method", "remaining", "seed")
-    fresh = {tuple(p[k] for k in key) for p in new_points}
-    points = [p for p in results.get("points", []) if tuple(p[k] for k in key) not in fresh] + new_points
-    results["points"] = sorted(points, key=lambda p: (p["method"], -p["remaining"], p["seed"]))
-    dense = [p["dev_accuracy"] for p in results["points"] if p["method"] == "dense"]
-    if dense:
-        results["dense"] = {TASK: {"dev_accuracy": sum(dense) / len(dense), "runs": len(dense)}}
-    results["machine"] = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
-    results["protocol"] = " ".join(__doc__.split("\n\n")[1].split())
-    results.setdefault("commands", [])
-    if command not in results["commands"]:
-        results["commands"].append(command)
-    partial = output.with_suffix(f".json.{os.getpid()}.partial")
-    partial.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    os.replace(partial, output)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["rewind", "init"], required=True)
@@ -206,7 +189,8 @@ def main() -> int:
         points = [dict(task=TASK, seed=seed, epochs=args.epochs, **p) for p in part(args, train_data, eval_data, seed)]
         with open(Path(tempfile.gettempdir()) / "lottery_cifar.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            merge(args.output, points, command)
+            merge_points(args.output, points, command, " ".join(__doc__.split("\n\n")[1].split()),
+                         lambda p: p["method"] == "dense", [TASK])  # fmt: skip
     return 0
 
 

@@ -36,6 +36,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -185,18 +186,24 @@ def init_part(args, train_data, eval_data, seed: int) -> list[dict]:
     return points
 
 
-def merge(output: Path, new_points: list[dict], command: str) -> None:
+def merge_points(
+    output: Path, new_points: list[dict], command: str, protocol: str, is_dense: Callable[[dict], bool],
+    dense_tasks: list[str],
+) -> None:  # fmt: skip
+    """Add ``new_points`` to ``output`` (replacing earlier runs of the same task, method, remaining and seed); the
+    mean of the points ``is_dense`` picks is the dense reference of every task in ``dense_tasks``. Shared with
+    benchmarks/lottery_cifar.py."""
     results = json.loads(output.read_text()) if output.is_file() else {}
     key = ("task", "method", "remaining", "seed")
     fresh = {tuple(p[k] for k in key) for p in new_points}
     points = [p for p in results.get("points", []) if tuple(p[k] for k in key) not in fresh] + new_points
     results["points"] = sorted(points, key=lambda p: (p["task"], p["method"], -p["remaining"], p["seed"]))
-    dense = [p["dev_accuracy"] for p in results["points"] if p["method"] == "winning_ticket" and p.get("round") == 0]
-    if dense:  # the dense round of the lottery part is the reference of both parts
+    dense = [p["dev_accuracy"] for p in results["points"] if is_dense(p)]
+    if dense:
         reference = {"dev_accuracy": sum(dense) / len(dense), "seeds": len(dense)}
-        results["dense"] = {"mnist-lenet": reference, "mnist-lenet-at-init": reference}
+        results["dense"] = {task: reference for task in dense_tasks}
     results["machine"] = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
-    results["protocol"] = __doc__.split("\n\n")[1].replace("\n", " ")
+    results["protocol"] = protocol
     results.setdefault("commands", [])
     if command not in results["commands"]:
         results["commands"].append(command)
@@ -229,7 +236,10 @@ def main() -> int:
                   for point in part(args, train_data, eval_data, seed)]  # fmt: skip
         with open(Path(tempfile.gettempdir()) / "lottery_mnist.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            merge(args.output, points, command)
+            # The dense round of the lottery part is the reference of both parts.
+            merge_points(args.output, points, command, " ".join(__doc__.split("\n\n")[1].split()),
+                         lambda p: p["method"] == "winning_ticket" and p.get("round") == 0,
+                         ["mnist-lenet", "mnist-lenet-at-init"])  # fmt: skip
         print(f"seed {seed}: {len(points)} points in {time.perf_counter() - started:.0f} s", flush=True)
         for point in points:
             print(json.dumps({k: point[k] for k in ("method", "remaining", "dev_accuracy", "early_stop_iteration")}))

@@ -142,7 +142,7 @@ def export_onnx(
 def onnx_session(folder: str | os.PathLike, threads: int | None = None) -> Any:
     """An onnxruntime CPU session of ``folder/model.onnx`` with ``threads`` intra-op threads (default: torch's) that
     do not spin: onnxruntime's threads otherwise busy-wait after each run and take the cores from whatever runs
-    next in the process (a PyTorch model timed after it ran 3.3x slower at batch 1)."""
+    next in the process (a PyTorch model timed right after a session ran several times slower)."""
     import onnxruntime
 
     path = Path(folder) / ONNX_NAME

@@ -2,8 +2,8 @@
 
 Weights become int8 with one scale per output row; activations are quantized per batch at run time (FBGEMM /
 oneDNN kernels). This uses torch's own dynamic quantization (`torch.ao.quantization.quantize_dynamic`): on the
-pinned torch it is the path with fast CPU kernels (torchao's int8 dynamic-activation config ran 2.2x *slower* than
-float32 on this machine's CPU, torch's 2.4x faster; see the README). torch marks `torch.ao.quantization` deprecated,
+pinned torch it is the path with fast CPU kernels (torchao's int8 dynamic-activation config ran slower than
+float32 on this machine's CPU; see the README). torch marks `torch.ao.quantization` deprecated,
 so this module is the one place to change when it goes.
 
 Quantized weights are packed objects that safetensors cannot hold, and hfprune writes no pickles: a folder keeps
