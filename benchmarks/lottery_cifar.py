@@ -18,6 +18,7 @@ Points merge into --output (``points`` of ``{task, method, remaining, seed, dev_
 separately:
 
     python benchmarks/lottery_cifar.py --part rewind --seeds 0
+    python benchmarks/lottery_cifar.py --part rewind --seeds 0 --methods rewind_early   # one arm per process
     python benchmarks/lottery_cifar.py --part init --seeds 0
 """
 
@@ -129,13 +130,16 @@ def rewind_part(args, train_data, eval_data, seed: int) -> list[dict]:
     from hfprune import LotteryConfig, find_lottery_ticket
 
     points = []
+    methods = args.methods.split(",")
     for method, rewind_step in (("rewind_init", 0), ("rewind_early", args.rewind_steps)):
+        if method not in methods:
+            continue
         model = new_model(seed)
         config = LotteryConfig(rounds=args.rounds, prune_rate=0.2, rewind_step=rewind_step,
                                pruning={"target_modules": conv_names(model), "scope": "global"})  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="lottery-cifar-") as folder:
             for record in find_lottery_ticket(model, config, make_train(args, train_data, eval_data, seed), folder):
-                if record["round"] == 0 and rewind_step:
+                if record["round"] == 0 and rewind_step and "rewind_init" in methods:
                     continue  # the same dense run as rewind_init's round 0 (same seed, same batches)
                 name = method if record["round"] else "dense"
                 points.append(dict(method=name, remaining=round(record["remaining"], 4), round=record["round"],
@@ -177,6 +181,8 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--rounds", type=int, default=7, help="Pruning rounds (0.8 ** 7: 21 %% remaining).")
     parser.add_argument("--rewind-steps", type=int, default=62, help="rewind_early's step (one epoch by default).")
+    parser.add_argument("--methods", default="rewind_init,rewind_early",
+                        help="Part rewind's arms; run them as separate processes to use more cores.")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "cifar10_test_tensors.pt")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "lottery_cifar.json")

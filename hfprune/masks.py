@@ -5,6 +5,9 @@ Masks are `torch.nn.utils.parametrize` parametrizations: the module's ``weight``
 ``original`` is zero wherever the mask is zero (kept weights train, removed ones stay frozen). Removing the
 parametrization with ``merge=True`` writes the zeros into a plain ``weight`` parameter, which leaves no
 ``original``/``mask`` keys behind in a state dict.
+
+Under FSDP2 (``fully_shard``) each rank holds a shard of ``original`` outside the forward pass, while masks stay
+whole buffers, the same on every rank (see `hfprune.sharding`); `masked_weight` reads a weight whole.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+
+from .sharding import full_tensor, is_sharded, shard_like
 
 
 class _StraightThroughScores(torch.autograd.Function):
@@ -54,6 +59,10 @@ class WeightMask(nn.Module):
 
     def forward(self, weight: Tensor) -> Tensor:
         mask = self.mask.to(weight.dtype)
+        if is_sharded(weight):
+            # Read outside FSDP2's forward (which gathers ``original`` first): this rank's shard of the mask, so
+            # that shapes and the masked values read as everywhere else.
+            return weight * shard_like(mask, weight)
         if self.scores is not None and torch.is_grad_enabled():
             mask = _StraightThroughScores.apply(mask, self.scores, self._reduce)
         return weight * mask
@@ -90,6 +99,15 @@ def set_mask_(
         scores = scores.to(device=weight.device, dtype=torch.float32)
     parametrization = WeightMask(mask.to(weight.device), scores, reduce)
     parametrize.register_parametrization(module, param_name, parametrization, unsafe=True)
+
+
+def masked_weight(module: nn.Module, param_name: str = "weight") -> Tensor:
+    """``module.<param_name>`` as the forward pass sees it (mask applied), whole even when FSDP2 shards it."""
+    raw = get_raw_weight(module, param_name)
+    if not is_sharded(raw):
+        return getattr(module, param_name)
+    whole, mask = full_tensor(raw), find_mask(module, param_name)
+    return whole if mask is None else whole * mask.mask.to(whole.dtype)
 
 
 def get_raw_weight(module: nn.Module, param_name: str = "weight") -> Tensor:

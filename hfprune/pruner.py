@@ -25,8 +25,9 @@ from .calibration import (
 )
 from .config import PruningConfig
 from .errors import ConfigError, MissingDataError, NoPrunableModulesError
-from .masks import find_mask, get_raw_weight, merge_masks_, remove_mask_, set_mask_
+from .masks import find_mask, get_raw_weight, masked_weight, merge_masks_, remove_mask_, set_mask_
 from .selection import check_round_to, round_count, select_global, select_local
+from .sharding import copy_whole_, full_tensor
 from .structures import Channels, EncoderUnits, HybridBlocks
 from .targets import require_real_weights, resolve_overrides, resolve_targets
 
@@ -86,7 +87,7 @@ class Pruner:
             self.modules = resolve_targets(model, target_modules, config.exclude_modules)
             self.structures = {name: config.structure for name in self.modules}  # type: ignore[misc]
         for name, module in self.modules.items():
-            self.structures[name].check(name, module.weight.shape)  # type: ignore[union-attr]
+            self.structures[name].check(name, get_raw_weight(module).shape)  # type: ignore[union-attr]
         self.overrides = resolve_overrides(self.modules, config.sparsity_overrides)
         # Global scope ranks each pool together: every module for weights, heads and neurons apart (their scores
         # are not on one scale). Modules with a sparsity override are ranked on their own.
@@ -277,7 +278,7 @@ class Pruner:
         for name, module in self.modules.items():
             if find_mask(module) is not None:
                 continue
-            weight = get_raw_weight(module)
+            weight = full_tensor(get_raw_weight(module))
             scores = reduce = None
             if importance.learned:  # type: ignore[union-attr]
                 reduce = self.structures[name].reduce  # type: ignore[union-attr]
@@ -303,7 +304,7 @@ class Pruner:
         lam = self.regularization_lambda()
         if lam is None:
             return None
-        terms = [torch.sigmoid(find_mask(module).scores).mean() for module in self.modules.values()]  # type: ignore
+        terms = [torch.sigmoid(full_tensor(find_mask(module).scores)).mean() for module in self.modules.values()]  # type: ignore
         return lam * torch.stack(terms).mean()
 
     def score_parameters(self) -> list[nn.Parameter]:
@@ -324,14 +325,16 @@ class Pruner:
         importance = self.config.importance
         keep, unit_scores = {}, {}
         for name, module in self.modules.items():
-            scores = unit_scores[name] = find_mask(module).scores.detach().reshape(-1)  # type: ignore[union-attr]
+            scores = unit_scores[name] = full_tensor(find_mask(module).scores.detach()).reshape(-1)  # type: ignore[union-attr]
             keep[name] = torch.sigmoid(scores) > threshold
             min_kept = math.ceil(importance.min_density * scores.numel())  # type: ignore[union-attr]
             if int(keep[name].sum()) < min_kept:
                 keep[name] = select_local(scores, 1.0 - min_kept / scores.numel())
         if self.units:
             keep = self._fix_unit_counts(keep, unit_scores)
-        return {name: self.structures[name].expand(keep[name], m.weight.shape) for name, m in self.modules.items()}
+        return {
+            name: self.structures[name].expand(keep[name], get_raw_weight(m).shape) for name, m in self.modules.items()
+        }
 
     # ----------------------------------------------------------------------------------------------- scoring
     @property
@@ -353,15 +356,16 @@ class Pruner:
             raw = get_raw_weight(module)
             if raw.grad is None:
                 continue
-            grad = raw.grad if loss_scale == 1.0 else raw.grad.float() / loss_scale
-            self.config.importance.update(self.importance_state[name], module.weight, grad)  # type: ignore
+            grad = full_tensor(raw.grad)
+            grad = grad if loss_scale == 1.0 else grad.float() / loss_scale
+            self.config.importance.update(self.importance_state[name], masked_weight(module), grad)  # type: ignore
 
     @torch.no_grad()
     def scores(self) -> dict[str, Tensor]:
         """Unit scores per module (flat); already-removed units score as their masked weights do."""
         importance = self.config.importance
         if importance.learned:  # type: ignore[union-attr]
-            return {name: find_mask(module).scores.detach().reshape(-1) for name, module in self.modules.items()}  # type: ignore
+            return {name: full_tensor(find_mask(m).scores.detach()).reshape(-1) for name, m in self.modules.items()}  # type: ignore
         if self.units and importance.needs == "weights":  # type: ignore[union-attr]
             # A unit's magnitude includes its query/key/value (FFN input) rows, as in one-shot structured pruning.
             from .structured import UnitStatistics
@@ -370,7 +374,7 @@ class Pruner:
             groups = importance.unit_scores(stats)  # type: ignore[union-attr]
             return {name: groups[kind][layer] for name, (kind, layer) in self.units.items()}
         return {
-            name: self.structures[name].reduce(importance.score(self.importance_state[name], module.weight))  # type: ignore
+            name: self.structures[name].reduce(importance.score(self.importance_state[name], masked_weight(module)))  # type: ignore
             for name, module in self.modules.items()
         }
 
@@ -379,7 +383,8 @@ class Pruner:
         """Boolean keep-masks (weight-shaped) at the given per-module sparsity."""
         if all(value == 0.0 for value in sparsity.values()):
             # Nothing to remove: no scores needed (gradient criteria may not have seen data yet).
-            return {name: torch.ones_like(get_raw_weight(m), dtype=torch.bool) for name, m in self.modules.items()}
+            return {name: torch.ones(get_raw_weight(m).shape, dtype=torch.bool, device=get_raw_weight(m).device)
+                    for name, m in self.modules.items()}  # fmt: skip
         unit_scores = self.scores()
         keep: dict[str, Tensor] = {}
         if self.config.scope == "global":
@@ -400,7 +405,7 @@ class Pruner:
         if self.units:
             keep = self._fix_unit_counts(keep, unit_scores)
         return {
-            name: self.structures[name].expand(keep[name], module.weight.shape)
+            name: self.structures[name].expand(keep[name], get_raw_weight(module).shape)
             for name, module in self.modules.items()
         }
 
@@ -493,7 +498,7 @@ class Pruner:
     @torch.no_grad()
     def sparsity(self) -> dict[str, float]:
         """Measured fraction of zero weights per pruned module."""
-        return {name: float((module.weight == 0).float().mean()) for name, module in self.modules.items()}
+        return {name: float((masked_weight(module) == 0).float().mean()) for name, module in self.modules.items()}
 
     def mask_sparsity(self) -> float:
         """Fraction of weights the attached masks remove, over all pruned modules (cheap: reads the masks)."""
@@ -521,8 +526,8 @@ class Pruner:
     @torch.no_grad()
     def overall_sparsity(self) -> float:
         """Measured fraction of zero weights over all pruned modules."""
-        zeros = sum(int((m.weight == 0).sum()) for m in self.modules.values())
-        total = sum(m.weight.numel() for m in self.modules.values())
+        zeros = sum(int((masked_weight(m) == 0).sum()) for m in self.modules.values())
+        total = sum(get_raw_weight(m).numel() for m in self.modules.values())
         return zeros / total
 
     # ----------------------------------------------------------------------------------------------- state
@@ -533,7 +538,9 @@ class Pruner:
             "total_steps": self.total_steps,
             "applied_sparsity": None if self.applied_sparsity is None else dict(self.applied_sparsity),
             "masks": self.masks(),
-            "scores": {name: param.detach().clone() for name, param in self.named_score_parameters().items()},
+            "scores": {
+                name: full_tensor(param.detach()).clone() for name, param in self.named_score_parameters().items()
+            },
             "importance_state": {name: dict(state) for name, state in self.importance_state.items()},
             "config": self.config.to_dict(),
         }
@@ -559,10 +566,9 @@ class Pruner:
             self.importance_state[name] = {key: value.to(device) for key, value in state.items()}
         if self.config.importance.learned:  # type: ignore[union-attr]
             self.attach_()
-            with torch.no_grad():
-                for name, param in self.named_score_parameters().items():
-                    if name in state_dict.get("scores", {}):
-                        param.copy_(state_dict["scores"][name])
+            for name, param in self.named_score_parameters().items():
+                if name in state_dict.get("scores", {}):
+                    copy_whole_(param, state_dict["scores"][name])
         self.set_masks_(state_dict["masks"])
 
 

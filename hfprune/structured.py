@@ -37,7 +37,7 @@ from .compaction import PlanMismatchError, PruningPlan, compact_, encoder_struct
 from .config import PruningConfig
 from .errors import ConfigError, MissingDataError
 from .latency import LatencyTable, aim_by_measuring, measured_latency_fraction
-from .masks import set_mask_
+from .masks import masked_weight, set_mask_
 from .selection import check_round_to, round_count
 from .shrink import unit_mask
 from .structures import ColumnGroups, EncoderUnits, HybridBlocks
@@ -108,7 +108,7 @@ class UnitStatistics:
                 num_units = group.num_units(layer)
                 total: Tensor | float = 0.0
                 for piece in group.present_slices(layer):
-                    weight = layer.get_submodule(piece.module).weight.detach().float()
+                    weight = masked_weight(layer.get_submodule(piece.module)).detach().float()
                     norms = weight.abs().pow(p).sum(1 - piece.dim)
                     total = total + norms.reshape(piece.parts, num_units * group.unit_size).sum(0)
                 per_layer.append(total.reshape(num_units, group.unit_size).sum(1))  # type: ignore[union-attr]
