@@ -184,13 +184,15 @@ def warn_short_movement_ramp(pruner: Pruner) -> None:
 
 
 def refuse_sharded_pruning(pruner: Pruner | None, fsdp: bool, deepspeed: bool) -> None:
-    """Refuse pruning under FSDP or DeepSpeed: masks and scores would be computed from each rank's shard of a weight
-    (the failure reported in other libraries' trackers), and hfprune has not been tested there (no GPU yet)."""
+    """Refuse pruning under accelerate's FSDP or DeepSpeed: accelerate runs them only on GPUs, so this trainer's path
+    there (checkpoints, saving, the teacher) has never run. The `Pruner` itself handles FSDP2 shards
+    (`hfprune.sharding`, tested on CPU ranks) in a user's own loop."""
     if pruner is not None and (fsdp or deepspeed):
         raise ConfigError(
-            f"Pruning under {'FSDP' if fsdp else 'DeepSpeed'} is not supported yet: masks would be computed from each "
-            "rank's shard of a weight. Fine-prune with DDP (accelerate launch --multi_gpu), or train without a "
-            "pruning_config."
+            f"PruningTrainer does not support pruning under {'FSDP' if fsdp else 'DeepSpeed'} yet (never run on a "
+            "GPU). Fine-prune with DDP (accelerate launch --multi_gpu), or shard with torch's fully_shard in your "
+            "own training loop, where hfprune.Pruner keeps whole masks on every rank (README, 'FSDP2'); or train "
+            "without a pruning_config."
         )
 
 
