@@ -5,7 +5,8 @@ Run by tests/test_sharding.py:
     python tests/sharded_pruning_worker.py single OUT IMPORTANCE STRUCTURE
     torchrun --nproc_per_node 2 tests/sharded_pruning_worker.py sharded OUT IMPORTANCE STRUCTURE [--resume-at 3]
 
-Every run sees the same global batch of 8 per step (each rank half of it under FSDP2, whose gradient average then
+The loss is half cross-entropy, half distillation from a frozen teacher (sharded too under FSDP2). Every run
+sees the same global batch of 8 per step (each rank half of it under FSDP2, whose gradient average then
 equals the unsharded gradient). Writes ``masks_rank{r}.pt`` and ``state_rank{r}.pt`` (the pruner state) per rank;
 with ``--resume-at K`` the run stops after step K with a sharded checkpoint (torch.distributed.checkpoint for the
 model and optimizer, the pruner state from rank 0), and a fresh process group resumes it to the end. Rank 0 then
@@ -51,6 +52,16 @@ def build(importance: str, structure: str):
     return model, pruner, pruning
 
 
+def build_teacher():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(1)
+    config = BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=128, num_labels=2, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)  # fmt: skip
+    return BertForSequenceClassification(config).eval().requires_grad_(False)
+
+
 def batches(rank: int, world: int):
     generator = torch.Generator().manual_seed(1)
     share = GLOBAL_BATCH // world
@@ -68,7 +79,10 @@ def run(args: argparse.Namespace, start: int, stop: int) -> None:
 
     sharded = args.mode == "sharded"
     rank, world = (dist.get_rank(), dist.get_world_size()) if sharded else (0, 1)
+    from hfprune.distillation import kd_loss
+
     model, pruner, pruning = build(args.importance, args.structure)
+    teacher = build_teacher()
     checkpoint = args.out / "checkpoint"
     if start:
         pruner.load_state_dict(torch.load(checkpoint / "pruner.pt", weights_only=True))
@@ -76,6 +90,9 @@ def run(args: argparse.Namespace, start: int, stop: int) -> None:
         for layer in model.bert.encoder.layer:
             fully_shard(layer)
         fully_shard(model)
+        for layer in teacher.bert.encoder.layer:  # the teacher sharded too, as a large one would be
+            fully_shard(layer)
+        fully_shard(teacher)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     if start:
         model_state, optimizer_state = get_state_dict(model, optimizer)
@@ -85,7 +102,10 @@ def run(args: argparse.Namespace, start: int, stop: int) -> None:
     for step, (ids, labels) in enumerate(batches(rank, world), start=1):
         if step <= start:
             continue
-        model(input_ids=ids, labels=labels).loss.backward()
+        outputs = model(input_ids=ids, labels=labels)
+        with torch.no_grad():
+            teacher_logits = teacher(input_ids=ids).logits
+        (0.5 * outputs.loss + 0.5 * kd_loss(outputs.logits, teacher_logits, temperature=2.0)).backward()
         pruner.accumulate()
         optimizer.step()
         optimizer.zero_grad()

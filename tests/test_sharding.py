@@ -1,6 +1,6 @@
 """Pruning under FSDP2 (``fully_shard``) on 2 CPU ranks (gloo): masks computed from whole weights, identical on
-every rank and equal to an unsharded run's; learned scores and gradient statistics gathered; resume from a sharded
-checkpoint; a compacted model saved from rank 0. The worker is tests/sharded_pruning_worker.py."""
+every rank and equal to an unsharded run's; learned scores and gradient statistics gathered; a sharded KD teacher;
+resume from a sharded checkpoint; a compacted model saved from rank 0. The worker is tests/sharded_pruning_worker.py."""
 
 import os
 import subprocess
