@@ -139,8 +139,9 @@ def main() -> int:
                                "args": arguments, "train_images": len(train_idx), "eval_images": len(eval_idx),
                                "variants": {}}  # fmt: skip
     started = time.perf_counter()
-    results["variants"]["dense"] = {"top1": evaluate(dense, eval_set, args.batch_size)["top1"], "flops_ratio": 1.0}
-    log(f"dense top-1 {results['variants']['dense']['top1']:.4f}")
+    # Key names as cnn_channel_pruning.json's, which `hfprune plot` reads.
+    results["variants"]["dense"] = {"eval": evaluate(dense, eval_set, args.batch_size), "flops_ratio": 1.0}
+    log(f"dense top-1 {results['variants']['dense']['eval']['top1']:.4f}")
     for variant in args.variants.split(","):
         model = copy.deepcopy(dense)
         record: dict[str, Any] = {}
@@ -174,8 +175,8 @@ def main() -> int:
         record["top1_pruned"] = evaluate(model, eval_set, args.batch_size)["top1"]
         log(f"{variant}: pruned to {record['flops_ratio']:.3f} FLOPs, top-1 {record['top1_pruned']:.4f}")
         record["finetune"] = finetune(args, model, dense, train_set, variant)
-        record["top1"] = evaluate(model, eval_set, args.batch_size)["top1"]
-        log(f"{variant}: after fine-tune top-1 {record['top1']:.4f}")
+        record["top1_finetuned"] = evaluate(model, eval_set, args.batch_size)["top1"]
+        log(f"{variant}: after fine-tune top-1 {record['top1_finetuned']:.4f}")
         results["variants"][variant] = record
         args.output.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     results["wall_s"] = time.perf_counter() - started
