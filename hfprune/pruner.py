@@ -27,7 +27,7 @@ from .config import PruningConfig
 from .errors import ConfigError, MissingDataError, NoPrunableModulesError
 from .masks import find_mask, get_raw_weight, masked_weight, merge_masks_, remove_mask_, set_mask_
 from .selection import check_round_to, round_count, select_global, select_local
-from .sharding import copy_whole_, full_tensor
+from .sharding import copy_whole_, full_tensor, is_sharded
 from .structures import Channels, EncoderUnits, HybridBlocks
 from .targets import require_real_weights, resolve_overrides, resolve_targets
 
@@ -88,6 +88,13 @@ class Pruner:
             self.structures = {name: config.structure for name in self.modules}  # type: ignore[misc]
         for name, module in self.modules.items():
             self.structures[name].check(name, get_raw_weight(module).shape)  # type: ignore[union-attr]
+            if is_sharded(get_raw_weight(module)) and find_mask(module) is None:
+                # Masks are parametrizations: registered on an already sharded module they would take the
+                # parameter FSDP2 swaps in and out, and every forward would fail.
+                raise ConfigError(
+                    f"{name} is already sharded (FSDP2 fully_shard). Create the Pruner and call pruner.attach_() "
+                    "before fully_shard, so masks and learned scores exist when the parameters are sharded."
+                )
         self.overrides = resolve_overrides(self.modules, config.sparsity_overrides)
         # Global scope ranks each pool together: every module for weights, heads and neurons apart (their scores
         # are not on one scale). Modules with a sparsity override are ranked on their own.

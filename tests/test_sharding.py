@@ -1,6 +1,7 @@
 """Pruning under FSDP2 (``fully_shard``) on 2 CPU ranks (gloo): masks computed from whole weights, identical on
 every rank and equal to an unsharded run's; learned scores and gradient statistics gathered; a sharded KD teacher;
-resume from a sharded checkpoint; a compacted model saved from rank 0. The worker is tests/sharded_pruning_worker.py."""
+resume from a sharded checkpoint; a compacted model saved from rank 0.
+The worker is tests/sharded_pruning_worker.py."""
 
 import os
 import subprocess
@@ -76,3 +77,24 @@ def test_sharding_helpers_pass_plain_tensors_through():
     target = torch.zeros(2, 3)
     copy_whole_(target, tensor.double())
     assert torch.equal(target, tensor) and target.dtype == torch.float32
+
+
+def test_pruner_on_an_already_sharded_model_says_to_attach_first(tmp_path):
+    # One gloo rank in a fresh interpreter: enough for fully_shard to make DTensors.
+    script = tmp_path / "late.py"
+    script.write_text(
+        "import torch, torch.distributed as dist\n"
+        "from torch.distributed.fsdp import fully_shard\n"
+        "from hfprune import ConfigError, Pruner, PruningConfig\n"
+        f"dist.init_process_group('gloo', init_method='tcp://127.0.0.1:{free_port()}', rank=0, world_size=1)\n"
+        "model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))\n"
+        "fully_shard(model)\n"
+        "try:\n"
+        "    Pruner(model, PruningConfig(sparsity=0.5, target_modules=['0', '2']))\n"
+        "except ConfigError as err:\n"
+        "    print('REFUSED', err)\n"
+        "dist.destroy_process_group()\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert "REFUSED" in result.stdout, result.stdout + result.stderr[-3000:]
+    assert "before fully_shard" in result.stdout and "pruner.attach_()" in result.stdout
