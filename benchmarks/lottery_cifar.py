@@ -126,7 +126,7 @@ def conv_names(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
 
 
-def rewind_part(args, train_data, eval_data, seed: int) -> list[dict]:
+def rewind_part(args, train_data, eval_data, seed: int, save) -> list[dict]:
     from hfprune import LotteryConfig, find_lottery_ticket
 
     points = []
@@ -144,18 +144,18 @@ def rewind_part(args, train_data, eval_data, seed: int) -> list[dict]:
                 name = method if record["round"] else "dense"
                 points.append(dict(method=name, remaining=round(record["remaining"], 4), round=record["round"],
                                    rewind_step=rewind_step, **record["metrics"]))  # fmt: skip
-                print(json.dumps(points[-1]), flush=True)
+                save(points[-1])
     return points
 
 
-def init_part(args, train_data, eval_data, seed: int) -> list[dict]:
+def init_part(args, train_data, eval_data, seed: int, save) -> list[dict]:
     from hfprune import PruningConfig, prune_
     from hfprune.lottery import apply_ticket_
 
     points = []
     snip_batch = [(train_data[0][:128], train_data[1][:128])]
-    for sparsity in (0.9, 0.99, 0.999):
-        for method in ("synflow", "magnitude", "snip", "random"):
+    for sparsity in (float(value) for value in args.sparsities.split(",")):
+        for method in args.methods.split(","):
             model = new_model(seed)
             names = conv_names(model)
             importance = {"type": "synflow", "iterations": 100, "input_shape": [3, 32, 32]} if method == "synflow" \
@@ -168,7 +168,7 @@ def init_part(args, train_data, eval_data, seed: int) -> list[dict]:
             metrics = make_train(args, train_data, eval_data, seed)(model, 0, lambda step: None)
             points.append(dict(method=f"{method}_at_init", remaining=round(1 - sparsity, 4), empty_layers=empty,
                                **metrics))  # fmt: skip
-            print(json.dumps(points[-1]), flush=True)
+            save(points[-1])
     return points
 
 
@@ -181,22 +181,31 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--rounds", type=int, default=7, help="Pruning rounds (0.8 ** 7: 21 %% remaining).")
     parser.add_argument("--rewind-steps", type=int, default=62, help="rewind_early's step (one epoch by default).")
-    parser.add_argument("--methods", default="rewind_init,rewind_early",
-                        help="Part rewind's arms; run them as separate processes to use more cores.")
+    parser.add_argument("--methods", default=None,
+                        help="Part rewind: rewind_init,rewind_early (default both); part init: synflow,magnitude,snip,"
+                             "random (default all). Separate processes can run separate methods.")
+    parser.add_argument("--sparsities", default="0.9,0.99,0.999", help="Part init's sparsities.")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "cifar10_test_tensors.pt")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "lottery_cifar.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.methods is None:
+        args.methods = "rewind_init,rewind_early" if args.part == "rewind" else "synflow,magnitude,snip,random"
     train_data, eval_data = load_data(args.cache)
     command = "python " + " ".join(sys.argv)
     for seed in (int(s) for s in args.seeds.split(",")):
-        part = rewind_part if args.part == "rewind" else init_part
-        points = [dict(task=TASK, seed=seed, epochs=args.epochs, **p) for p in part(args, train_data, eval_data, seed)]
-        with open(Path(tempfile.gettempdir()) / "lottery_cifar.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            merge_points(args.output, points, command, " ".join(__doc__.split("\n\n")[1].split()),
-                         lambda p: p["method"] == "dense", [TASK])  # fmt: skip
+
+        def save(point: dict, seed: int = seed) -> None:
+            """Merge each point as it comes (a stopped run keeps what it finished)."""
+            point = dict(task=TASK, seed=seed, epochs=args.epochs, **point)
+            print(json.dumps(point), flush=True)
+            with open(Path(tempfile.gettempdir()) / "lottery_cifar.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                merge_points(args.output, [point], command, " ".join(__doc__.split("\n\n")[1].split()),
+                             lambda p: p["method"] == "dense", [TASK])  # fmt: skip
+
+        (rewind_part if args.part == "rewind" else init_part)(args, train_data, eval_data, seed, save)
     return 0
 
 
