@@ -77,9 +77,10 @@ def run(args: argparse.Namespace, start: int, stop: int) -> None:
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
     from torch.distributed.fsdp import fully_shard
 
+    from hfprune.distillation import kd_loss
+
     sharded = args.mode == "sharded"
     rank, world = (dist.get_rank(), dist.get_world_size()) if sharded else (0, 1)
-    from hfprune.distillation import kd_loss
 
     model, pruner, pruning = build(args.importance, args.structure)
     teacher = build_teacher()
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace, start: int, stop: int) -> None:
         for layer in teacher.bert.encoder.layer:  # the teacher sharded too, as a large one would be
             fully_shard(layer)
         fully_shard(teacher)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)  # momentum: state to resume
     if start:
         model_state, optimizer_state = get_state_dict(model, optimizer)
         state = {"model": model_state, "optimizer": optimizer_state}
