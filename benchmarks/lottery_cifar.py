@@ -14,7 +14,8 @@ with survivors rewound to initialization (``rewind_init``) or to their values af
 Part ``init`` (Tanaka et al. 2020): SynFlow, magnitude, SNIP (one batch of 128) and random at 90 / 99 / 99.9 %
 sparsity at initialization, then the same training.
 
-Points merge into --output (``points`` of ``{task, method, remaining, seed, dev_accuracy}``); parts and seeds can run
+Points merge into --output (``points`` of ``{task, method, remaining, seed, dev_accuracy}``, the task named with the
+epochs, ``cifar10-resnet20-10ep``, so that runs of other lengths keep their own dense point); parts and seeds can run
 separately:
 
     python benchmarks/lottery_cifar.py --part rewind --seeds 0
@@ -194,16 +195,17 @@ def main() -> int:
         args.methods = "rewind_init,rewind_early" if args.part == "rewind" else "synflow,magnitude,snip,random"
     train_data, eval_data = load_data(args.cache)
     command = "python " + " ".join(sys.argv)
+    task = f"{TASK}-{args.epochs}ep"  # runs of other lengths are other tasks, each with its own dense point
     for seed in (int(s) for s in args.seeds.split(",")):
 
         def save(point: dict, seed: int = seed) -> None:
             """Merge each point as it comes (a stopped run keeps what it finished)."""
-            point = dict(task=TASK, seed=seed, epochs=args.epochs, **point)
+            point = dict(task=task, seed=seed, epochs=args.epochs, **point)
             print(json.dumps(point), flush=True)
             with open(Path(tempfile.gettempdir()) / "lottery_cifar.lock", "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 merge_points(args.output, [point], command, " ".join(__doc__.split("\n\n")[1].split()),
-                             lambda p: p["method"] == "dense", [TASK])  # fmt: skip
+                             lambda p: p["method"] == "dense" and p["task"] == task, [task])  # fmt: skip
 
         (rewind_part if args.part == "rewind" else init_part)(args, train_data, eval_data, seed, save)
     return 0

@@ -201,7 +201,7 @@ def merge_points(
     dense = [p["dev_accuracy"] for p in results["points"] if is_dense(p)]
     if dense:
         reference = {"dev_accuracy": sum(dense) / len(dense), "seeds": len(dense)}
-        results["dense"] = {task: reference for task in dense_tasks}
+        results["dense"] = {**results.get("dense", {}), **{task: reference for task in dense_tasks}}
     results["machine"] = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
     results["protocol"] = protocol
     results.setdefault("commands", [])
