@@ -88,12 +88,13 @@ class Pruner:
             self.structures = {name: config.structure for name in self.modules}  # type: ignore[misc]
         for name, module in self.modules.items():
             self.structures[name].check(name, get_raw_weight(module).shape)  # type: ignore[union-attr]
-            if is_sharded(get_raw_weight(module)) and find_mask(module) is None:
+            if is_sharded(get_raw_weight(module)):
                 # Masks are parametrizations: registered on an already sharded module they would take the
                 # parameter FSDP2 swaps in and out, and every forward would fail.
                 raise ConfigError(
-                    f"{name} is already sharded (FSDP2 fully_shard). Create the Pruner and call pruner.attach_() "
-                    "before fully_shard, so masks and learned scores exist when the parameters are sharded."
+                    f"{name} is already sharded (FSDP2 fully_shard). Create the Pruner (and load its state, when "
+                    "resuming) and call pruner.attach_() before fully_shard, so masks, scores and statistics exist "
+                    "whole when the parameters are sharded."
                 )
         self.overrides = resolve_overrides(self.modules, config.sparsity_overrides)
         # Global scope ranks each pool together: every module for weights, heads and neurons apart (their scores
@@ -365,11 +366,16 @@ class Pruner:
                 continue
             grad = full_tensor(raw.grad)
             grad = grad if loss_scale == 1.0 else grad.float() / loss_scale
-            self.config.importance.update(self.importance_state[name], masked_weight(module), grad)  # type: ignore
+            state = self.importance_state[name]
+            if any(value.device != grad.device for value in state.values()):
+                # Built where the model was (often the CPU) before a trainer or fully_shard moved it.
+                state = self.importance_state[name] = {key: value.to(grad.device) for key, value in state.items()}
+            self.config.importance.update(state, masked_weight(module), grad)  # type: ignore
 
     @torch.no_grad()
     def scores(self) -> dict[str, Tensor]:
-        """Unit scores per module (flat); already-removed units score as their masked weights do."""
+        """Unit scores per module (flat); already-removed units score as their masked weights do. Under FSDP2 a
+        collective (weights or scores are gathered): call it on every rank."""
         importance = self.config.importance
         if importance.learned:  # type: ignore[union-attr]
             return {name: full_tensor(find_mask(m).scores.detach()).reshape(-1) for name, m in self.modules.items()}  # type: ignore
@@ -498,13 +504,19 @@ class Pruner:
 
     def make_permanent_(self) -> None:
         """Write the zeros into plain ``weight`` parameters and drop the masks (no leftovers in state dicts)."""
+        if any(is_sharded(get_raw_weight(module)) for module in self.modules.values()):
+            raise ConfigError(
+                "make_permanent_() cannot run on an FSDP2-sharded model: removing a mask replaces the parameter "
+                "fully_shard manages. Gather the whole weights (get_model_state_dict with full_state_dict=True) into "
+                "an unsharded copy with a Pruner of the same config, and make that permanent (README, 'FSDP2')."
+            )
         for module in self.modules.values():
             remove_mask_(module, merge=True)
 
     # ----------------------------------------------------------------------------------------------- reporting
     @torch.no_grad()
     def sparsity(self) -> dict[str, float]:
-        """Measured fraction of zero weights per pruned module."""
+        """Measured fraction of zero weights per pruned module. Under FSDP2 a collective: call it on every rank."""
         return {name: float((masked_weight(module) == 0).float().mean()) for name, module in self.modules.items()}
 
     def mask_sparsity(self) -> float:
@@ -532,14 +544,16 @@ class Pruner:
 
     @torch.no_grad()
     def overall_sparsity(self) -> float:
-        """Measured fraction of zero weights over all pruned modules."""
+        """Measured fraction of zero weights over all pruned modules. Under FSDP2 a collective: call it on every
+        rank (`mask_sparsity` reads only the masks)."""
         zeros = sum(int((masked_weight(m) == 0).sum()) for m in self.modules.values())
         total = sum(get_raw_weight(m).numel() for m in self.modules.values())
         return zeros / total
 
     # ----------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        """Masks, importance statistics and the schedule position: all a resumed run needs."""
+        """Masks, importance statistics and the schedule position: all a resumed run needs. Under FSDP2 a collective
+        (learned scores are gathered): call it on every rank, save it from one."""
         return {
             "global_step": self.global_step,
             "total_steps": self.total_steps,

@@ -189,10 +189,10 @@ def refuse_sharded_pruning(pruner: Pruner | None, fsdp: bool, deepspeed: bool) -
     (`hfprune.sharding`, tested on CPU ranks) in a user's own loop."""
     if pruner is not None and (fsdp or deepspeed):
         raise ConfigError(
-            f"PruningTrainer does not support pruning under {'FSDP' if fsdp else 'DeepSpeed'} yet (never run on a "
-            "GPU). Fine-prune with DDP (accelerate launch --multi_gpu), or shard with torch's fully_shard in your "
-            "own training loop, where hfprune.Pruner keeps whole masks on every rank (README, 'FSDP2'); or train "
-            "without a pruning_config."
+            f"PruningTrainer does not support pruning under {'FSDP' if fsdp else 'DeepSpeed'} yet: accelerate runs it "
+            "only on GPUs, so this path could not be tested. Fine-prune with DDP (accelerate launch --multi_gpu), "
+            "or shard with torch's fully_shard in your own training loop, where hfprune.Pruner keeps whole masks on "
+            "every rank (README, 'FSDP2'); or train without a pruning_config."
         )
 
 

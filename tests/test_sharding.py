@@ -79,22 +79,41 @@ def test_sharding_helpers_pass_plain_tensors_through():
     assert torch.equal(target, tensor) and target.dtype == torch.float32
 
 
-def test_pruner_on_an_already_sharded_model_says_to_attach_first(tmp_path):
+def test_on_one_sharded_rank_refusals_and_a_state_loaded_after_sharding(tmp_path):
     # One gloo rank in a fresh interpreter: enough for fully_shard to make DTensors.
-    script = tmp_path / "late.py"
+    script = tmp_path / "one_rank.py"
     script.write_text(
         "import torch, torch.distributed as dist\n"
         "from torch.distributed.fsdp import fully_shard\n"
         "from hfprune import ConfigError, Pruner, PruningConfig\n"
         f"dist.init_process_group('gloo', init_method='tcp://127.0.0.1:{free_port()}', rank=0, world_size=1)\n"
+        "torch.manual_seed(0)\n"
         "model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))\n"
+        "config = PruningConfig(sparsity=0.5, importance='movement', target_modules=['0', '2'])\n"
+        "pruner = Pruner(model, config)\n"
+        "pruner.attach_()\n"
+        "pruner.apply_sparsity_(0.5)\n"
+        "saved = pruner.state_dict()\n"
         "fully_shard(model)\n"
-        "try:\n"
-        "    Pruner(model, PruningConfig(sparsity=0.5, target_modules=['0', '2']))\n"
-        "except ConfigError as err:\n"
-        "    print('REFUSED', err)\n"
+        "for attempt in (lambda: Pruner(model, config), pruner.make_permanent_):\n"
+        "    try:\n"
+        "        attempt()\n"
+        "    except ConfigError as err:\n"
+        "        print('REFUSED', err)\n"
+        "print('SHAPE', tuple(model[0].weight.shape), type(model[0].weight).__name__)\n"
+        "with torch.no_grad():\n"
+        "    for param in pruner.score_parameters():\n"
+        "        param.zero_()\n"
+        "pruner.load_state_dict(saved)  # scores written back into their shards\n"
+        "again = pruner.state_dict()\n"
+        "same = all(torch.equal(again['scores'][k], v) for k, v in saved['scores'].items())\n"
+        "same = same and all(torch.equal(again['masks'][k], v) for k, v in saved['masks'].items())\n"
+        "print('RELOADED', same, pruner.overall_sparsity())\n"
         "dist.destroy_process_group()\n"
     )
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
-    assert "REFUSED" in result.stdout, result.stdout + result.stderr[-3000:]
-    assert "before fully_shard" in result.stdout and "pruner.attach_()" in result.stdout
+    out = result.stdout
+    assert out.count("REFUSED") == 2, out + result.stderr[-3000:]
+    assert "before fully_shard" in out and "cannot run on an FSDP2-sharded model" in out
+    assert "SHAPE (8, 8) DTensor" in out  # a masked weight read outside the forward pass: sharded, whole shape
+    assert "RELOADED True 0.5" in out
