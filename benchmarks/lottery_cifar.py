@@ -127,10 +127,9 @@ def conv_names(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
 
 
-def rewind_part(args, train_data, eval_data, seed: int, save) -> list[dict]:
+def rewind_part(args, train_data, eval_data, seed: int, save) -> None:
     from hfprune import LotteryConfig, find_lottery_ticket
 
-    points = []
     methods = args.methods.split(",")
     for method, rewind_step in (("rewind_init", 0), ("rewind_early", args.rewind_steps)):
         if method not in methods:
@@ -143,17 +142,14 @@ def rewind_part(args, train_data, eval_data, seed: int, save) -> list[dict]:
                 if record["round"] == 0 and rewind_step and "rewind_init" in methods:
                     continue  # the same dense run as rewind_init's round 0 (same seed, same batches)
                 name = method if record["round"] else "dense"
-                points.append(dict(method=name, remaining=round(record["remaining"], 4), round=record["round"],
-                                   rewind_step=rewind_step, **record["metrics"]))  # fmt: skip
-                save(points[-1])
-    return points
+                save(dict(method=name, remaining=round(record["remaining"], 4), round=record["round"],
+                          rewind_step=rewind_step, **record["metrics"]))  # fmt: skip
 
 
-def init_part(args, train_data, eval_data, seed: int, save) -> list[dict]:
+def init_part(args, train_data, eval_data, seed: int, save) -> None:
     from hfprune import PruningConfig, prune_
     from hfprune.lottery import apply_ticket_
 
-    points = []
     snip_batch = [(train_data[0][:128], train_data[1][:128])]
     for sparsity in (float(value) for value in args.sparsities.split(",")):
         for method in args.methods.split(","):
@@ -167,10 +163,7 @@ def init_part(args, train_data, eval_data, seed: int, save) -> list[dict]:
             empty = [name for name, mask in masks.items() if not mask.any()]
             apply_ticket_(model, masks)
             metrics = make_train(args, train_data, eval_data, seed)(model, 0, lambda step: None)
-            points.append(dict(method=f"{method}_at_init", remaining=round(1 - sparsity, 4), empty_layers=empty,
-                               **metrics))  # fmt: skip
-            save(points[-1])
-    return points
+            save(dict(method=f"{method}_at_init", remaining=round(1 - sparsity, 4), empty_layers=empty, **metrics))
 
 
 def main() -> int:
@@ -182,9 +175,12 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--rounds", type=int, default=7, help="Pruning rounds (0.8 ** 7: 21 %% remaining).")
     parser.add_argument("--rewind-steps", type=int, default=62, help="rewind_early's step (one epoch by default).")
-    parser.add_argument("--methods", default=None,
-                        help="Part rewind: rewind_init,rewind_early (default both); part init: synflow,magnitude,snip,"
-                             "random (default all). Separate processes can run separate methods.")
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help="Part rewind: rewind_init,rewind_early (default both); part init: synflow,magnitude,snip,"
+        "random (default all). Separate processes can run separate methods.",
+    )
     parser.add_argument("--sparsities", default="0.9,0.99,0.999", help="Part init's sparsities.")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "cifar10_test_tensors.pt")
@@ -199,7 +195,8 @@ def main() -> int:
     for seed in (int(s) for s in args.seeds.split(",")):
 
         def save(point: dict, seed: int = seed) -> None:
-            """Merge each point as it comes (a stopped run keeps what it finished)."""
+            """Merge each point as it comes: part init's after each training, part rewind's when its search ends
+            (the search's rounds are in a temporary folder, so a stopped rewind run keeps nothing)."""
             point = dict(task=task, seed=seed, epochs=args.epochs, **point)
             print(json.dumps(point), flush=True)
             with open(Path(tempfile.gettempdir()) / "lottery_cifar.lock", "w") as lock:

@@ -27,24 +27,20 @@ import torch
 STEPS, GLOBAL_BATCH = 6, 8
 
 
-def build(importance: str, structure: str):
-    from transformers import BertConfig, BertForSequenceClassification
+def tiny_encoder(seed: int):
+    """tests/models.py's tiny BERT, wider, without dropout (dropout would differ with how the batch is split)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from models import tiny_bert
 
+    torch.manual_seed(seed)
+    return tiny_bert(hidden_size=64, intermediate_size=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def build(importance: str, structure: str):
     from hfprune import PruningConfig
     from hfprune.pruner import Pruner
 
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=100,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        num_labels=2,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )  # fmt: skip  (dropout would differ with the split)
-    model = BertForSequenceClassification(config)
+    model = tiny_encoder(seed=0)
     pruning = PruningConfig(importance=importance, structure=structure, sparsity=0.5, scope="global",
                             schedule={"type": "cubic", "start_step": 1, "end_step": 4, "every": 1})  # fmt: skip
     pruner = Pruner(model, pruning, total_steps=STEPS)
@@ -53,13 +49,7 @@ def build(importance: str, structure: str):
 
 
 def build_teacher():
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(1)
-    config = BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=128, num_labels=2, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)  # fmt: skip
-    return BertForSequenceClassification(config).eval().requires_grad_(False)
+    return tiny_encoder(seed=1).requires_grad_(False)
 
 
 def batches(rank: int, world: int):
