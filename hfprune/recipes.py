@@ -447,6 +447,7 @@ def train_glue(recipe: GlueRecipe) -> dict[str, Any]:
         `dict`: evaluation metrics per eval split, the final sparsity, the mask digest and where the model went.
     """
     import numpy as np
+    from torch.utils.data import DataLoader
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed
 
     from .data import classification_metrics, encode_labels, evaluate_classifier, label_spec
@@ -548,8 +549,10 @@ def train_glue(recipe: GlueRecipe) -> dict[str, Any]:
     split = eval_splits[0]
     teacher_metrics = None
     base_label = f"the dense teacher ({Path(str(recipe.teacher)).name})"
+    # Under FSDP the teacher is sharded: every rank runs it on the same batches, or its gathers would wait forever.
+    scores_teacher = teacher is not None and (trainer.is_world_process_zero() or trainer.is_fsdp_enabled)
     if task is not None:
-        if teacher is not None and trainer.is_world_process_zero():
+        if scores_teacher:
             # The dense teacher is the card's reference: same dev data and metric, apart from the run's logs.
             from .glue import evaluate_glue
 
@@ -561,8 +564,10 @@ def train_glue(recipe: GlueRecipe) -> dict[str, Any]:
     else:
         from .hub import CardEvaluation
 
-        if teacher is not None and trainer.is_world_process_zero():
-            dev = trainer.get_eval_dataloader(encoded[split])
+        if scores_teacher:
+            # The whole split: the trainer's own evaluation loader gives each process only its share of it.
+            rows = trainer._remove_unused_columns(encoded[split])
+            dev = DataLoader(rows, batch_size=args.per_device_eval_batch_size, collate_fn=trainer.data_collator)
             teacher_metrics = {k: v for k, v in evaluate_classifier(teacher, list(dev)).items() if k != "num_rows"}
         evaluation = CardEvaluation(task_type="text-classification", dataset_type=own["validation"].path,
                                     dataset_name=own["validation"].path, metrics=_task_metrics(metrics[split], split),
@@ -624,7 +629,8 @@ def _train_answers_or_tags(
     train_output = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     metrics: dict[str, dict[str, float]] = {"validation": {}}
     teacher_metrics: dict[str, float] = {}
-    if trainer.is_world_process_zero():
+    # Under FSDP both models are sharded: every rank runs them on the same batches, or their gathers would hang.
+    if trainer.is_world_process_zero() or trainer.is_fsdp_enabled:
         models = [trainer.model] + ([teacher] if teacher is not None else [])
         scored = evaluate_task(data["validation"], models, tokenizer, max_seq_length=recipe.max_seq_length,
                                num_examples=recipe.max_eval_samples)  # fmt: skip

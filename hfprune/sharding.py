@@ -4,13 +4,16 @@ Under FSDP2 (``torch.distributed.fsdp.fully_shard``) every parameter, and its gr
 rank's shard outside the forward pass. Pruning decisions are made on whole weights (a mask computed from a shard is
 the known failure of pruning under sharding), so the pruner gathers what it scores through `full_tensor`, keeps
 masks and importance statistics whole and identical on every rank, and writes whole values back into shards with
-`copy_whole_`. Without FSDP2 these functions pass tensors through untouched.
+`copy_whole_`. Without FSDP2 these functions pass tensors through untouched. For saving, `shapes_only_copy`
+(taken before sharding) and `gather_into` give rank 0 an ordinary, unsharded copy of the whole model.
 """
 
 from __future__ import annotations
 
+import copy
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def is_sharded(tensor: Tensor) -> bool:
@@ -41,3 +44,46 @@ def shard_like(whole: Tensor, like: Tensor) -> Tensor:
 def copy_whole_(target: Tensor, whole: Tensor) -> None:
     """Copy the whole tensor ``whole`` into ``target``, which may be an FSDP2 shard."""
     target.copy_(shard_like(whole.to(device=target.device, dtype=target.dtype), target))
+
+
+def shapes_only_copy(model: nn.Module) -> nn.Module:
+    """An unsharded copy of ``model`` whose parameters and persistent buffers are on the ``meta`` device.
+
+    Taken before ``fully_shard``, it costs no memory and is what `gather_into` fills on rank 0 when the trained
+    model is saved: there is no general way to rebuild an arbitrary module from its sharded self. Non-persistent
+    buffers (BERT's ``position_ids``) are not in state dicts, so they are copied with their values.
+    """
+    memo: dict[int, object] = {}
+    for module in model.modules():
+        for tensor in module._parameters.values():
+            if tensor is not None and id(tensor) not in memo:
+                memo[id(tensor)] = nn.Parameter(torch.empty_like(tensor, device="meta"), tensor.requires_grad)
+        for name, tensor in module._buffers.items():
+            if tensor is not None and name not in module._non_persistent_buffers_set:
+                memo[id(tensor)] = torch.empty_like(tensor, device="meta")
+    return copy.deepcopy(model, memo)
+
+
+def gather_into(model: nn.Module, copy_on_meta: nn.Module) -> nn.Module | None:
+    """Gather the FSDP2-sharded ``model`` whole into ``copy_on_meta`` (from `shapes_only_copy`) on rank 0.
+
+    A collective: every rank calls it; rank 0 gets the filled copy (on the CPU), the others ``None``. Parameters that
+    were one object in ``model`` (tied embeddings) are one object again in the copy.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    whole = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if torch.distributed.get_rank() != 0:
+        return None
+    tied: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module in copy_on_meta.modules():
+        for name, param in module._parameters.items():
+            if param is not None:
+                tied.setdefault(id(param), []).append((module, name))
+    # assign=True: the gathered tensors become the copy's parameters, without a second copy of the model.
+    copy_on_meta.load_state_dict(whole, assign=True)
+    for places in tied.values():
+        first_module, first_name = places[0]
+        for module, name in places[1:]:
+            setattr(module, name, getattr(first_module, first_name))
+    return copy_on_meta

@@ -23,9 +23,10 @@ from transformers import Trainer, TrainerCallback
 from .config import PruningConfig
 from .distillation import DistillationConfig, distillation_loss, head_logits
 from .errors import ConfigError, HfPruneError, HfPruneWarning
-from .masks import get_raw_weight
+from .masks import get_raw_weight, merge_masks_
 from .pruner import Pruner
 from .regularizers import BatchNormL1, Regularizer
+from .sharding import gather_into, is_sharded, shapes_only_copy
 
 
 PRUNER_STATE_NAME = "hfprune_pruner.pt"
@@ -55,11 +56,11 @@ class PruningCallback(TrainerCallback):
         self.pruner.step(state.global_step)
 
 
-def write_pruner_state(pruner: Pruner, checkpoint: Path) -> None:
-    """Write the pruner state into ``checkpoint`` (write then rename: an interrupt never leaves a truncated file)."""
+def write_pruner_state(state: dict[str, Any], checkpoint: Path) -> None:
+    """Write a pruner state into ``checkpoint`` (write then rename: an interrupt never leaves a truncated file)."""
     checkpoint.mkdir(parents=True, exist_ok=True)
     partial = checkpoint / f"{PRUNER_STATE_NAME}.partial"
-    torch.save(pruner.state_dict(), partial)
+    torch.save(state, partial)
     os.replace(partial, checkpoint / PRUNER_STATE_NAME)
 
 
@@ -67,9 +68,11 @@ def checkpoint_is_complete(checkpoint: Path, needs_pruner_state: bool) -> bool:
     """Whether ``checkpoint`` holds everything a resume reads: trainer state, weights and (pruning) pruner state.
 
     transformers writes ``trainer_state.json`` after the weights, optimizer and RNG states, so its presence means
-    those are complete.
+    those are complete. FSDP's sharded state dicts are torch.distributed.checkpoint folders
+    (``pytorch_model_fsdp_0``), whose ``.metadata`` is written last.
     """
-    has_weights = any(checkpoint.glob("*.safetensors")) or any(checkpoint.glob("pytorch_model*.bin"))
+    has_weights = (any(checkpoint.glob("*.safetensors")) or any(checkpoint.glob("pytorch_model*.bin"))
+                   or any(checkpoint.glob("pytorch_model_fsdp_*/.metadata")))  # fmt: skip
     has_state = (checkpoint / "trainer_state.json").is_file()
     return has_weights and has_state and (not needs_pruner_state or (checkpoint / PRUNER_STATE_NAME).is_file())
 
@@ -183,16 +186,20 @@ def warn_short_movement_ramp(pruner: Pruner) -> None:
         )
 
 
-def refuse_sharded_pruning(pruner: Pruner | None, fsdp: bool, deepspeed: bool) -> None:
-    """Refuse pruning under accelerate's FSDP or DeepSpeed: accelerate runs them only on GPUs, so this trainer's path
-    there (checkpoints, saving, the teacher) has never run. The `Pruner` itself handles FSDP2 shards
-    (`hfprune.sharding`, tested on CPU ranks) in a user's own loop."""
-    if pruner is not None and (fsdp or deepspeed):
+def refuse_sharded_pruning(pruner: Pruner | None, fsdp_version: int | None, deepspeed: bool) -> None:
+    """Refuse pruning under DeepSpeed and FSDP1; FSDP2 (``fsdp_config={"version": 2}``) is supported.
+
+    DeepSpeed ZeRO-3 replaces each parameter with an empty placeholder outside its forward, and FSDP1 flattens a
+    module's parameters into one: the masks, which are parametrizations of each weight, would see neither whole."""
+    if pruner is None:
+        return
+    if deepspeed or fsdp_version == 1:
+        why = "ZeRO replaces each parameter with an empty placeholder" if deepspeed else "FSDP1 flattens each module"
         raise ConfigError(
-            f"PruningTrainer does not support pruning under {'FSDP' if fsdp else 'DeepSpeed'} yet: accelerate runs it "
-            "only on GPUs, so this path could not be tested. Fine-prune with DDP (accelerate launch --multi_gpu), "
-            "or shard with torch's fully_shard in your own training loop, where hfprune.Pruner keeps whole masks on "
-            "every rank (README, 'FSDP2'); or train without a pruning_config."
+            f"PruningTrainer does not prune under {'DeepSpeed' if deepspeed else 'FSDP1'}: {why}'s parameters, which "
+            "masks cannot follow. Use FSDP2 (TrainingArguments(fsdp=True, fsdp_config={'version': 2, ...}), or "
+            "fsdp_version: 2 in accelerate's config), DDP (accelerate launch --multi_gpu), or train without a "
+            "pruning_config."
         )
 
 
@@ -266,10 +273,26 @@ class PruningTrainer(Trainer):
         self.regularizers = list(regularizers) + ([BatchNormL1(float(bn_l1))] if bn_l1 else [])
         self._penalties = [(regularizer.log_name, regularizer.bind(model)) for regularizer in self.regularizers]
         super().__init__(model=model, args=args, callbacks=callbacks, **kwargs)
-        refuse_sharded_pruning(self.pruner, self.is_fsdp_enabled, self.is_deepspeed_enabled)
+        # Each process's task loss is its batch's mean, like the distillation and penalty terms added to it. With
+        # loss kwargs, transformers multiplies the task loss by the number of processes (and skips dividing it by
+        # the accumulation steps) for the models that divide by a global count themselves, but BERT's heads ignore
+        # that count: the task term would weigh N times the distillation term on N processes.
+        self.model_accepts_loss_kwargs = False
+        fsdp_version = self.accelerator.state.fsdp_plugin.fsdp_version if self.is_fsdp_enabled else None
+        refuse_sharded_pruning(self.pruner, fsdp_version, self.is_deepspeed_enabled)
+        #: Under FSDP2, an unsharded copy of the model on the meta device, filled on rank 0 by `save_pruned_model`.
+        self._copy_on_meta = shapes_only_copy(model) if fsdp_version == 2 else None
         self.teacher_model = teacher_model
         if teacher_model is not None:
-            teacher_model.to(self.args.device).eval().requires_grad_(False)
+            teacher_model.eval().requires_grad_(False)
+            if fsdp_version == 2:
+                from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+                # Sharded like the student (same wrap policy and mesh): a teacher as large as the student would
+                # otherwise be whole on every rank. Not registered with the accelerator: it is never saved.
+                self.teacher_model = fsdp2_prepare_model(self.accelerator, teacher_model)
+            else:
+                teacher_model.to(self.args.device)
         self._loss_sums: dict[str, float] = defaultdict(float)
         self._loss_count = 0
 
@@ -279,7 +302,7 @@ class PruningTrainer(Trainer):
         # with the weights' gradients they would set the shared norm and shrink every weight update. Each group is
         # clipped to max_grad_norm on its own; the weights' norm is what gets logged.
         scores = self.pruner.score_parameters() if self.pruner is not None else []
-        if not scores or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+        if not scores or self.is_deepspeed_enabled or (self.is_fsdp_enabled and self._copy_on_meta is None):
             return super()._clip_grad_norm(model)
         score_ids = {id(param) for param in scores}
         weights = [param for param in model.parameters() if id(param) not in score_ids]
@@ -363,8 +386,13 @@ class PruningTrainer(Trainer):
         """Add loss terms (averaged since the last log) and pruning state (sparsity, threshold, lambda)."""
         if "loss" in logs:
             if self._loss_count:
-                for name, total in self._loss_sums.items():
-                    logs[name] = round(total / self._loss_count, 6)
+                # Averaged over processes, as transformers does for "loss": every process logs, so all take part.
+                names = sorted(self._loss_sums)
+                means = torch.tensor([self._loss_sums[name] / self._loss_count for name in names])
+                means = means.to(self.args.device)
+                if self.args.world_size > 1:
+                    means = self.accelerator.gather(means).reshape(self.args.world_size, len(names)).mean(0)
+                logs.update({name: round(float(mean), 6) for name, mean in zip(names, means, strict=True)})
                 self._loss_sums.clear()
                 self._loss_count = 0
             if self.pruner is not None:
@@ -377,11 +405,14 @@ class PruningTrainer(Trainer):
         # The pruner state goes in first: transformers deletes older checkpoints (save_total_limit) at the end of
         # _save_checkpoint, so a kill after that must find it in the new one. A kill before trainer_state.json is
         # written leaves the new checkpoint incomplete, and resuming falls back to the previous complete one.
-        if self.pruner is not None and self.args.should_save:
+        # Under FSDP the state is a collective (learned scores are gathered from their shards): every rank builds it.
+        if self.pruner is not None and (self.args.should_save or self.is_fsdp_enabled):
             from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            write_pruner_state(self.pruner, folder)
+            state = self.pruner.state_dict()
+            if self.args.should_save:
+                folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+                write_pruner_state(state, folder)
         super()._save_checkpoint(model, trial)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -494,7 +525,9 @@ class PruningTrainer(Trainer):
         ``pruning_config.json``, ``distillation_config.json``, ``report.json`` and a model card. With a heads/neurons
         structure the model is compacted first and ``pruning_plan.json`` is written: reload with
         `hfprune.load_pruned`. ``evaluation`` (a `hfprune.hub.CardEvaluation`) and ``method_notes`` go into the
-        model card. Every process makes the masks permanent; only the main process writes.
+        model card. Every process makes the masks permanent; only the main process writes. Under FSDP2 every process
+        gathers the whole model (a collective: call it on every rank), rank 0 saves it, and the trainer's own
+        sharded model keeps its masks.
 
         ``output_dir`` must be new, empty, or (with ``overwrite=True``) an earlier hfprune output: a folder holding
         anything else, such as ``args.output_dir`` with its checkpoints, is refused before anything changes. Save
@@ -508,13 +541,17 @@ class PruningTrainer(Trainer):
             # Before the masks are merged: a refused folder must leave the trainer able to save elsewhere.
             check_output_directory(output_dir, overwrite=overwrite)
         model = self.accelerator.unwrap_model(self.model)
-        plan = None
-        if self.pruner is not None:
-            # Heads/neurons are removed physically; the plan saved with the weights rebuilds the shapes on load.
-            plan = self.pruner.plan() if self.pruner.structured else None
+        # Heads/neurons are removed physically; the plan saved with the weights rebuilds the shapes on load.
+        plan = self.pruner.plan() if self.pruner is not None and self.pruner.structured else None
+        if self._copy_on_meta is not None and any(is_sharded(param) for param in model.parameters()):
+            # FSDP2: every rank gathers, rank 0 saves an unsharded copy; the trainer's model keeps its masks.
+            model = gather_into(model, shapes_only_copy(self._copy_on_meta))  # a fresh copy for each save
+            if model is not None:
+                merge_masks_(model)
+        elif self.pruner is not None:
             self.pruner.make_permanent_()
-            if plan is not None:
-                compact_(model, plan)
+        if model is not None and plan is not None:
+            compact_(model, plan)
         if not self.is_world_process_zero():
             return None
         pruning_config = self.pruning_config or PruningConfig(sparsity=0.0)

@@ -152,7 +152,7 @@ def test_a_training_recipe_fine_prunes_on_your_own_data(tmp_path, tiny_sst2_clas
     _write(tmp_path / "reviews" / "train.csv", named, columns=("review", "sentiment"))
     _write(tmp_path / "reviews" / "validation.csv", named[:8], columns=("review", "sentiment"))
     recipe = GlueRecipe(
-        model=str(tiny_sst2_classifier), output_dir=str(tmp_path / "final"),
+        model=str(tiny_sst2_classifier), output_dir=str(tmp_path / "final"), teacher=str(tiny_sst2_classifier),
         dataset={"path": str(tmp_path / "reviews"), "text_columns": "review", "label_column": "sentiment"},
         training={"output_dir": str(tmp_path / "run"), "max_steps": 2, "per_device_train_batch_size": 4,
                   "use_cpu": True, "report_to": [], "save_strategy": "no"},
@@ -162,7 +162,11 @@ def test_a_training_recipe_fine_prunes_on_your_own_data(tmp_path, tiny_sst2_clas
     assert set(result["metrics"]["validation"]) >= {"eval_validation_accuracy", "eval_validation_f1_macro"}
     config = json.loads((tmp_path / "final" / "config.json").read_text())
     assert config["id2label"] == {"0": "negative", "1": "positive"}  # class names became the head's labels
-    assert "accuracy" in (tmp_path / "final" / "README.md").read_text()
+    card = (tmp_path / "final" / "README.md").read_text()
+    assert "accuracy" in card
+    # The teacher is scored too: its column in the card's table.
+    teacher_row = next(line for line in card.splitlines() if line.startswith("| accuracy |"))
+    assert teacher_row.split("|")[2].strip() != ""
     with pytest.raises(ConfigError, match="needs either `task` .* or `dataset`"):
         GlueRecipe(model="m", task="sst2", dataset={"path": "x"}, training={"output_dir": str(tmp_path / "r")})
     with pytest.raises(ConfigError, match=r"Unknown key 'colums'"):

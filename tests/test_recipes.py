@@ -89,6 +89,43 @@ def test_accelerate_two_processes_agree_and_report_once(tmp_path, tiny_sst2_clas
     assert result["sparsity"] == pytest.approx(0.5, abs=1e-3)
 
 
+@needs_glue
+def test_accelerate_fsdp2_config_fine_prunes_heads_and_neurons(tmp_path, tiny_sst2_classifier):
+    # configs/accelerate/fsdp2.yaml as a user launches it, on 2 CPU ranks: tests/cpu_fsdp.py bypasses accelerate's
+    # GPU-only check (on CPU it would train with DDP) and runs scripts/run_glue.py.
+    recipe = _recipe(tmp_path, tiny_sst2_classifier, pruning={
+        "importance": "movement", "structure": "heads_and_neurons", "target_flops": 0.6,
+        "schedule": {"type": "cubic", "end_step": 6}})  # fmt: skip
+    recipe["training"].update(save_strategy="steps", save_steps=4)
+    path = _write(tmp_path, recipe)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch",
+               "--config_file", str(REPO / "configs" / "accelerate" / "fsdp2.yaml"), "--num_processes", "2",
+               "--main_process_port", str(free_port()), str(REPO / "tests" / "cpu_fsdp.py"),
+               str(REPO / "scripts" / "run_glue.py"), str(path)]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-4000:]
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("hfprune eval results: ")]
+    assert len(lines) == 1, completed.stdout[-2000:]
+    result = json.loads(lines[0].removeprefix("hfprune eval results: "))
+    assert result["num_processes"] == 2 and result["train_steps"] == 8
+    # The checkpoint is FSDP's: the model as a sharded torch.distributed.checkpoint folder, the pruner state whole.
+    checkpoint = tmp_path / "run" / "checkpoint-4"
+    assert (checkpoint / "pytorch_model_fsdp_0" / ".metadata").is_file()
+    assert (checkpoint / "hfprune_pruner.pt").is_file() and not (checkpoint / "model.safetensors").exists()
+    from transformers import AutoModelForSequenceClassification
+
+    from hfprune.hub import load_pruned
+
+    final = Path(result["output_dir"])
+    dense = AutoModelForSequenceClassification.from_pretrained(tiny_sst2_classifier)
+    compacted = load_pruned(final)  # rank 0 gathered the sharded model and compacted it
+    assert sum(p.numel() for p in compacted.bert.encoder.parameters()) < 0.8 * sum(
+        p.numel() for p in dense.bert.encoder.parameters())  # fmt: skip
+    card = (final / "README.md").read_text()
+    assert "the dense teacher" in card  # the sharded teacher was evaluated (by every rank)
+
+
 def test_unknown_task_and_keys_fail_before_training(tmp_path):
     with pytest.raises(ConfigError, match="Did you mean 'sst2'"):
         GlueRecipe.from_yaml(_write(tmp_path, _recipe(tmp_path, "m", task="sst3")))

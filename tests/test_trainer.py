@@ -367,3 +367,25 @@ def test_parameter_target_during_training_sets_the_final_unit_sparsity():
     kept = sum(map(len, plan.heads)) * dims.head_params() + sum(map(len, plan.neurons)) * dims.neuron_params()
     total = 2 * (4 * dims.head_params() + 37 * dims.neuron_params())
     assert kept / total == pytest.approx(0.5, abs=0.01)  # per-layer counts round to whole units
+
+
+def test_the_task_loss_is_a_batch_mean_whatever_the_accumulation(tmp_path):
+    # BERT's heads take loss kwargs but ignore the global item count transformers passes; left to transformers, two
+    # accumulated half batches would give twice the gradient of one whole batch, and on N processes the task term
+    # would weigh N times the distillation term. Both runs see the same 8 examples per step, in order.
+    def run(batch, accumulation):
+        torch.manual_seed(1)
+        teacher = tiny_bert(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        trainer = PruningTrainer(
+            model=_student(), teacher_model=teacher, train_dataset=_dataset(16),
+            args=_args(tmp_path / f"b{batch}", per_device_train_batch_size=batch, max_steps=2, logging_steps=1,
+                       gradient_accumulation_steps=accumulation, train_sampling_strategy="sequential"),
+        )  # fmt: skip
+        trainer.train()
+        return [entry for entry in trainer.state.log_history if "grad_norm" in entry]
+
+    whole, halves = run(8, 1), run(4, 2)
+    for one, two in zip(whole, halves, strict=True):
+        assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4)
+        assert two["loss"] == pytest.approx(one["loss"], rel=1e-4)
+        assert two["task_loss"] == pytest.approx(one["task_loss"], rel=1e-4)

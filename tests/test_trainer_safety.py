@@ -107,16 +107,17 @@ def test_resuming_a_pruning_checkpoint_without_a_pruning_config_names_the_config
         plain.train(resume_from_checkpoint=target)
 
 
-def test_pruning_under_fsdp_or_deepspeed_is_refused_until_it_is_supported():
+def test_pruning_under_deepspeed_or_fsdp1_is_refused_and_fsdp2_is_not():
     from hfprune import ConfigError, Pruner, PruningConfig
     from hfprune.trainer import refuse_sharded_pruning
 
     from .models import tiny_bert
 
     pruner = Pruner(tiny_bert(), PruningConfig(sparsity=0.5))
-    with pytest.raises(ConfigError, match="pruning under FSDP yet"):
-        refuse_sharded_pruning(pruner, fsdp=True, deepspeed=False)
-    with pytest.raises(ConfigError, match="pruning under DeepSpeed yet"):
-        refuse_sharded_pruning(pruner, fsdp=False, deepspeed=True)
-    refuse_sharded_pruning(pruner, fsdp=False, deepspeed=False)
-    refuse_sharded_pruning(None, fsdp=True, deepspeed=True)  # no pruning: nothing of hfprune to refuse
+    with pytest.raises(ConfigError, match=r"does not prune under FSDP1: FSDP1 flattens.*Use FSDP2"):
+        refuse_sharded_pruning(pruner, fsdp_version=1, deepspeed=False)
+    with pytest.raises(ConfigError, match=r"does not prune under DeepSpeed: ZeRO replaces.*Use FSDP2"):
+        refuse_sharded_pruning(pruner, fsdp_version=None, deepspeed=True)
+    refuse_sharded_pruning(pruner, fsdp_version=2, deepspeed=False)  # tests/test_trainer_fsdp.py runs it
+    refuse_sharded_pruning(pruner, fsdp_version=None, deepspeed=False)
+    refuse_sharded_pruning(None, fsdp_version=1, deepspeed=True)  # no pruning: nothing of hfprune to refuse

@@ -1,0 +1,130 @@
+"""Fine-prune a tiny BERT with `PruningTrainer` for six steps, unsharded or under accelerate's FSDP2 on 2 CPU ranks.
+
+Run by tests/test_trainer_fsdp.py:
+
+    python tests/fsdp_trainer_worker.py single OUT IMPORTANCE STRUCTURE
+    torchrun --nproc_per_node 2 tests/fsdp_trainer_worker.py STRATEGY OUT IMPORTANCE STRUCTURE \
+        [--state-dict-type SHARDED_STATE_DICT] [--stop-at 3 | --resume]
+
+STRATEGY is ``full_shard`` or ``shard_grad_op``. The loss is cross-entropy plus distillation from a frozen teacher
+(sharded like the student under FSDP2). Every run sees the same global batch of 8 per step, in order (sequential
+sampler): the unsharded run in one batch, each rank under FSDP2 half of it. ``--stop-at K`` ends the run after
+step K (a checkpoint is written every 3 steps); ``--resume`` continues from the newest complete checkpoint in a new
+process group. At the end every rank writes ``masks_rank{r}.pt``, ``state_rank{r}.pt`` (the pruner state) and
+``sharded_rank{r}.txt`` (whether student and teacher were really sharded), rank 0 writes ``log_history.json``, and
+`save_pruned_model` (called on every rank) writes ``OUT/pruned`` from rank 0.
+
+Under FSDP2 it runs with accelerate's GPU-only check bypassed (tests/cpu_fsdp.py); it checks that the parameters
+really are sharded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+
+STEPS, GLOBAL_BATCH, SAVE_EVERY = 6, 8, 3
+
+
+def tiny_encoder(seed: int):
+    """tests/models.py's tiny BERT, wider, without dropout (dropout would differ with how the batch is split)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from models import tiny_bert
+
+    torch.manual_seed(seed)
+    return tiny_bert(hidden_size=64, intermediate_size=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+class StopAt(TrainerCallback):
+    """Ends training after step ``step``: to the next run, as if it had been killed there."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["single", "full_shard", "shard_grad_op"])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("importance")
+    parser.add_argument("structure")
+    parser.add_argument("--state-dict-type", default="FULL_STATE_DICT")
+    parser.add_argument("--stop-at", type=int, default=0)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args()
+    sharded = args.mode != "single"
+    if sharded:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from cpu_fsdp import open_cpu_fsdp_gate
+
+        open_cpu_fsdp_gate()
+
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+    from hfprune import PruningConfig, PruningTrainer
+    from hfprune.sharding import is_sharded
+
+    generator = torch.Generator().manual_seed(1)
+    rows = GLOBAL_BATCH * STEPS
+    train = Dataset.from_dict({
+        "input_ids": torch.randint(0, 100, (rows, 16), generator=generator).tolist(),
+        "labels": torch.randint(0, 2, (rows,), generator=generator).tolist(),
+    })  # fmt: skip
+    fsdp = {}
+    if sharded:
+        fsdp = dict(fsdp=[args.mode, "auto_wrap"],
+                    fsdp_config={"version": 2, "transformer_layer_cls_to_wrap": ["BertLayer"],
+                                 "state_dict_type": args.state_dict_type})  # fmt: skip
+    training = TrainingArguments(
+        output_dir=str(args.out / "run"), use_cpu=True, report_to=[], seed=0, max_steps=STEPS,
+        per_device_train_batch_size=GLOBAL_BATCH // (2 if sharded else 1), train_sampling_strategy="sequential",
+        learning_rate=1e-3, lr_scheduler_type="constant", save_steps=SAVE_EVERY, logging_steps=1,
+        disable_tqdm=True, **fsdp,
+    )  # fmt: skip
+    pruning = PruningConfig(importance=args.importance, structure=args.structure, sparsity=0.5, scope="global",
+                            schedule={"type": "cubic", "start_step": 1, "end_step": 4, "every": 1})  # fmt: skip
+    trainer = PruningTrainer(
+        model=tiny_encoder(seed=0), args=training, train_dataset=train, pruning_config=pruning,
+        teacher_model=tiny_encoder(seed=1), callbacks=[StopAt(args.stop_at)] if args.stop_at else [],
+    )  # fmt: skip
+    trainer.train(resume_from_checkpoint=True if args.resume else None)
+    if args.stop_at:
+        return finish()
+    rank = trainer.args.process_index
+    torch.save(trainer.pruner.masks(), args.out / f"masks_rank{rank}.pt")
+    torch.save(trainer.pruner.state_dict(), args.out / f"state_rank{rank}.pt")  # a collective under FSDP2
+    student = next(trainer.model.parameters())
+    teacher = next(trainer.teacher_model.parameters())
+    (args.out / f"sharded_rank{rank}.txt").write_text(f"{is_sharded(student)} {is_sharded(teacher)}")
+    if rank == 0:
+        (args.out / "log_history.json").write_text(json.dumps(trainer.state.log_history))
+    trainer.save_pruned_model(args.out / "pruned")
+    return finish()
+
+
+def finish() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    # gloo's worker threads can abort the interpreter's own shutdown ("terminate called without an active
+    # exception") after everything is written: leave without running it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()

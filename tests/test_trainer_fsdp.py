@@ -1,0 +1,97 @@
+"""`PruningTrainer` under accelerate's FSDP2 on 2 CPU ranks (gloo), against an unsharded run on the same global
+batches: identical masks on every rank and equal to the unsharded run's, learned scores and gradient statistics
+gathered, a sharded KD teacher, resume from a sharded checkpoint in a new process group, and the compacted model
+saved from rank 0. The worker, and the one check of accelerate's it bypasses on CPU, are in
+tests/fsdp_trainer_worker.py."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hfprune.hub import load_pruned
+
+from .conftest import free_port
+
+
+WORKER = Path(__file__).resolve().parent / "fsdp_trainer_worker.py"
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
+
+
+def run_worker(*args: str, ranks: int = 1) -> str:
+    command = [sys.executable, str(WORKER), *args]
+    if ranks > 1:
+        command[1:1] = ["-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
+                        str(free_port())]  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("strategy", "importance", "structure", "state_dict_type", "stop_at"),
+    [
+        ("full_shard", "movement", "heads_and_neurons", "SHARDED_STATE_DICT", 3),
+        ("shard_grad_op", "taylor", "unstructured", "FULL_STATE_DICT", 0),
+    ],
+    ids=["full-shard-learned-heads-resumed", "shard-grad-op-gradient-statistics"],
+)
+def test_pruning_trainer_under_fsdp2_matches_unsharded(tmp_path, strategy, importance, structure, state_dict_type,
+                                                        stop_at):  # fmt: skip
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    run_worker("single", str(single), importance, structure)
+    options = (str(sharded), importance, structure, "--state-dict-type", state_dict_type)
+    if stop_at:
+        run_worker(strategy, *options, "--stop-at", str(stop_at), ranks=2)
+        checkpoint = sharded / "run" / f"checkpoint-{stop_at}"
+        # The model is saved as a torch.distributed.checkpoint folder, next to the whole pruner state.
+        assert (checkpoint / "pytorch_model_fsdp_0" / ".metadata").is_file()
+        assert (checkpoint / "hfprune_pruner.pt").is_file() and not (sharded / "masks_rank0.pt").exists()
+        run_worker(strategy, *options, "--resume", ranks=2)
+    else:
+        run_worker(strategy, *options, ranks=2)
+
+    for rank in (0, 1):
+        student, teacher = (sharded / f"sharded_rank{rank}.txt").read_text().split()
+        assert student == "True"  # accelerate really sharded it: the test is not of DDP
+        # Under SHARD_GRAD_OP a module keeps its parameters gathered after its forward (a teacher never reshards).
+        assert teacher == str(strategy == "full_shard")
+
+    # The logged loss terms are averages over both ranks: the unsharded run's numbers.
+    logged, expected_logs = (json.loads((run / "log_history.json").read_text()) for run in (sharded, single))
+    for ours, theirs in zip(logged, expected_logs, strict=True):
+        for key in ("loss", "task_loss", "kd_loss"):
+            if key in theirs:
+                assert ours[key] == pytest.approx(theirs[key], rel=1e-3, abs=1e-6), (key, ours, theirs)
+
+    reference = torch.load(single / "masks_rank0.pt")
+    rank0, rank1 = (torch.load(sharded / f"masks_rank{r}.pt") for r in (0, 1))
+    assert set(rank0) == set(reference) and len(reference) > 0
+    for name, mask in reference.items():
+        assert torch.equal(rank0[name], rank1[name]), f"ranks disagree on {name}"
+        assert torch.equal(rank0[name], mask), f"{name}: the mask under FSDP2 differs from the unsharded run's"
+    kept = torch.cat([mask.flatten() for mask in reference.values()]).float().mean()
+    assert 0.3 < float(kept) < 0.7  # the schedule reached its 50 %: the comparison is not between all-ones masks
+
+    state, expected = torch.load(sharded / "state_rank0.pt"), torch.load(single / "state_rank0.pt")
+    assert state["global_step"] == expected["global_step"] == 6
+    assert bool(expected["scores"]) == (importance == "movement")
+    for name, scores in expected["scores"].items():
+        torch.testing.assert_close(state["scores"][name], scores, rtol=1e-4, atol=1e-6)
+    for name, statistics in expected["importance_state"].items():
+        for key, value in statistics.items():
+            torch.testing.assert_close(state["importance_state"][name][key], value, rtol=1e-4, atol=1e-6)
+
+    # save_pruned_model on every rank: rank 0 wrote the unsharded run's model (compacted for heads/neurons).
+    ours, theirs = load_pruned(sharded / "pruned").eval(), load_pruned(single / "pruned").eval()
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
+    if structure == "heads_and_neurons":
+        assert ours.bert.encoder.layer[0].intermediate.dense.out_features < 128
+    ids = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(input_ids=ids).logits, theirs(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
