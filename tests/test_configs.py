@@ -23,7 +23,9 @@ from hfprune.structures import Channels
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-RECIPES = sorted([*CONFIGS.rglob("*.yaml"), *CONFIGS.rglob("*.yml")])
+#: accelerate's own launcher configs (``accelerate launch --config_file``), checked by `test_accelerate_configs_load`.
+ACCELERATE_CONFIGS = sorted((CONFIGS / "accelerate").glob("*.yaml"))
+RECIPES = sorted((set(CONFIGS.rglob("*.yaml")) | set(CONFIGS.rglob("*.yml"))) - set(ACCELERATE_CONFIGS))
 #: One recipe per documented workflow (README); renaming one must update the README and this list.
 DOCUMENTED = {
     "minilm_embedding_fisher_50.yaml",  # README main job: label-free heads+neurons of the embedding model
@@ -243,3 +245,13 @@ def test_calibration_section_defaults_recipe_and_flags(tmp_path):
     recipe_path.write_text("pruning: {importance: fisher}\ncalibration: {tsak: sst2}\n")
     with pytest.raises(ConfigError, match="unknown calibration keys"):
         load_recipe(str(recipe_path))
+
+
+def test_accelerate_configs_load():
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    assert ACCELERATE_CONFIGS, "configs/accelerate/fsdp2.yaml is documented in the README"
+    for path in ACCELERATE_CONFIGS:
+        config = ClusterConfig.from_yaml_file(str(path))
+        assert config.distributed_type == "FSDP" and config.fsdp_config["fsdp_version"] == 2, path
+        assert any("accelerate launch --config_file" in line for line in header(path)), path
