@@ -90,7 +90,7 @@ def main() -> None:
     training = TrainingArguments(
         output_dir=str(args.out / "run"), use_cpu=True, report_to=[], seed=0, max_steps=STEPS,
         per_device_train_batch_size=GLOBAL_BATCH // (2 if sharded else 1), train_sampling_strategy="sequential",
-        learning_rate=1e-3, lr_scheduler_type="constant", save_steps=SAVE_EVERY, logging_steps=1,
+        learning_rate=1e-3, lr_scheduler_type="constant", save_steps=SAVE_EVERY, logging_steps=1, max_grad_norm=0.02,
         disable_tqdm=True, **fsdp,
     )  # fmt: skip
     pruning = PruningConfig(importance=args.importance, structure=args.structure, sparsity=0.5, scope="global",
