@@ -186,20 +186,37 @@ def warn_short_movement_ramp(pruner: Pruner) -> None:
         )
 
 
-def refuse_sharded_pruning(pruner: Pruner | None, fsdp_version: int | None, deepspeed: bool) -> None:
-    """Refuse pruning under DeepSpeed and FSDP1; FSDP2 (``fsdp_config={"version": 2}``) is supported.
+def refuse_sharded_pruning(pruner: Pruner | None, fsdp_version: int | None, zero_stage: int | None) -> None:
+    """Refuse the sharded setups pruning cannot follow: FSDP1, DeepSpeed ZeRO-3, and gradient criteria under any
+    DeepSpeed stage. FSDP2 (``fsdp_config={"version": 2}``) and ZeRO-1/2 with other criteria are supported.
 
-    DeepSpeed ZeRO-3 replaces each parameter with an empty placeholder outside its forward, and FSDP1 flattens a
-    module's parameters into one: the masks, which are parametrizations of each weight, would see neither whole."""
+    FSDP1 flattens a module's parameters into one and ZeRO-3 replaces each with an empty placeholder outside its
+    forward: the masks, parametrizations of each weight, would see neither whole. DeepSpeed's engine runs the
+    optimizer step inside ``backward`` and moves gradients into its partitions, so no callback sees them."""
     if pruner is None:
         return
-    if deepspeed or fsdp_version == 1:
-        why = "ZeRO replaces each parameter with an empty placeholder" if deepspeed else "FSDP1 flattens each module"
+    fix = (
+        "FSDP2 (TrainingArguments(fsdp=True, fsdp_config={'version': 2, ...}), or fsdp_version: 2 in accelerate's "
+        "config), DDP (accelerate launch --multi_gpu), or train without a pruning_config."
+    )
+    if fsdp_version == 1:
         raise ConfigError(
-            f"PruningTrainer does not prune under {'DeepSpeed' if deepspeed else 'FSDP1'}: {why}'s parameters, which "
-            "masks cannot follow. Use FSDP2 (TrainingArguments(fsdp=True, fsdp_config={'version': 2, ...}), or "
-            "fsdp_version: 2 in accelerate's config), DDP (accelerate launch --multi_gpu), or train without a "
-            "pruning_config."
+            "PruningTrainer does not prune under FSDP1: FSDP1 flattens each module's parameters into one, which "
+            f"masks cannot follow. Use {fix}"
+        )
+    if zero_stage is not None and zero_stage >= 3:
+        raise ConfigError(
+            "PruningTrainer does not prune under DeepSpeed ZeRO-3: ZeRO-3 replaces each parameter with an empty "
+            'placeholder outside its forward, which masks cannot follow. Use ZeRO-2 ("stage": 2 in the DeepSpeed '
+            f"config), {fix}"
+        )
+    # Learned scores (movement) get their gradients through the optimizer, as the weights do: they need no callback.
+    if zero_stage is not None and pruner.requires_grad and not pruner.config.importance.learned:  # type: ignore[union-attr]
+        raise ConfigError(
+            f"PruningTrainer cannot score with {pruner.config.importance.registered_name!r} under DeepSpeed: its "  # type: ignore[union-attr]
+            "engine steps the optimizer inside backward and keeps gradients in its own partitions, so the gradients "
+            "this criterion accumulates are never seen. Use a criterion that does not read gradients (magnitude, "
+            f"movement, soft_movement), {fix}"
         )
 
 
@@ -279,7 +296,18 @@ class PruningTrainer(Trainer):
         # that count: the task term would weigh N times the distillation term on N processes.
         self.model_accepts_loss_kwargs = False
         fsdp_version = self.accelerator.state.fsdp_plugin.fsdp_version if self.is_fsdp_enabled else None
-        refuse_sharded_pruning(self.pruner, fsdp_version, self.is_deepspeed_enabled)
+        zero_stage = self.accelerator.state.deepspeed_plugin.zero_stage if self.is_deepspeed_enabled else None
+        refuse_sharded_pruning(self.pruner, fsdp_version, zero_stage)
+        scores = self.pruner.score_parameters() if self.pruner is not None else []
+        if zero_stage is not None and scores and self.args.max_grad_norm:
+            warnings.warn(
+                "Under DeepSpeed, learned scores are clipped together with the weights (DeepSpeed clips all gradients "
+                "in one norm): a unit's score gradient sums thousands of weights' terms, so it sets the shared norm "
+                "and shrinks every weight update. PruningTrainer clips them apart elsewhere. Set max_grad_norm=0 "
+                "(gradient_clipping 0 in the DeepSpeed config), or use FSDP2 or DDP.",
+                HfPruneWarning,
+                stacklevel=2,
+            )
         #: Under FSDP2, an unsharded copy of the model on the meta device, filled on rank 0 by `save_pruned_model`.
         self._copy_on_meta = shapes_only_copy(model) if fsdp_version == 2 else None
         self.teacher_model = teacher_model

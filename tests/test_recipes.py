@@ -91,7 +91,7 @@ def test_accelerate_two_processes_agree_and_report_once(tmp_path, tiny_sst2_clas
 
 @needs_glue
 def test_accelerate_fsdp2_config_fine_prunes_heads_and_neurons(tmp_path, tiny_sst2_classifier):
-    # configs/accelerate/fsdp2.yaml as a user launches it, on 2 CPU ranks: tests/cpu_fsdp.py bypasses accelerate's
+    # configs/accelerate/fsdp2.yaml as a user launches it, on 2 CPU ranks: tests/cpu_sharding.py bypasses accelerate's
     # GPU-only check (on CPU it would train with DDP) and runs scripts/run_glue.py.
     recipe = _recipe(tmp_path, tiny_sst2_classifier, pruning={
         "importance": "movement", "structure": "heads_and_neurons", "target_flops": 0.6,
@@ -101,7 +101,7 @@ def test_accelerate_fsdp2_config_fine_prunes_heads_and_neurons(tmp_path, tiny_ss
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "accelerate.commands.launch",
                "--config_file", str(REPO / "configs" / "accelerate" / "fsdp2.yaml"), "--num_processes", "2",
-               "--main_process_port", str(free_port()), str(REPO / "tests" / "cpu_fsdp.py"),
+               "--main_process_port", str(free_port()), str(REPO / "tests" / "cpu_sharding.py"),
                str(REPO / "scripts" / "run_glue.py"), str(path)]  # fmt: skip
     completed = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-4000:]

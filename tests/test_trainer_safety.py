@@ -107,17 +107,22 @@ def test_resuming_a_pruning_checkpoint_without_a_pruning_config_names_the_config
         plain.train(resume_from_checkpoint=target)
 
 
-def test_pruning_under_deepspeed_or_fsdp1_is_refused_and_fsdp2_is_not():
+def test_pruning_under_fsdp1_zero3_or_with_gradients_under_deepspeed_is_refused():
     from hfprune import ConfigError, Pruner, PruningConfig
     from hfprune.trainer import refuse_sharded_pruning
 
     from .models import tiny_bert
 
-    pruner = Pruner(tiny_bert(), PruningConfig(sparsity=0.5))
+    movement = Pruner(tiny_bert(), PruningConfig(sparsity=0.5, importance="movement"))
+    taylor = Pruner(tiny_bert(), PruningConfig(sparsity=0.5, importance="taylor"))
     with pytest.raises(ConfigError, match=r"does not prune under FSDP1: FSDP1 flattens.*Use FSDP2"):
-        refuse_sharded_pruning(pruner, fsdp_version=1, deepspeed=False)
-    with pytest.raises(ConfigError, match=r"does not prune under DeepSpeed: ZeRO replaces.*Use FSDP2"):
-        refuse_sharded_pruning(pruner, fsdp_version=None, deepspeed=True)
-    refuse_sharded_pruning(pruner, fsdp_version=2, deepspeed=False)  # tests/test_trainer_fsdp.py runs it
-    refuse_sharded_pruning(pruner, fsdp_version=None, deepspeed=False)
-    refuse_sharded_pruning(None, fsdp_version=1, deepspeed=True)  # no pruning: nothing of hfprune to refuse
+        refuse_sharded_pruning(movement, fsdp_version=1, zero_stage=None)
+    with pytest.raises(ConfigError, match=r"does not prune under DeepSpeed ZeRO-3: .*Use ZeRO-2 .*FSDP2"):
+        refuse_sharded_pruning(movement, fsdp_version=None, zero_stage=3)
+    with pytest.raises(ConfigError, match=r"cannot score with 'taylor' under DeepSpeed: .*magnitude, movement"):
+        refuse_sharded_pruning(taylor, fsdp_version=None, zero_stage=2)
+    # tests/test_trainer_sharded.py runs these.
+    refuse_sharded_pruning(movement, fsdp_version=2, zero_stage=None)
+    refuse_sharded_pruning(taylor, fsdp_version=2, zero_stage=None)
+    refuse_sharded_pruning(movement, fsdp_version=None, zero_stage=2)
+    refuse_sharded_pruning(None, fsdp_version=1, zero_stage=3)  # no pruning: nothing of hfprune to refuse

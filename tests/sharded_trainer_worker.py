@@ -1,21 +1,20 @@
-"""Fine-prune a tiny BERT with `PruningTrainer` for six steps, unsharded or under accelerate's FSDP2 on 2 CPU ranks.
+"""Fine-prune a tiny BERT with `PruningTrainer` for six steps, unsharded, or on 2 CPU ranks under accelerate's FSDP2
+or DeepSpeed ZeRO-2.
 
-Run by tests/test_trainer_fsdp.py:
+Run by tests/test_trainer_sharded.py:
 
-    python tests/fsdp_trainer_worker.py single OUT IMPORTANCE STRUCTURE
-    torchrun --nproc_per_node 2 tests/fsdp_trainer_worker.py STRATEGY OUT IMPORTANCE STRUCTURE \
-        [--state-dict-type SHARDED_STATE_DICT] [--stop-at 3 | --resume]
+    python tests/sharded_trainer_worker.py single OUT IMPORTANCE STRUCTURE [--max-grad-norm G]
+    torchrun --nproc_per_node 2 tests/sharded_trainer_worker.py MODE OUT IMPORTANCE STRUCTURE \
+        [--state-dict-type SHARDED_STATE_DICT] [--stop-at 3 | --resume] [--max-grad-norm G]
 
-STRATEGY is ``full_shard`` or ``shard_grad_op``. The loss is cross-entropy plus distillation from a frozen teacher
-(sharded like the student under FSDP2). Every run sees the same global batch of 8 per step, in order (sequential
-sampler): the unsharded run in one batch, each rank under FSDP2 half of it. ``--stop-at K`` ends the run after
-step K (a checkpoint is written every 3 steps); ``--resume`` continues from the newest complete checkpoint in a new
-process group. At the end every rank writes ``masks_rank{r}.pt``, ``state_rank{r}.pt`` (the pruner state) and
-``sharded_rank{r}.txt`` (whether student and teacher were really sharded), rank 0 writes ``log_history.json``, and
-`save_pruned_model` (called on every rank) writes ``OUT/pruned`` from rank 0.
-
-Under FSDP2 it runs with accelerate's GPU-only check bypassed (tests/cpu_fsdp.py); it checks that the parameters
-really are sharded.
+MODE is ``full_shard`` or ``shard_grad_op`` (FSDP2), or ``zero2`` (DeepSpeed, with ``DS_ACCELERATOR=cpu``). The
+loss is cross-entropy plus distillation from a frozen teacher (sharded like the student under FSDP2). Every run
+sees the same global batch of 8 per step, in order (sequential sampler): the unsharded run in one batch, each of
+the 2 ranks half of it. ``--stop-at K`` ends the run after step K (a checkpoint is written every 3 steps);
+``--resume`` continues from the newest complete checkpoint in a new process group. At the end every rank writes
+``masks_rank{r}.pt``, ``state_rank{r}.pt`` (the pruner state) and ``sharded_rank{r}.txt`` (whether FSDP2 really
+sharded student and teacher), rank 0 writes ``log_history.json``, and `save_pruned_model` (called on every rank)
+writes ``OUT/pruned`` from rank 0. Sharded runs bypass accelerate's GPU-only check (tests/cpu_sharding.py).
 """
 
 from __future__ import annotations
@@ -55,20 +54,21 @@ class StopAt(TrainerCallback):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["single", "full_shard", "shard_grad_op"])
+    parser.add_argument("mode", choices=["single", "full_shard", "shard_grad_op", "zero2"])
     parser.add_argument("out", type=Path)
     parser.add_argument("importance")
     parser.add_argument("structure")
     parser.add_argument("--state-dict-type", default="FULL_STATE_DICT")
     parser.add_argument("--stop-at", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--max-grad-norm", type=float, default=0.02)
     args = parser.parse_args()
     sharded = args.mode != "single"
     if sharded:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from cpu_fsdp import open_cpu_fsdp_gate
+        from cpu_sharding import open_cpu_gates
 
-        open_cpu_fsdp_gate()
+        open_cpu_gates()
 
     from datasets import Dataset
     from transformers import TrainingArguments
@@ -82,16 +82,22 @@ def main() -> None:
         "input_ids": torch.randint(0, 100, (rows, 16), generator=generator).tolist(),
         "labels": torch.randint(0, 2, (rows,), generator=generator).tolist(),
     })  # fmt: skip
-    fsdp = {}
-    if sharded:
-        fsdp = dict(fsdp=[args.mode, "auto_wrap"],
+    sharding = {}
+    if args.mode == "zero2":
+        # DeepSpeed's own engine and ZeRO-2 optimizer around the Trainer's AdamW (its CPU accelerator, gloo).
+        sharding = dict(deepspeed={
+            "zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": "auto",
+            "gradient_accumulation_steps": "auto", "gradient_clipping": "auto", "zero_allow_untested_optimizer": True,
+        })  # fmt: skip
+    elif sharded:
+        sharding = dict(fsdp=[args.mode, "auto_wrap"],
                     fsdp_config={"version": 2, "transformer_layer_cls_to_wrap": ["BertLayer"],
                                  "state_dict_type": args.state_dict_type})  # fmt: skip
     training = TrainingArguments(
         output_dir=str(args.out / "run"), use_cpu=True, report_to=[], seed=0, max_steps=STEPS,
         per_device_train_batch_size=GLOBAL_BATCH // (2 if sharded else 1), train_sampling_strategy="sequential",
-        learning_rate=1e-3, lr_scheduler_type="constant", save_steps=SAVE_EVERY, logging_steps=1, max_grad_norm=0.02,
-        disable_tqdm=True, **fsdp,
+        learning_rate=1e-3, lr_scheduler_type="constant", save_steps=SAVE_EVERY, logging_steps=1,
+        max_grad_norm=args.max_grad_norm, disable_tqdm=True, **sharding,
     )  # fmt: skip
     pruning = PruningConfig(importance=args.importance, structure=args.structure, sparsity=0.5, scope="global",
                             schedule={"type": "cubic", "start_step": 1, "end_step": 4, "every": 1})  # fmt: skip

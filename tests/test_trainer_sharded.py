@@ -1,8 +1,8 @@
-"""`PruningTrainer` under accelerate's FSDP2 on 2 CPU ranks (gloo), against an unsharded run on the same global
-batches: identical masks on every rank and equal to the unsharded run's, learned scores and gradient statistics
-gathered, a sharded KD teacher, resume from a sharded checkpoint in a new process group, and the compacted model
-saved from rank 0. The worker, and the one check of accelerate's it bypasses on CPU, are in
-tests/fsdp_trainer_worker.py."""
+"""`PruningTrainer` under accelerate's FSDP2 and DeepSpeed ZeRO-2 on 2 CPU ranks (gloo), against an unsharded run on
+the same global batches: identical masks on every rank and equal to the unsharded run's, learned scores and
+gradient statistics gathered, a sharded KD teacher, resume in a new process group, and the (compacted) model saved
+from rank 0. The worker is tests/sharded_trainer_worker.py; the one check of accelerate's it bypasses on CPU is in
+tests/cpu_sharding.py."""
 
 import json
 import os
@@ -18,7 +18,7 @@ from hfprune.hub import load_pruned
 from .conftest import free_port
 
 
-WORKER = Path(__file__).resolve().parent / "fsdp_trainer_worker.py"
+WORKER = Path(__file__).resolve().parent / "sharded_trainer_worker.py"
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
 
 
@@ -27,7 +27,8 @@ def run_worker(*args: str, ranks: int = 1) -> str:
     if ranks > 1:
         command[1:1] = ["-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
                         str(free_port())]  # fmt: skip
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
+    # DS_ACCELERATOR: DeepSpeed's CPU accelerator (gloo), where it would otherwise look for a GPU.
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return result.stdout + result.stderr
@@ -62,6 +63,11 @@ def test_pruning_trainer_under_fsdp2_matches_unsharded(tmp_path, strategy, impor
         # Under SHARD_GRAD_OP a module keeps its parameters gathered after its forward (a teacher never reshards).
         assert teacher == str(strategy == "full_shard")
 
+    assert_same_run(single, sharded, importance, structure)
+
+
+def assert_same_run(single: Path, sharded: Path, importance: str, structure: str) -> None:
+    """The sharded run's masks, pruner state, logged losses and saved model are the unsharded run's."""
     # The logged loss terms are averages over both ranks: the unsharded run's numbers.
     logged, expected_logs = (json.loads((run / "log_history.json").read_text()) for run in (sharded, single))
     for ours, theirs in zip(logged, expected_logs, strict=True):
@@ -95,3 +101,19 @@ def test_pruning_trainer_under_fsdp2_matches_unsharded(tmp_path, strategy, impor
     ids = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         torch.testing.assert_close(ours(input_ids=ids).logits, theirs(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_pruning_trainer_under_deepspeed_zero2_matches_unsharded_and_resumes(tmp_path):
+    pytest.importorskip("deepspeed")
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    # DeepSpeed clips all gradients in one norm, scores included; PruningTrainer clips scores apart. Unclipped,
+    # the two runs must agree.
+    options = ("movement", "heads_and_neurons", "--max-grad-norm", "0")
+    run_worker("single", str(single), *options)
+    run_worker("zero2", str(sharded), *options, "--stop-at", "3", ranks=2)
+    checkpoint = sharded / "run" / "checkpoint-3"
+    # DeepSpeed's engine really ran: its checkpoint folder, beside the weights and the whole pruner state.
+    assert (checkpoint / "global_step3").is_dir() and (checkpoint / "latest").is_file()
+    assert (checkpoint / "hfprune_pruner.pt").is_file() and (checkpoint / "model.safetensors").is_file()
+    run_worker("zero2", str(sharded), *options, "--resume", ranks=2)
+    assert_same_run(single, sharded, "movement", "heads_and_neurons")
