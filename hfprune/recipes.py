@@ -565,9 +565,9 @@ def train_glue(recipe: GlueRecipe) -> dict[str, Any]:
         from .hub import CardEvaluation
 
         if scores_teacher:
-            # The whole split: the trainer's own evaluation loader gives each process only its share of it.
-            rows = trainer._remove_unused_columns(encoded[split])
-            dev = DataLoader(rows, batch_size=args.per_device_eval_batch_size, collate_fn=trainer.data_collator)
+            # The whole split (tokenizer outputs and labels only): the trainer's evaluation loader gives each process
+            # only its share of it.
+            dev = DataLoader(encoded[split], args.per_device_eval_batch_size, collate_fn=trainer.data_collator)
             teacher_metrics = {k: v for k, v in evaluate_classifier(teacher, list(dev)).items() if k != "num_rows"}
         evaluation = CardEvaluation(task_type="text-classification", dataset_type=own["validation"].path,
                                     dataset_name=own["validation"].path, metrics=_task_metrics(metrics[split], split),

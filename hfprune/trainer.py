@@ -314,7 +314,7 @@ class PruningTrainer(Trainer):
         if teacher_model is not None:
             teacher_model.eval().requires_grad_(False)
             if fsdp_version == 2:
-                from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+                from accelerate.utils import fsdp2_prepare_model
 
                 # Sharded like the student (same wrap policy and mesh): a teacher as large as the student would
                 # otherwise be whole on every rank. Not registered with the accelerator: it is never saved.
