@@ -35,27 +35,24 @@ def run_worker(*args: str, ranks: int = 1) -> str:
 
 
 @pytest.mark.parametrize(
-    ("strategy", "importance", "structure", "state_dict_type", "stop_at"),
+    ("strategy", "importance", "structure", "state_dict_type", "model_files"),
     [
-        ("full_shard", "movement", "heads_and_neurons", "SHARDED_STATE_DICT", 3),
-        ("shard_grad_op", "taylor", "unstructured", "FULL_STATE_DICT", 0),
+        # A torch.distributed.checkpoint folder written by both ranks, or the whole model written by rank 0.
+        ("full_shard", "movement", "heads_and_neurons", "SHARDED_STATE_DICT", ["pytorch_model_fsdp_0/.metadata"]),
+        ("shard_grad_op", "taylor", "unstructured", "FULL_STATE_DICT", ["model.safetensors", "optimizer.bin"]),
     ],
-    ids=["full-shard-learned-heads-resumed", "shard-grad-op-gradient-statistics"],
+    ids=["full-shard-learned-heads", "shard-grad-op-gradient-statistics"],
 )
-def test_pruning_trainer_under_fsdp2_matches_unsharded(tmp_path, strategy, importance, structure, state_dict_type,
-                                                        stop_at):  # fmt: skip
+def test_pruning_trainer_under_fsdp2_matches_unsharded_and_resumes(tmp_path, strategy, importance, structure,
+                                                                   state_dict_type, model_files):  # fmt: skip
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     run_worker("single", str(single), importance, structure)
     options = (str(sharded), importance, structure, "--state-dict-type", state_dict_type)
-    if stop_at:
-        run_worker(strategy, *options, "--stop-at", str(stop_at), ranks=2)
-        checkpoint = sharded / "run" / f"checkpoint-{stop_at}"
-        # The model is saved as a torch.distributed.checkpoint folder, next to the whole pruner state.
-        assert (checkpoint / "pytorch_model_fsdp_0" / ".metadata").is_file()
-        assert (checkpoint / "hfprune_pruner.pt").is_file() and not (sharded / "masks_rank0.pt").exists()
-        run_worker(strategy, *options, "--resume", ranks=2)
-    else:
-        run_worker(strategy, *options, ranks=2)
+    run_worker(strategy, *options, "--stop-at", "3", ranks=2)
+    checkpoint = sharded / "run" / "checkpoint-3"
+    assert all((checkpoint / name).is_file() for name in model_files), sorted(p.name for p in checkpoint.iterdir())
+    assert (checkpoint / "hfprune_pruner.pt").is_file() and not (sharded / "masks_rank0.pt").exists()
+    run_worker(strategy, *options, "--resume", ranks=2)  # a new process group
 
     for rank in (0, 1):
         student, teacher = (sharded / f"sharded_rank{rank}.txt").read_text().split()
