@@ -549,10 +549,9 @@ def train_glue(recipe: GlueRecipe) -> dict[str, Any]:
     split = eval_splits[0]
     teacher_metrics = None
     base_label = f"the dense teacher ({Path(str(recipe.teacher)).name})"
-    # Under FSDP the teacher is sharded: every rank runs it on the same batches, or its gathers would wait forever.
-    scores_teacher = teacher is not None and (trainer.is_world_process_zero() or trainer.is_fsdp_enabled)
+    evaluate_teacher_here = teacher is not None and _evaluates_here(trainer)
     if task is not None:
-        if scores_teacher:
+        if evaluate_teacher_here:
             # The dense teacher is the card's reference: same dev data and metric, apart from the run's logs.
             from .glue import evaluate_glue
 
@@ -564,7 +563,7 @@ def train_glue(recipe: GlueRecipe) -> dict[str, Any]:
     else:
         from .hub import CardEvaluation
 
-        if scores_teacher:
+        if evaluate_teacher_here:
             # The whole split (tokenizer outputs and labels only): the trainer's evaluation loader gives each process
             # only its share of it.
             dev = DataLoader(encoded[split], args.per_device_eval_batch_size, collate_fn=trainer.data_collator)
@@ -629,8 +628,7 @@ def _train_answers_or_tags(
     train_output = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     metrics: dict[str, dict[str, float]] = {"validation": {}}
     teacher_metrics: dict[str, float] = {}
-    # Under FSDP both models are sharded: every rank runs them on the same batches, or their gathers would hang.
-    if trainer.is_world_process_zero() or trainer.is_fsdp_enabled:
+    if _evaluates_here(trainer):
         models = [trainer.model] + ([teacher] if teacher is not None else [])
         scored = evaluate_task(data["validation"], models, tokenizer, max_seq_length=recipe.max_seq_length,
                                num_examples=recipe.max_eval_samples)  # fmt: skip
@@ -643,6 +641,13 @@ def _train_answers_or_tags(
                                 metrics=metrics["validation"], base_metrics=teacher_metrics,
                                 base_label=f"the dense teacher ({Path(str(recipe.teacher)).name})")  # fmt: skip
     return _save_trained(trainer, recipe, args, train_output, metrics, evaluation, data["train"].path)
+
+
+def _evaluates_here(trainer: Any) -> bool:
+    """Whether this process runs the workflow's own evaluations (beyond `Trainer.evaluate`): the main process, or
+    under FSDP every process, on the same batches, since a sharded model gathers its weights from all ranks in each
+    forward and run by the main process alone it would wait for the others forever."""
+    return trainer.is_world_process_zero() or trainer.is_fsdp_enabled
 
 
 def _save_trained(

@@ -87,3 +87,17 @@ def gather_into(model: nn.Module, copy_on_meta: nn.Module) -> nn.Module | None:
         for module, name in places[1:]:
             setattr(module, name, getattr(first_module, first_name))
     return copy_on_meta
+
+
+def shard_frozen_(model: nn.Module, layer_names: set[str], **fully_shard_kwargs: object) -> nn.Module:
+    """Shard a frozen model (a KD teacher) with FSDP2: each module whose class is named in ``layer_names``, or in
+    the model's own ``_no_split_modules``, then the model. ``fully_shard_kwargs`` go to every ``fully_shard`` call
+    (mesh, ``reshard_after_forward``, mixed precision). Returns ``model``, sharded in place."""
+    from torch.distributed.fsdp import fully_shard
+
+    names = set(layer_names) | set(getattr(model, "_no_split_modules", None) or ())
+    for module in model.modules():
+        if module is not model and type(module).__name__ in names:
+            fully_shard(module, **fully_shard_kwargs)
+    fully_shard(model, **fully_shard_kwargs)
+    return model

@@ -26,7 +26,7 @@ from .errors import ConfigError, HfPruneError, HfPruneWarning
 from .masks import get_raw_weight, merge_masks_
 from .pruner import Pruner
 from .regularizers import BatchNormL1, Regularizer
-from .sharding import gather_into, is_sharded, shapes_only_copy
+from .sharding import gather_into, is_sharded, shapes_only_copy, shard_frozen_
 
 
 PRUNER_STATE_NAME = "hfprune_pruner.pt"
@@ -308,21 +308,33 @@ class PruningTrainer(Trainer):
                 HfPruneWarning,
                 stacklevel=2,
             )
+        self._fsdp_version = fsdp_version
         #: Under FSDP2, an unsharded copy of the model on the meta device, filled on rank 0 by `save_pruned_model`.
         self._copy_on_meta = shapes_only_copy(model) if fsdp_version == 2 else None
         self.teacher_model = teacher_model
         if teacher_model is not None:
-            teacher_model.eval().requires_grad_(False)
+            teacher_model.eval().requires_grad_(False).to(self.args.device)
             if fsdp_version == 2:
-                from accelerate.utils import fsdp2_prepare_model
-
-                # Sharded like the student (same wrap policy and mesh): a teacher as large as the student would
-                # otherwise be whole on every rank. Not registered with the accelerator: it is never saved.
-                self.teacher_model = fsdp2_prepare_model(self.accelerator, teacher_model)
-            else:
-                teacher_model.to(self.args.device)
+                self._shard_teacher(teacher_model)
         self._loss_sums: dict[str, float] = defaultdict(float)
         self._loss_count = 0
+
+    def _shard_teacher(self, teacher: nn.Module) -> None:
+        """Shard the teacher with FSDP2 on the student's mesh and settings: a teacher as large as the student would
+        otherwise be whole on every rank. Its layers are found by its own ``_no_split_modules`` and the class names
+        configured for the student; accelerate's own preparation is not used, as it would resolve the shared wrap
+        policy for the teacher's classes and then wrap the student by them. The teacher is never saved."""
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        plugin = self.accelerator.state.fsdp_plugin
+        mesh = getattr(self.accelerator, "torch_device_mesh", None)
+        if mesh is not None:
+            mesh = mesh[tuple(self.accelerator.parallelism_config.fsdp_dim_names)]
+        shard_frozen_(
+            teacher, set(plugin.transformer_cls_names_to_wrap or ()), mesh=mesh,
+            reshard_after_forward=plugin.reshard_after_forward,
+            mp_policy=plugin.mixed_precision_policy or MixedPrecisionPolicy(),
+        )  # fmt: skip
 
     # --------------------------------------------------------------------------------------------- optimizer
     def _clip_grad_norm(self, model: nn.Module) -> Any:
@@ -330,7 +342,8 @@ class PruningTrainer(Trainer):
         # with the weights' gradients they would set the shared norm and shrink every weight update. Each group is
         # clipped to max_grad_norm on its own; the weights' norm is what gets logged.
         scores = self.pruner.score_parameters() if self.pruner is not None else []
-        if not scores or self.is_deepspeed_enabled or (self.is_fsdp_enabled and self._copy_on_meta is None):
+        # DeepSpeed clips inside its engine (see the warning in __init__); FSDP1 with scores is refused.
+        if not scores or self.is_deepspeed_enabled:
             return super()._clip_grad_norm(model)
         score_ids = {id(param) for param in scores}
         weights = [param for param in model.parameters() if id(param) not in score_ids]
@@ -416,7 +429,7 @@ class PruningTrainer(Trainer):
             if self._loss_count:
                 # Averaged over processes, as transformers does for "loss": every process logs, so all take part.
                 names = sorted(self._loss_sums)
-                means = torch.tensor([self._loss_sums[name] / self._loss_count for name in names])
+                means = torch.tensor([self._loss_sums[name] / self._loss_count for name in names], dtype=torch.float64)
                 means = means.to(self.args.device)
                 if self.args.world_size > 1:
                     means = self.accelerator.gather(means).reshape(self.args.world_size, len(names)).mean(0)
@@ -565,13 +578,24 @@ class PruningTrainer(Trainer):
         from .hub import check_output_directory, save_pruned
         from .reporting import report
 
+        # Before the masks are merged: a refused folder must leave the trainer able to save elsewhere. Every rank
+        # hears rank 0's verdict and stops with it, rather than merging alone or waiting in a gather for rank 0.
+        refusal: list[Exception | None] = [None]
         if self.is_world_process_zero():
-            # Before the masks are merged: a refused folder must leave the trainer able to save elsewhere.
-            check_output_directory(output_dir, overwrite=overwrite)
+            try:
+                check_output_directory(output_dir, overwrite=overwrite)
+            except HfPruneError as err:
+                refusal[0] = err
+        if self.args.world_size > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(refusal)
+        if refusal[0] is not None:
+            raise refusal[0]
         model = self.accelerator.unwrap_model(self.model)
         # Heads/neurons are removed physically; the plan saved with the weights rebuilds the shapes on load.
         plan = self.pruner.plan() if self.pruner is not None and self.pruner.structured else None
-        if self._copy_on_meta is not None and any(is_sharded(param) for param in model.parameters()):
+        if self._fsdp_version == 2 and any(is_sharded(param) for param in model.parameters()):
             # FSDP2: every rank gathers, rank 0 saves an unsharded copy; the trainer's model keeps its masks.
             model = gather_into(model, shapes_only_copy(self._copy_on_meta))  # a fresh copy for each save
             if model is not None:

@@ -5,8 +5,8 @@ instead of FSDP (``distributed_type`` stays ``MULTI_CPU``, the parameters are no
 ``use_cpu=True`` the same; without ``use_cpu`` each CPU process trains alone. Everything after that check
 (``fully_shard``, DTensors, torch.distributed.checkpoint, DeepSpeed's engine with its CPU accelerator over gloo,
 the Trainer's FSDP and DeepSpeed branches) runs on CPU, so `open_cpu_gates` sets the distributed type where
-accelerate would on a GPU. It is the one thing that differs from a GPU run. As a launcher, it opens the gates and
-runs a script:
+accelerate would on a GPU. It is the one check bypassed; the other differences from a GPU run are gloo for NCCL and
+DeepSpeed's CPU accelerator. As a launcher, it opens the gates and runs a script:
 
     accelerate launch --config_file configs/accelerate/fsdp2.yaml tests/cpu_sharding.py scripts/run_glue.py RECIPE
 """

@@ -8,13 +8,14 @@ Run by tests/test_trainer_sharded.py:
         [--state-dict-type SHARDED_STATE_DICT] [--stop-at 3 | --resume] [--max-grad-norm G]
 
 MODE is ``full_shard`` or ``shard_grad_op`` (FSDP2), or ``zero2`` (DeepSpeed, with ``DS_ACCELERATOR=cpu``). The
-loss is cross-entropy plus distillation from a frozen teacher (sharded like the student under FSDP2). Every run
+loss is cross-entropy plus distillation from a frozen DistilBERT teacher (sharded too under FSDP2). Every run
 sees the same global batch of 8 per step, in order (sequential sampler): the unsharded run in one batch, each of
 the 2 ranks half of it. ``--stop-at K`` ends the run after step K (a checkpoint is written every 3 steps);
 ``--resume`` continues from the newest complete checkpoint in a new process group. At the end every rank writes
-``masks_rank{r}.pt``, ``state_rank{r}.pt`` (the pruner state) and ``sharded_rank{r}.txt`` (whether FSDP2 really
-sharded student and teacher), rank 0 writes ``log_history.json``, and `save_pruned_model` (called on every rank)
-writes ``OUT/pruned`` from rank 0. Sharded runs bypass accelerate's GPU-only check (tests/cpu_sharding.py).
+``masks_rank{r}.pt``, ``state_rank{r}.pt`` (the pruner state) and ``sharded_rank{r}.txt`` (how FSDP2 sharded
+student and teacher), rank 0 writes ``log_history.json``, `save_pruned_model` (called on every rank) writes
+``OUT/pruned`` from rank 0, and a second call to the same folder is refused on every rank (``refused_rank{r}.txt``).
+Sharded runs bypass accelerate's GPU-only check (tests/cpu_sharding.py).
 """
 
 from __future__ import annotations
@@ -32,13 +33,25 @@ from transformers import TrainerCallback
 STEPS, GLOBAL_BATCH, SAVE_EVERY = 6, 8, 3
 
 
-def tiny_encoder(seed: int):
+def tiny_student():
     """tests/models.py's tiny BERT, wider, without dropout (dropout would differ with how the batch is split)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from models import tiny_bert
 
-    torch.manual_seed(seed)
+    torch.manual_seed(0)
     return tiny_bert(hidden_size=64, intermediate_size=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def tiny_teacher():
+    """A tiny DistilBERT on the same vocabulary: a teacher of another family than the student, whose layer class
+    (TransformerBlock) is not the student's BertLayer that FSDP2 is configured to wrap."""
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    torch.manual_seed(1)
+    config = DistilBertConfig(vocab_size=100, dim=64, n_layers=2, n_heads=4, hidden_dim=128,
+                              max_position_embeddings=64, dropout=0.0, attention_dropout=0.0,
+                              seq_classif_dropout=0.0)  # fmt: skip
+    return DistilBertForSequenceClassification(config).eval()
 
 
 class StopAt(TrainerCallback):
@@ -71,6 +84,7 @@ def main() -> None:
         open_cpu_gates()
 
     from datasets import Dataset
+    from torch.distributed.fsdp import FSDPModule
     from transformers import TrainingArguments
 
     from hfprune import PruningConfig, PruningTrainer
@@ -102,8 +116,8 @@ def main() -> None:
     pruning = PruningConfig(importance=args.importance, structure=args.structure, sparsity=0.5, scope="global",
                             schedule={"type": "cubic", "start_step": 1, "end_step": 4, "every": 1})  # fmt: skip
     trainer = PruningTrainer(
-        model=tiny_encoder(seed=0), args=training, train_dataset=train, pruning_config=pruning,
-        teacher_model=tiny_encoder(seed=1), callbacks=[StopAt(args.stop_at)] if args.stop_at else [],
+        model=tiny_student(), args=training, train_dataset=train, pruning_config=pruning,
+        teacher_model=tiny_teacher(), callbacks=[StopAt(args.stop_at)] if args.stop_at else [],
     )  # fmt: skip
     trainer.train(resume_from_checkpoint=True if args.resume else None)
     if args.stop_at:
@@ -111,12 +125,19 @@ def main() -> None:
     rank = trainer.args.process_index
     torch.save(trainer.pruner.masks(), args.out / f"masks_rank{rank}.pt")
     torch.save(trainer.pruner.state_dict(), args.out / f"state_rank{rank}.pt")  # a collective under FSDP2
-    student = next(trainer.model.parameters())
-    teacher = next(trainer.teacher_model.parameters())
-    (args.out / f"sharded_rank{rank}.txt").write_text(f"{is_sharded(student)} {is_sharded(teacher)}")
+    # Whether the student's parameters are DTensors, how many FSDP units it has (a root and one per BertLayer when
+    # wrapped as configured), and whether the teacher is an FSDP module.
+    units = sum(isinstance(module, FSDPModule) for module in trainer.model.modules())
+    sharded_student = is_sharded(next(trainer.model.parameters()))
+    facts = f"{sharded_student} {units} {isinstance(trainer.teacher_model, FSDPModule)}"
+    (args.out / f"sharded_rank{rank}.txt").write_text(facts)
     if rank == 0:
         (args.out / "log_history.json").write_text(json.dumps(trainer.state.log_history))
     trainer.save_pruned_model(args.out / "pruned")
+    try:  # the folder exists now: rank 0 refuses it, and every rank must hear so rather than wait in the gather
+        trainer.save_pruned_model(args.out / "pruned")
+    except Exception as err:  # noqa: BLE001 - the test reads which error each rank got
+        (args.out / f"refused_rank{rank}.txt").write_text(type(err).__name__)
     return finish()
 
 
