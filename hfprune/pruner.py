@@ -350,6 +350,12 @@ class Pruner:
         """Whether the importance criterion needs gradients (call `accumulate` after each backward)."""
         return self.config.importance.requires_grad  # type: ignore[union-attr]
 
+    @property
+    def accumulates_gradients(self) -> bool:
+        """Whether `accumulate` folds gradients into statistics: criteria that score from gradients (Taylor).
+        Learned scores (movement) also need backward passes, but the optimizer trains them: nothing to fold in."""
+        return self.requires_grad and not self.config.importance.learned  # type: ignore[union-attr]
+
     @torch.no_grad()
     def accumulate(self, loss_scale: float = 1.0) -> None:
         """Fold the current gradients into the importance statistics (a no-op for data-free criteria).
@@ -358,7 +364,9 @@ class Pruner:
             loss_scale (`float`, defaults to 1.0): The factor the loss was multiplied by before ``backward()``
                 (fp16 loss scaling, e.g. ``GradScaler.get_scale()``); gradients are divided by it in float32.
         """
-        if not self.requires_grad:
+        # Learned scores have nothing to fold in; under FSDP2 reading each weight and gradient whole would cost a
+        # gather of every pruned weight per step for nothing.
+        if not self.accumulates_gradients:
             return
         for name, module in self.modules.items():
             raw = get_raw_weight(module)

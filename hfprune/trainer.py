@@ -211,7 +211,7 @@ def refuse_sharded_pruning(pruner: Pruner | None, fsdp_version: int | None, zero
             f"config), {fix}"
         )
     # Learned scores (movement) get their gradients through the optimizer, as the weights do: they need no callback.
-    if zero_stage is not None and pruner.requires_grad and not pruner.config.importance.learned:  # type: ignore[union-attr]
+    if zero_stage is not None and pruner.accumulates_gradients:
         raise ConfigError(
             f"PruningTrainer cannot score with {pruner.config.importance.registered_name!r} under DeepSpeed: its "  # type: ignore[union-attr]
             "engine steps the optimizer inside backward and keeps gradients in its own partitions, so the gradients "

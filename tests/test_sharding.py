@@ -79,6 +79,33 @@ def test_sharding_helpers_pass_plain_tensors_through():
     assert torch.equal(target, tensor) and target.dtype == torch.float32
 
 
+@pytest.mark.parametrize(("importance", "reads"), [("movement", 0), ("taylor", 2 * 4)])
+def test_accumulate_reads_weights_and_gradients_only_for_gradient_criteria(monkeypatch, importance, reads):
+    # Under FSDP2 each read is a gather of a whole weight or gradient: learned scores, which the optimizer trains,
+    # must not pay it every step. Taylor reads each of the 4 pruned weights and its gradient.
+    import hfprune.masks
+    import hfprune.pruner
+    from hfprune import Pruner, PruningConfig
+
+    from .models import bert_batch, tiny_bert
+
+    model = tiny_bert()
+    pruner = Pruner(model, PruningConfig(importance=importance, sparsity=0.5, target_modules=["query", "value"]))
+    pruner.attach_()
+    model(**bert_batch()).loss.backward()
+    calls = []
+
+    def counting(tensor):
+        calls.append(tuple(tensor.shape))
+        return tensor
+
+    monkeypatch.setattr(hfprune.pruner, "full_tensor", counting)
+    monkeypatch.setattr(hfprune.masks, "is_sharded", lambda tensor: True)  # read weights as if sharded
+    monkeypatch.setattr(hfprune.masks, "full_tensor", counting)
+    pruner.accumulate()
+    assert len(calls) == reads
+
+
 def test_on_one_sharded_rank_refusals_and_a_state_loaded_after_sharding(tmp_path):
     # One gloo rank in a fresh interpreter: enough for fully_shard to make DTensors.
     script = tmp_path / "one_rank.py"
