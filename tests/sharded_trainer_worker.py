@@ -113,7 +113,8 @@ def main() -> None:
         learning_rate=1e-3, lr_scheduler_type="constant", save_steps=SAVE_EVERY, logging_steps=1,
         max_grad_norm=args.max_grad_norm, disable_tqdm=True, **sharding,
     )  # fmt: skip
-    pruning = PruningConfig(importance=args.importance, structure=args.structure, sparsity=0.5, scope="global",
+    scope = "local" if args.structure == "nm" else "global"  # N:M is chosen within each group of m weights
+    pruning = PruningConfig(importance=args.importance, structure=args.structure, sparsity=0.5, scope=scope,
                             schedule={"type": "cubic", "start_step": 1, "end_step": 4, "every": 1})  # fmt: skip
     trainer = PruningTrainer(
         model=tiny_student(), args=training, train_dataset=train, pruning_config=pruning,

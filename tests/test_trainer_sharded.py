@@ -40,8 +40,9 @@ def run_worker(*args: str, ranks: int = 1) -> str:
         # A torch.distributed.checkpoint folder written by both ranks, or the whole model written by rank 0.
         ("full_shard", "movement", "heads_and_neurons", "SHARDED_STATE_DICT", ["pytorch_model_fsdp_0/.metadata"]),
         ("shard_grad_op", "taylor", "unstructured", "FULL_STATE_DICT", ["model.safetensors", "optimizer.bin"]),
+        ("full_shard", "movement", "nm", "SHARDED_STATE_DICT", ["pytorch_model_fsdp_0/.metadata"]),
     ],
-    ids=["full-shard-learned-heads", "shard-grad-op-gradient-statistics"],
+    ids=["full-shard-learned-heads", "shard-grad-op-gradient-statistics", "full-shard-learned-2-4"],
 )
 def test_pruning_trainer_under_fsdp2_matches_unsharded_and_resumes(tmp_path, strategy, importance, structure,
                                                                    state_dict_type, model_files):  # fmt: skip
