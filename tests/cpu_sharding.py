@@ -30,6 +30,8 @@ def open_cpu_gates() -> None:
         if self.distributed_type != DistributedType.MULTI_CPU:
             return
         if fsdp_plugin is not None:
+            if self._mixed_precision != "no":  # as AcceleratorState does for FSDP on a GPU
+                fsdp_plugin.set_mixed_precision(self._mixed_precision)
             self.fsdp_plugin = fsdp_plugin
             kind = DistributedType.FSDP
         elif deepspeed_plugin is not None:

@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--stop-at", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--max-grad-norm", type=float, default=0.02)
+    parser.add_argument("--bf16", action="store_true")
     args = parser.parse_args()
     sharded = args.mode != "single"
     if sharded:
@@ -111,7 +112,7 @@ def main() -> None:
         output_dir=str(args.out / "run"), use_cpu=True, report_to=[], seed=0, max_steps=STEPS,
         per_device_train_batch_size=GLOBAL_BATCH // (2 if sharded else 1), train_sampling_strategy="sequential",
         learning_rate=1e-3, lr_scheduler_type="constant", save_steps=SAVE_EVERY, logging_steps=1,
-        max_grad_norm=args.max_grad_norm, disable_tqdm=True, **sharding,
+        max_grad_norm=args.max_grad_norm, bf16=args.bf16, disable_tqdm=True, **sharding,
     )  # fmt: skip
     scope = "local" if args.structure == "nm" else "global"  # N:M is chosen within each group of m weights
     pruning = PruningConfig(importance=args.importance, structure=args.structure, sparsity=0.5, scope=scope,
@@ -127,10 +128,12 @@ def main() -> None:
     torch.save(trainer.pruner.masks(), args.out / f"masks_rank{rank}.pt")
     torch.save(trainer.pruner.state_dict(), args.out / f"state_rank{rank}.pt")  # a collective under FSDP2
     # Whether the student's parameters are DTensors, how many FSDP units it has (a root and one per BertLayer when
-    # wrapped as configured), and whether the teacher is an FSDP module.
+    # wrapped as configured), whether the teacher is an FSDP module, and the dtype FSDP2 computes in.
     units = sum(isinstance(module, FSDPModule) for module in trainer.model.modules())
     sharded_student = is_sharded(next(trainer.model.parameters()))
-    facts = f"{sharded_student} {units} {isinstance(trainer.teacher_model, FSDPModule)}"
+    policy = getattr(getattr(trainer.accelerator.state, "fsdp_plugin", None), "mixed_precision_policy", None)
+    compute_dtype = getattr(policy, "param_dtype", None)  # FSDP2's mixed precision: the dtype layers compute in
+    facts = f"{sharded_student} {units} {isinstance(trainer.teacher_model, FSDPModule)} {compute_dtype}"
     (args.out / f"sharded_rank{rank}.txt").write_text(facts)
     if rank == 0:
         (args.out / "log_history.json").write_text(json.dumps(trainer.state.log_history))

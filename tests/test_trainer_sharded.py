@@ -56,13 +56,28 @@ def test_pruning_trainer_under_fsdp2_matches_unsharded_and_resumes(tmp_path, str
     run_worker(strategy, *options, "--resume", ranks=2)  # a new process group
 
     for rank in (0, 1):
-        student_sharded, units, teacher_sharded = (sharded / f"sharded_rank{rank}.txt").read_text().split()
+        student_sharded, units, teacher_sharded, _ = (sharded / f"sharded_rank{rank}.txt").read_text().split()
         assert student_sharded == "True"  # accelerate really sharded it: the test is not of DDP
         # Each BertLayer is an FSDP unit as configured (a DistilBERT teacher must not change the student's wrapping),
         # and the teacher, of another family, is sharded too.
         assert int(units) >= 1 + 2 and teacher_sharded == "True"
 
     assert_same_run(single, sharded, importance, structure)
+
+
+def test_pruning_trainer_under_fsdp2_in_bf16(tmp_path):
+    # FSDP2's mixed precision (bf16 compute, fp32 parameters): there is no unsharded run to equal (autocast rounds
+    # elsewhere), so the ranks must agree with each other, reach the target, and save an fp32 compacted model.
+    sharded = tmp_path / "sharded"
+    run_worker("full_shard", str(sharded), "movement", "heads_and_neurons", "--bf16", ranks=2)
+    rank0, rank1 = (torch.load(sharded / f"masks_rank{r}.pt") for r in (0, 1))
+    assert all(torch.equal(rank0[name], rank1[name]) for name in rank0)
+    kept = torch.cat([mask.flatten() for mask in rank0.values()]).float().mean()
+    assert 0.4 < float(kept) < 0.6
+    assert (sharded / "sharded_rank0.txt").read_text().split()[-1] == "torch.bfloat16"  # the policy took effect
+    model = load_pruned(sharded / "pruned")
+    assert next(model.parameters()).dtype == torch.float32
+    assert model.bert.encoder.layer[0].intermediate.dense.out_features < 128
 
 
 def assert_same_run(single: Path, sharded: Path, importance: str, structure: str) -> None:
