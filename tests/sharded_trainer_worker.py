@@ -5,7 +5,7 @@ Run by tests/test_trainer_sharded.py:
 
     python tests/sharded_trainer_worker.py single OUT IMPORTANCE STRUCTURE [--max-grad-norm G]
     torchrun --nproc_per_node 2 tests/sharded_trainer_worker.py MODE OUT IMPORTANCE STRUCTURE \
-        [--state-dict-type SHARDED_STATE_DICT] [--stop-at 3 | --resume] [--max-grad-norm G]
+        [--state-dict-type SHARDED_STATE_DICT] [--stop-at 3 | --resume] [--max-grad-norm G] [--bf16]
 
 MODE is ``full_shard`` or ``shard_grad_op`` (FSDP2), or ``zero2`` (DeepSpeed, with ``DS_ACCELERATOR=cpu``). The
 loss is cross-entropy plus distillation from a frozen DistilBERT teacher (sharded too under FSDP2). Every run
@@ -35,8 +35,7 @@ STEPS, GLOBAL_BATCH, SAVE_EVERY = 6, 8, 3
 
 def tiny_student():
     """tests/models.py's tiny BERT, wider, without dropout (dropout would differ with how the batch is split)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from models import tiny_bert
+    from models import tiny_bert  # tests/ is on the path: it is this script's folder
 
     torch.manual_seed(0)
     return tiny_bert(hidden_size=64, intermediate_size=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -79,7 +78,6 @@ def main() -> None:
     args = parser.parse_args()
     sharded = args.mode != "single"
     if sharded:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         from cpu_sharding import open_cpu_gates
 
         open_cpu_gates()
@@ -106,8 +104,8 @@ def main() -> None:
         })  # fmt: skip
     elif sharded:
         sharding = dict(fsdp=[args.mode, "auto_wrap"],
-                    fsdp_config={"version": 2, "transformer_layer_cls_to_wrap": ["BertLayer"],
-                                 "state_dict_type": args.state_dict_type})  # fmt: skip
+                        fsdp_config={"version": 2, "transformer_layer_cls_to_wrap": ["BertLayer"],
+                                     "state_dict_type": args.state_dict_type})  # fmt: skip
     training = TrainingArguments(
         output_dir=str(args.out / "run"), use_cpu=True, report_to=[], seed=0, max_steps=STEPS,
         per_device_train_batch_size=GLOBAL_BATCH // (2 if sharded else 1), train_sampling_strategy="sequential",
