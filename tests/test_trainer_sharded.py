@@ -97,7 +97,7 @@ def assert_same_run(single: Path, sharded: Path, importance: str, structure: str
     assert set(rank0) == set(reference) and len(reference) > 0
     for name, mask in reference.items():
         assert torch.equal(rank0[name], rank1[name]), f"ranks disagree on {name}"
-        assert torch.equal(rank0[name], mask), f"{name}: the mask under FSDP2 differs from the unsharded run's"
+        assert torch.equal(rank0[name], mask), f"{name}: the sharded run's mask differs from the unsharded run's"
     kept = torch.cat([mask.flatten() for mask in reference.values()]).float().mean()
     assert 0.3 < float(kept) < 0.7  # the schedule reached its 50 %: the comparison is not between all-ones masks
 
