@@ -27,7 +27,7 @@ from .config import PruningConfig
 from .errors import ConfigError, MissingDataError, NoPrunableModulesError
 from .masks import find_mask, get_raw_weight, masked_weight, merge_masks_, remove_mask_, set_mask_
 from .selection import check_round_to, round_count, select_global, select_local
-from .sharding import copy_whole_, full_tensor, is_sharded
+from .sharding import copy_whole_, full_tensor, is_sharded, whole_grad
 from .structures import Channels, EncoderUnits, HybridBlocks
 from .targets import require_real_weights, resolve_overrides, resolve_targets
 
@@ -369,10 +369,9 @@ class Pruner:
         if not self.accumulates_gradients:
             return
         for name, module in self.modules.items():
-            raw = get_raw_weight(module)
-            if raw.grad is None:
+            grad = whole_grad(get_raw_weight(module))
+            if grad is None:
                 continue
-            grad = full_tensor(raw.grad)
             grad = grad if loss_scale == 1.0 else grad.float() / loss_scale
             state = self.importance_state[name]
             if any(value.device != grad.device for value in state.values()):

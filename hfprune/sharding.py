@@ -40,6 +40,19 @@ def shard_like(whole: Tensor, like: Tensor) -> Tensor:
     return distribute_tensor(whole, like.device_mesh, like.placements, src_data_rank=None)  # type: ignore[attr-defined]
 
 
+def whole_grad(param: Tensor) -> Tensor | None:
+    """The gradient of ``param``, whole: gathered from its FSDP2 shards, or assembled from the partitions DeepSpeed
+    ZeRO-1/2 moved it into during ``backward`` (valid until DeepSpeed's optimizer step). A collective in both cases,
+    so every rank must call it for the same parameters in the same order. ``None`` when there is no gradient."""
+    if param.grad is not None:
+        return full_tensor(param.grad)
+    if hasattr(param, "_hp_mapping"):  # set on every parameter a DeepSpeed ZeRO-1/2 optimizer holds
+        from deepspeed.utils import safe_get_full_grad
+
+        return safe_get_full_grad(param)
+    return None
+
+
 @torch.no_grad()
 def copy_whole_(target: Tensor, whole: Tensor) -> None:
     """Copy the whole tensor ``whole`` into ``target``, which may be an FSDP2 shard."""

@@ -36,7 +36,9 @@ class PruningCallback(TrainerCallback):
     """Drives a `Pruner` from the Trainer's events.
 
     - ``on_train_begin``: the run's length, for schedules given in shares of the run;
-    - ``on_pre_optimizer_step`` (after gradient clipping): fold gradients into importance statistics;
+    - ``on_pre_optimizer_step`` (after gradient clipping): fold gradients into importance statistics, unless
+      ``accumulates`` is off (under DeepSpeed, whose engine steps inside ``backward``, `PruningTrainer` does it
+      just before that step);
     - ``on_step_end``: advance the schedule and update masks.
 
     The pruner state is written into each checkpoint by `PruningTrainer._save_checkpoint`, before transformers
@@ -45,12 +47,14 @@ class PruningCallback(TrainerCallback):
 
     def __init__(self, pruner: Pruner) -> None:
         self.pruner = pruner
+        self.accumulates = True
 
     def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
         self.pruner.set_total_steps(state.max_steps)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
-        self.pruner.accumulate()
+        if self.accumulates:
+            self.pruner.accumulate()
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
         self.pruner.step(state.global_step)
@@ -187,12 +191,11 @@ def warn_short_movement_ramp(pruner: Pruner) -> None:
 
 
 def refuse_sharded_pruning(pruner: Pruner | None, fsdp_version: int | None, zero_stage: int | None) -> None:
-    """Refuse the sharded setups pruning cannot follow: FSDP1, DeepSpeed ZeRO-3, and gradient criteria under any
-    DeepSpeed stage. FSDP2 (``fsdp_config={"version": 2}``) and ZeRO-1/2 with other criteria are supported.
+    """Refuse the sharded setups pruning cannot follow: FSDP1 and DeepSpeed ZeRO-3. FSDP2
+    (``fsdp_config={"version": 2}``) and DeepSpeed ZeRO-1/2 are supported.
 
     FSDP1 flattens a module's parameters into one and ZeRO-3 replaces each with an empty placeholder outside its
-    forward: the masks, parametrizations of each weight, would see neither whole. DeepSpeed's engine runs the
-    optimizer step inside ``backward`` and moves gradients into its partitions, so no callback sees them."""
+    forward: the masks, parametrizations of each weight, would see neither whole."""
     if pruner is None:
         return
     fix = (
@@ -209,14 +212,6 @@ def refuse_sharded_pruning(pruner: Pruner | None, fsdp_version: int | None, zero
             "PruningTrainer does not prune under DeepSpeed ZeRO-3: ZeRO-3 replaces each parameter with an empty "
             'placeholder outside its forward, which masks cannot follow. Use ZeRO-2 ("stage": 2 in the DeepSpeed '
             f"config), {fix}"
-        )
-    # Learned scores (movement) get their gradients through the optimizer, as the weights do: they need no callback.
-    if zero_stage is not None and pruner.accumulates_gradients:
-        raise ConfigError(
-            f"PruningTrainer cannot score with {pruner.config.importance.registered_name!r} under DeepSpeed: its "  # type: ignore[union-attr]
-            "engine steps the optimizer inside backward and keeps gradients in its own partitions, so the gradients "
-            "this criterion accumulates are never seen. Use a criterion that does not read gradients (magnitude, "
-            f"movement, soft_movement), {fix}"
         )
 
 
@@ -280,7 +275,8 @@ class PruningTrainer(Trainer):
             # Masks and scores exist before the optimizer and before any checkpoint is loaded.
             self.pruner.attach_()
             self.pruner.step(0)
-            callbacks.append(PruningCallback(self.pruner))
+            self._pruning_callback = PruningCallback(self.pruner)
+            callbacks.append(self._pruning_callback)
         if teacher_model is not None:
             check_teacher_compatible(model, teacher_model)
         elif distillation_config is not None:
@@ -298,6 +294,10 @@ class PruningTrainer(Trainer):
         fsdp_version = self.accelerator.state.fsdp_plugin.fsdp_version if self.is_fsdp_enabled else None
         zero_stage = self.accelerator.state.deepspeed_plugin.zero_stage if self.is_deepspeed_enabled else None
         refuse_sharded_pruning(self.pruner, fsdp_version, zero_stage)
+        if zero_stage is not None and self.pruner is not None and self.pruner.accumulates_gradients:
+            # DeepSpeed's engine steps the optimizer inside backward (and frees the gradients into its partitions):
+            # gradient statistics are folded in just before that step (`training_step`), not in the callback.
+            self._pruning_callback.accumulates = False
         scores = self.pruner.score_parameters() if self.pruner is not None else []
         if zero_stage is not None and scores and self.args.max_grad_norm:
             warnings.warn(
@@ -335,6 +335,25 @@ class PruningTrainer(Trainer):
             reshard_after_forward=plugin.reshard_after_forward,
             mp_policy=plugin.mixed_precision_policy or MixedPrecisionPolicy(),
         )  # fmt: skip
+
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Tensor:
+        """`Trainer.training_step`; under DeepSpeed with a gradient criterion, the engine's optimizer step first
+        folds the gradients into the pruner's statistics (DeepSpeed steps inside ``backward``, before any callback,
+        and keeps gradients in its own partitions until then)."""
+        engine = self.model_wrapped
+        if self.is_deepspeed_enabled and self.pruner is not None and self.pruner.accumulates_gradients:
+            if not getattr(engine, "_hfprune_accumulates", False):
+                step = engine.step
+                pruner = self.pruner
+
+                def accumulate_then_step(*args: Any, **kwargs: Any) -> Any:
+                    if engine.is_gradient_accumulation_boundary():
+                        pruner.accumulate()  # every rank: whole gradients are assembled from partitions
+                    return step(*args, **kwargs)
+
+                engine.step = accumulate_then_step
+                engine._hfprune_accumulates = True
+        return super().training_step(model, inputs, num_items_in_batch)
 
     # --------------------------------------------------------------------------------------------- optimizer
     def _clip_grad_norm(self, model: nn.Module) -> Any:

@@ -99,7 +99,7 @@ def test_accumulate_reads_weights_and_gradients_only_for_gradient_criteria(monke
         calls.append(tuple(tensor.shape))
         return tensor
 
-    monkeypatch.setattr(hfprune.pruner, "full_tensor", counting)
+    monkeypatch.setattr(hfprune.pruner, "whole_grad", lambda param: counting(param.grad))
     monkeypatch.setattr(hfprune.masks, "is_sharded", lambda tensor: True)  # read weights as if sharded
     monkeypatch.setattr(hfprune.masks, "full_tensor", counting)
     pruner.accumulate()

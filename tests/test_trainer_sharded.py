@@ -85,12 +85,13 @@ def assert_same_run(single: Path, sharded: Path, importance: str, structure: str
     # Saving again to the same folder: rank 0 refuses it, and every rank stops with its error (none waits forever).
     for rank in (0, 1):
         assert (sharded / f"refused_rank{rank}.txt").read_text() == "OutputDirectoryError"
-    # The logged loss terms are averages over both ranks: the unsharded run's numbers.
+    # The logged loss terms are averages over both ranks: the unsharded run's numbers. They are logged rounded to 6
+    # decimals, so two equal values either side of a rounding boundary differ by one unit there.
     logged, expected_logs = (json.loads((run / "log_history.json").read_text()) for run in (sharded, single))
     for ours, theirs in zip(logged, expected_logs, strict=True):
         for key in ("loss", "task_loss", "kd_loss"):
             if key in theirs:
-                assert ours[key] == pytest.approx(theirs[key], rel=1e-3, abs=1e-6), (key, ours, theirs)
+                assert ours[key] == pytest.approx(theirs[key], rel=1e-3, abs=2e-6), (key, ours, theirs)
 
     reference = torch.load(single / "masks_rank0.pt")
     rank0, rank1 = (torch.load(sharded / f"masks_rank{r}.pt") for r in (0, 1))
@@ -120,12 +121,17 @@ def assert_same_run(single: Path, sharded: Path, importance: str, structure: str
         torch.testing.assert_close(ours(input_ids=ids).logits, theirs(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
 
 
-def test_pruning_trainer_under_deepspeed_zero2_matches_unsharded_and_resumes(tmp_path):
+@pytest.mark.parametrize(
+    ("importance", "structure"),
+    [("movement", "heads_and_neurons"), ("taylor", "unstructured")],
+    ids=["learned-heads", "gradient-statistics"],
+)
+def test_pruning_trainer_under_deepspeed_zero2_matches_unsharded_and_resumes(tmp_path, importance, structure):
     pytest.importorskip("deepspeed")
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     # DeepSpeed clips all gradients in one norm, scores included; PruningTrainer clips scores apart. Unclipped,
-    # the two runs must agree.
-    options = ("movement", "heads_and_neurons", "--max-grad-norm", "0")
+    # the two runs must agree. Taylor's gradients are read from DeepSpeed's partitions just before its step.
+    options = (importance, structure, "--max-grad-norm", "0")
     run_worker("single", str(single), *options)
     run_worker("zero2", str(sharded), *options, "--stop-at", "3", ranks=2)
     checkpoint = sharded / "run" / "checkpoint-3"
@@ -133,4 +139,4 @@ def test_pruning_trainer_under_deepspeed_zero2_matches_unsharded_and_resumes(tmp
     assert (checkpoint / "global_step3").is_dir() and (checkpoint / "latest").is_file()
     assert (checkpoint / "hfprune_pruner.pt").is_file() and (checkpoint / "model.safetensors").is_file()
     run_worker("zero2", str(sharded), *options, "--resume", ranks=2)
-    assert_same_run(single, sharded, "movement", "heads_and_neurons")
+    assert_same_run(single, sharded, importance, structure)
