@@ -41,16 +41,16 @@ def shard_like(whole: Tensor, like: Tensor) -> Tensor:
 
 
 def whole_grad(param: Tensor) -> Tensor | None:
-    """The gradient of ``param``, whole: gathered from its FSDP2 shards, or assembled from the partitions DeepSpeed
-    ZeRO-1/2 moved it into during ``backward`` (valid until DeepSpeed's optimizer step). A collective in both cases,
-    so every rank must call it for the same parameters in the same order. ``None`` when there is no gradient."""
-    if param.grad is not None:
-        return full_tensor(param.grad)
-    if hasattr(param, "_hp_mapping"):  # set on every parameter a DeepSpeed ZeRO-1/2 optimizer holds
+    """The gradient of ``param``, whole and reduced over ranks: assembled from the partitions DeepSpeed ZeRO-1/2
+    keeps it in (valid until DeepSpeed's optimizer step), or gathered from its FSDP2 shards. A collective in both
+    cases, so every rank must call it for the same parameters in the same order. ``None`` when there is none."""
+    # DeepSpeed first: with bf16 and fp32 accumulation its optimizer leaves each rank's own, unreduced gradient in
+    # ``param.grad`` and the reduced one in its partitions. ``_hp_mapping`` is set on every parameter it holds.
+    if hasattr(param, "_hp_mapping"):
         from deepspeed.utils import safe_get_full_grad
 
         return safe_get_full_grad(param)
-    return None
+    return None if param.grad is None else full_tensor(param.grad)
 
 
 @torch.no_grad()

@@ -192,7 +192,7 @@ def warn_short_movement_ramp(pruner: Pruner) -> None:
 
 def refuse_sharded_pruning(pruner: Pruner | None, fsdp_version: int | None, zero_stage: int | None) -> None:
     """Refuse the sharded setups pruning cannot follow: FSDP1 and DeepSpeed ZeRO-3. FSDP2
-    (``fsdp_config={"version": 2}``) and DeepSpeed ZeRO-1/2 are supported.
+    (``fsdp_config={"version": 2}``) and DeepSpeed ZeRO-2 are supported (ZeRO-1 is accepted, untested).
 
     FSDP1 flattens a module's parameters into one and ZeRO-3 replaces each with an empty placeholder outside its
     forward: the masks, parametrizations of each weight, would see neither whole."""
@@ -295,6 +295,14 @@ class PruningTrainer(Trainer):
         zero_stage = self.accelerator.state.deepspeed_plugin.zero_stage if self.is_deepspeed_enabled else None
         refuse_sharded_pruning(self.pruner, fsdp_version, zero_stage)
         if zero_stage is not None and self.pruner is not None and self.pruner.accumulates_gradients:
+            ds_config = self.accelerator.state.deepspeed_plugin.deepspeed_config
+            if self.args.fp16 or str(ds_config.get("fp16", {}).get("enabled")).lower() == "true":
+                raise ConfigError(
+                    f"PruningTrainer does not score with {self.pruner.config.importance.registered_name!r} under "  # type: ignore[union-attr]
+                    "DeepSpeed fp16: the gradients it reads from DeepSpeed's partitions are still loss-scaled, and "
+                    "the steps DeepSpeed skips on overflow would add inf to the statistics. Train in bf16 or fp32, "
+                    "or use movement (learned scores), or FSDP2 or DDP."
+                )
             # DeepSpeed's engine steps the optimizer inside backward (and frees the gradients into its partitions):
             # gradient statistics are folded in just before that step (`training_step`), not in the callback.
             self._pruning_callback.accumulates = False
@@ -340,8 +348,8 @@ class PruningTrainer(Trainer):
         """`Trainer.training_step`; under DeepSpeed with a gradient criterion, the engine's optimizer step first
         folds the gradients into the pruner's statistics (DeepSpeed steps inside ``backward``, before any callback,
         and keeps gradients in its own partitions until then)."""
-        engine = self.model_wrapped
         if self.is_deepspeed_enabled and self.pruner is not None and self.pruner.accumulates_gradients:
+            engine = self.accelerator.deepspeed_engine_wrapped.engine  # the engine accelerate steps
             if not getattr(engine, "_hfprune_accumulates", False):
                 step = engine.step
                 pruner = self.pruner

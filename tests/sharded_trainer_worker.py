@@ -6,6 +6,7 @@ Run by tests/test_trainer_sharded.py:
     python tests/sharded_trainer_worker.py single OUT IMPORTANCE STRUCTURE [--max-grad-norm G]
     torchrun --nproc_per_node 2 tests/sharded_trainer_worker.py MODE OUT IMPORTANCE STRUCTURE \
         [--state-dict-type SHARDED_STATE_DICT] [--stop-at 3 | --resume] [--max-grad-norm G] [--bf16]
+        [--deepspeed-fp16]
 
 MODE is ``full_shard`` or ``shard_grad_op`` (FSDP2), or ``zero2`` (DeepSpeed, with ``DS_ACCELERATOR=cpu``). The
 loss is cross-entropy plus distillation from a frozen DistilBERT teacher (sharded too under FSDP2). Every run
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--max-grad-norm", type=float, default=0.02)
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--deepspeed-fp16", action="store_true", help="fp16 in DeepSpeed's config (zero2)")
     args = parser.parse_args()
     sharded = args.mode != "single"
     if sharded:
@@ -101,6 +103,7 @@ def main() -> None:
         sharding = dict(deepspeed={
             "zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": "auto",
             "gradient_accumulation_steps": "auto", "gradient_clipping": "auto", "zero_allow_untested_optimizer": True,
+            "fp16": {"enabled": args.deepspeed_fp16},
         })  # fmt: skip
     elif sharded:
         sharding = dict(fsdp=[args.mode, "auto_wrap"],
@@ -115,8 +118,13 @@ def main() -> None:
     scope = "local" if args.structure == "nm" else "global"  # N:M is chosen within each group of m weights
     pruning = PruningConfig(importance=args.importance, structure=args.structure, sparsity=0.5, scope=scope,
                             schedule={"type": "cubic", "start_step": 1, "end_step": 4, "every": 1})  # fmt: skip
+    student = tiny_student()
+    # The dtype a layer really computes in (FSDP2's mixed precision casts the gathered weights for the forward).
+    compute_dtypes: list[str] = []
+    query = student.bert.encoder.layer[0].attention.self.query
+    query.register_forward_pre_hook(lambda module, _: compute_dtypes.append(str(module.weight.dtype)))
     trainer = PruningTrainer(
-        model=tiny_student(), args=training, train_dataset=train, pruning_config=pruning,
+        model=student, args=training, train_dataset=train, pruning_config=pruning,
         teacher_model=tiny_teacher(), callbacks=[StopAt(args.stop_at)] if args.stop_at else [],
     )  # fmt: skip
     trainer.train(resume_from_checkpoint=True if args.resume else None)
@@ -126,12 +134,10 @@ def main() -> None:
     torch.save(trainer.pruner.masks(), args.out / f"masks_rank{rank}.pt")
     torch.save(trainer.pruner.state_dict(), args.out / f"state_rank{rank}.pt")  # a collective under FSDP2
     # Whether the student's parameters are DTensors, how many FSDP units it has (a root and one per BertLayer when
-    # wrapped as configured), whether the teacher is an FSDP module, and the dtype FSDP2 computes in.
+    # wrapped as configured), whether the teacher is an FSDP module, and the dtype its first layer computed in.
     units = sum(isinstance(module, FSDPModule) for module in trainer.model.modules())
     sharded_student = is_sharded(next(trainer.model.parameters()))
-    policy = getattr(getattr(trainer.accelerator.state, "fsdp_plugin", None), "mixed_precision_policy", None)
-    compute_dtype = getattr(policy, "param_dtype", None)  # FSDP2's mixed precision: the dtype layers compute in
-    facts = f"{sharded_student} {units} {isinstance(trainer.teacher_model, FSDPModule)} {compute_dtype}"
+    facts = f"{sharded_student} {units} {isinstance(trainer.teacher_model, FSDPModule)} {compute_dtypes[0]}"
     (args.out / f"sharded_rank{rank}.txt").write_text(facts)
     if rank == 0:
         (args.out / "log_history.json").write_text(json.dumps(trainer.state.log_history))

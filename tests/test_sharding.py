@@ -71,6 +71,24 @@ def test_fsdp2_pruning_matches_unsharded_and_resumes(tmp_path, importance, struc
         torch.testing.assert_close(ours(input_ids=ids).logits, theirs(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
 
 
+def test_whole_grad_asks_deepspeed_first(monkeypatch):
+    # With bf16 and fp32 accumulation, DeepSpeed leaves each rank's own unreduced gradient in ``param.grad`` and the
+    # reduced one in its partitions: a parameter it holds (``_hp_mapping``) must be read through DeepSpeed.
+    deepspeed_utils = pytest.importorskip("deepspeed.utils")
+    from hfprune.sharding import whole_grad
+
+    reduced = torch.full((2, 2), 7.0)
+    monkeypatch.setattr(deepspeed_utils, "safe_get_full_grad", lambda param: reduced)
+    held = torch.nn.Parameter(torch.zeros(2, 2))
+    held.grad = torch.ones(2, 2)  # this rank's own gradient
+    held._hp_mapping = object()
+    assert whole_grad(held) is reduced
+    plain = torch.nn.Parameter(torch.zeros(2, 2))
+    assert whole_grad(plain) is None
+    plain.grad = torch.ones(2, 2)
+    assert whole_grad(plain) is plain.grad
+
+
 def test_sharding_helpers_pass_plain_tensors_through():
     tensor = torch.arange(6.0).reshape(2, 3)
     assert not is_sharded(tensor) and full_tensor(tensor) is tensor
