@@ -4,8 +4,9 @@ Under FSDP2 (``torch.distributed.fsdp.fully_shard``) every parameter, and its gr
 rank's shard outside the forward pass. Pruning decisions are made on whole weights (a mask computed from a shard is
 the known failure of pruning under sharding), so the pruner gathers what it scores through `full_tensor`, keeps
 masks and importance statistics whole and identical on every rank, and writes whole values back into shards with
-`copy_whole_`. Without FSDP2 these functions pass tensors through untouched. For saving, `shapes_only_copy`
-(taken before sharding) and `gather_into` give rank 0 an ordinary, unsharded copy of the whole model.
+`copy_whole_`. Without FSDP2 these functions pass tensors through untouched. `whole_grad` also reads the gradients
+DeepSpeed ZeRO-1/2 keeps in its partitions. For saving, `shapes_only_copy` (taken before sharding) and
+`gather_into` give rank 0 an ordinary, unsharded copy of the whole model; `shard_frozen_` shards a KD teacher.
 """
 
 from __future__ import annotations

@@ -348,19 +348,18 @@ class PruningTrainer(Trainer):
         """`Trainer.training_step`; under DeepSpeed with a gradient criterion, the engine's optimizer step first
         folds the gradients into the pruner's statistics (DeepSpeed steps inside ``backward``, before any callback,
         and keeps gradients in its own partitions until then)."""
-        if self.is_deepspeed_enabled and self.pruner is not None and self.pruner.accumulates_gradients:
-            engine = self.accelerator.deepspeed_engine_wrapped.engine  # the engine accelerate steps
-            if not getattr(engine, "_hfprune_accumulates", False):
-                step = engine.step
-                pruner = self.pruner
+        wraps_step = self.is_deepspeed_enabled and self.pruner is not None and self.pruner.accumulates_gradients
+        engine = self.accelerator.deepspeed_engine_wrapped.engine if wraps_step else None  # what accelerate steps
+        if engine is not None and not getattr(engine, "_hfprune_accumulates", False):
+            step, pruner = engine.step, self.pruner
 
-                def accumulate_then_step(*args: Any, **kwargs: Any) -> Any:
-                    if engine.is_gradient_accumulation_boundary():
-                        pruner.accumulate()  # every rank: whole gradients are assembled from partitions
-                    return step(*args, **kwargs)
+            def accumulate_then_step(*args: Any, **kwargs: Any) -> Any:
+                if engine.is_gradient_accumulation_boundary():
+                    pruner.accumulate()  # every rank: whole gradients are assembled from partitions
+                return step(*args, **kwargs)
 
-                engine.step = accumulate_then_step
-                engine._hfprune_accumulates = True
+            engine.step = accumulate_then_step
+            engine._hfprune_accumulates = True
         return super().training_step(model, inputs, num_items_in_batch)
 
     # --------------------------------------------------------------------------------------------- optimizer

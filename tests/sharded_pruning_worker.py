@@ -150,21 +150,16 @@ def main() -> None:
     import torch.distributed as dist
 
     dist.init_process_group("gloo")
-    try:
-        if args.resume_at:
-            run(args, 0, args.resume_at)
-            dist.barrier()
-        run(args, args.resume_at, STEPS)
+    if args.resume_at:
+        run(args, 0, args.resume_at)
         dist.barrier()
-    finally:
-        dist.destroy_process_group()
-    # gloo's worker threads can abort the interpreter's own shutdown ("terminate called without an active
-    # exception") after everything is written: leave without running it.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    run(args, args.resume_at, STEPS)
+    dist.barrier()
 
 
 if __name__ == "__main__":
+    from hfprune.cli import exit_process
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     main()
+    exit_process(0)  # a gloo rank must not leave through interpreter teardown

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -129,7 +128,7 @@ def main() -> None:
     )  # fmt: skip
     trainer.train(resume_from_checkpoint=True if args.resume else None)
     if args.stop_at:
-        return finish()
+        return
     rank = trainer.args.process_index
     torch.save(trainer.pruner.masks(), args.out / f"masks_rank{rank}.pt")
     torch.save(trainer.pruner.state_dict(), args.out / f"state_rank{rank}.pt")  # a collective under FSDP2
@@ -146,20 +145,11 @@ def main() -> None:
         trainer.save_pruned_model(args.out / "pruned")
     except Exception as err:  # noqa: BLE001 - the test reads which error each rank got
         (args.out / f"refused_rank{rank}.txt").write_text(type(err).__name__)
-    return finish()
-
-
-def finish() -> None:
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-    # gloo's worker threads can abort the interpreter's own shutdown ("terminate called without an active
-    # exception") after everything is written: leave without running it.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 if __name__ == "__main__":
+    from hfprune.cli import exit_process
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     main()
+    exit_process(0)  # a gloo rank must not leave through interpreter teardown

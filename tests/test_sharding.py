@@ -3,7 +3,6 @@ every rank and equal to an unsharded run's; learned scores and gradient statisti
 resume from a sharded checkpoint; a compacted model saved from rank 0.
 The worker is tests/sharded_pruning_worker.py."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,9 @@ import torch
 from hfprune.hub import load_pruned
 from hfprune.sharding import copy_whole_, full_tensor, is_sharded
 
+from . import distributed
 from .conftest import free_port
+from .distributed import assert_same_masks_and_state
 
 
 WORKER = Path(__file__).resolve().parent / "sharded_pruning_worker.py"
@@ -22,13 +23,7 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="to
 
 
 def run_worker(*args: str, ranks: int = 1) -> None:
-    command = [sys.executable, str(WORKER), *args]
-    if ranks > 1:
-        command[1:1] = ["-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
-                        str(free_port())]  # fmt: skip
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    distributed.run_worker(WORKER, *args, ranks=ranks)
 
 
 @pytest.mark.parametrize(
@@ -42,23 +37,7 @@ def test_fsdp2_pruning_matches_unsharded_and_resumes(tmp_path, importance, struc
     # Stops after step 3 with a sharded checkpoint; a new process group resumes it.
     run_worker("sharded", str(sharded), importance, structure, "--resume-at", "3", ranks=2)
 
-    reference = torch.load(single / "masks_rank0.pt")
-    rank0, rank1 = (torch.load(sharded / f"masks_rank{r}.pt") for r in (0, 1))
-    assert set(rank0) == set(reference) and len(reference) > 0
-    for name, mask in reference.items():
-        assert torch.equal(rank0[name], rank1[name]), f"ranks disagree on {name}"
-        assert torch.equal(rank0[name], mask), f"{name}: sharded mask differs from the unsharded run's"
-    kept = torch.cat([mask.flatten() for mask in reference.values()]).float().mean()
-    assert 0.3 < float(kept) < 0.7  # the schedule reached its 50 %: the comparison is not between all-ones masks
-
-    state, expected = torch.load(sharded / "state_rank0.pt"), torch.load(single / "state_rank0.pt")
-    assert state["global_step"] == expected["global_step"] == 6
-    for name, scores in expected["scores"].items():
-        torch.testing.assert_close(state["scores"][name], scores, rtol=1e-4, atol=1e-6)
-    for name, statistics in expected["importance_state"].items():
-        for key, value in statistics.items():
-            torch.testing.assert_close(state["importance_state"][name][key], value, rtol=1e-4, atol=1e-6)
-    assert bool(expected["scores"]) == (importance == "movement")
+    assert_same_masks_and_state(single, sharded, learned=importance == "movement")
 
     # Rank 0's compacted model is the unsharded run's.
     ours, theirs = load_pruned(sharded / "compacted").eval(), load_pruned(single / "compacted").eval()
